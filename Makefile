@@ -1,0 +1,35 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+JOB    ?= jobs/demo.yaml
+
+.PHONY: install demo test lint bench mlflow-ui clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m skinhpc.launch $(JOB) --wait
+
+test: $(STAMP)
+	$(PY) -m ruff check skinhpc tests bench
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check skinhpc tests bench
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --port 5000
+
+clean:
+	rm -rf $(VENV) .pytest_cache

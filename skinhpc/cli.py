@@ -1,0 +1,43 @@
+"""`skinhpc COMMAND ...`: one console script, each command owned by the module that does the work."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module, function taking argv and returning an exit code, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "launch": ("skinhpc.launch", "main", "plan and submit a job (same as python -m skinhpc.launch)"),
+    "status": ("skinhpc.status", "main", "show each stage and member of a job's results folder"),
+    "cancel": ("skinhpc.status", "cancel_main", "cancel a job's SLURM/local jobs"),
+    "data": ("skinhpc.data.cli", "main", "summary | split | audit | cache | download"),
+    "train": ("skinhpc.train", "main", "train one member in this process (debug entry)"),
+    "reduce": ("skinhpc.reduce", "main", "run the reduce stage of a job in this process"),
+    "predict": ("skinhpc.predict", "main", "predict new images with a trained job"),
+    "evaluate": ("skinhpc.predict", "evaluate_main", "score a trained job on another labelled dataset"),
+    "prefetch": ("skinhpc.model", "prefetch_main", "fill timm's cache on the login node before submission"),
+    "spec": ("skinhpc.spec_cli", "main", "document every job key, or print a resolved job"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: skinhpc COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"skinhpc: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[name]
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

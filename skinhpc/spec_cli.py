@@ -1,0 +1,25 @@
+"""`skinhpc spec [JOB.yaml [key=value ...]]`: the schema's documentation, or a resolved job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .spec import SpecError, describe, dump_yaml, load_spec
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="skinhpc spec", description=__doc__)
+    ap.add_argument("job", nargs="?", help="job YAML to resolve and print (omit: list every key)")
+    ap.add_argument("overrides", nargs="*", help="key.path=value")
+    args = ap.parse_args(argv)
+    if not args.job:
+        for key, tp, default, text in describe():
+            print(f"{key}  ({tp}{', default ' + default if default else ''})\n    {text}")
+        return 0
+    try:
+        print(dump_yaml(load_spec(args.job, args.overrides)), end="")
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

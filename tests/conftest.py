@@ -1,0 +1,63 @@
+"""Shared fixtures: where the real data lives, and a tiny real job on it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from skinhpc.spec import JobSpec, deep_merge, from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """../shared beside the checkout (SKINHPC_SHARED overrides)."""
+    return Path(os.environ.get("SKINHPC_SHARED", REPO.parent / "shared")).resolve()
+
+
+HAM = shared_dir() / "data" / "ham10000"
+WEIGHTS = shared_dir() / "weights" / "tf_efficientnet_lite0.in1k.pth"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def ham_root() -> Path:
+    if not (HAM / "metadata.csv").exists():
+        if IN_CI:
+            pytest.fail(f"shared HAM10000 data missing at {HAM}: CI must run beside ../shared")
+        pytest.skip(f"shared HAM10000 data not found at {HAM} (set SKINHPC_SHARED)")
+    return HAM
+
+
+def tiny_job(tmp_path: Path, ham_root: Path, **over: Any) -> JobSpec:
+    """A real job on a small subset of the shared images with a tiny timm model: seconds on a CPU."""
+    raw: dict[str, Any] = {
+        "name": "tiny",
+        "results_dir": str(tmp_path / "results"),
+        "seeds": [1],
+        "data": {
+            "sources": [{"kind": "ham10000", "root": str(ham_root), "images": ["images"]}],
+            "subset": 240,
+            "audit": {"near_duplicates": False},
+        },
+        "preprocess": {"size": 48, "workers": 1},
+        "model": {"name": "resnet10t", "pretrained": "none"},
+        "train": {
+            "phases": [{"name": "all", "epochs": 2, "train": "all", "lr": 3e-3}],
+            "batch_size": 32,
+            "num_workers": 0,
+            "augment": 0.0,
+        },
+        "reduce": {"tta": ["identity", "hflip"], "bootstrap": 50, "gradcam": 1},
+        "cluster": {"executor": "debug"},
+        "base_dir": str(tmp_path),
+    }
+    return from_dict(deep_merge(raw, over))
+
+
+@pytest.fixture
+def tiny_spec(tmp_path: Path, ham_root: Path) -> JobSpec:
+    return tiny_job(tmp_path, ham_root)
