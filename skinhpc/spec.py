@@ -614,7 +614,13 @@ def validate(spec: JobSpec, where: str = "job") -> None:
     for i, src in enumerate(spec.data.sources):
         root = spec.resolve(src.root)
         if not root.exists():
-            fail(f"data.sources[{i}].root", f"data folder {root} does not exist")
+            fail(
+                f"data.sources[{i}].root",
+                f"data folder {root} does not exist. Get data with "
+                f"`skinhpc data download ham10000 --to data/ham10000` (then use "
+                f"configs/data/ham10000.yaml), or check out beside a ../shared folder that holds "
+                f"data/ham10000, or point the root at your copy.",
+            )
     if not spec.train.phases:
         fail("train.phases", "needs at least one phase")
     if spec.preprocess.size < 16:
