@@ -425,7 +425,7 @@ def _type_name(tp: Any) -> str:
         return "mapping"
     if dataclasses.is_dataclass(tp):
         return "mapping"
-    return getattr(tp, "__name__", str(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
@@ -670,6 +670,14 @@ def dump_yaml(spec: JobSpec) -> str:
     return yaml.safe_dump(spec.to_dict(), sort_keys=False)
 
 
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def describe(cls: type = JobSpec, prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(key, type, default, doc) rows for every key: the schema's own documentation."""
     rows = []
@@ -680,8 +688,8 @@ def describe(cls: type = JobSpec, prefix: str = "") -> list[tuple[str, str, str,
         if f.default is not dataclasses.MISSING:
             default = repr(f.default)
         elif f.default_factory is not dataclasses.MISSING:
-            v = f.default_factory()
-            default = "" if dataclasses.is_dataclass(v) else repr(dataclasses.asdict(v) if dataclasses.is_dataclass(v) else [dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x for x in v] if isinstance(v, list) else v)
+            value = f.default_factory()
+            default = "" if dataclasses.is_dataclass(value) else repr(_plain(value))
         else:
             default = "(required)"
         rows.append((key, _type_name(tp), default, f.metadata.get("doc", "")))
