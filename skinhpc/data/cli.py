@@ -1,0 +1,142 @@
+"""`skinhpc data summary|split|audit|cache|download`: the data stage by hand.
+
+Takes the same YAML fragments the jobs include (``configs/data/*.yaml``), so what you inspect
+here is exactly what a job will train on.  A fragment is a partial job: it gets a default name,
+``--out`` decides where the tables go, and ``key=value`` overrides work as for jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..spec import JobSpec, SpecError, deep_merge, from_dict, load_raw, parse_override, set_dotted
+from .sources import DataError
+
+log = logging.getLogger(__name__)
+
+
+def load_fragments(files: list[str], overrides: list[str], out: str | None) -> JobSpec:
+    """Merge YAML fragments (later wins), apply overrides, fill a name and results folder."""
+    raw: dict = {}
+    for f in files:
+        raw = deep_merge(raw, load_raw(Path(f)))
+    for ov in overrides:
+        keys, value = parse_override(ov)
+        set_dotted(raw, keys, value)
+    raw.setdefault("name", "data")
+    raw.setdefault("results_dir", str(Path.cwd() / "results"))
+    raw.setdefault("base_dir", str(Path(files[0]).resolve().parent))
+    if out:
+        o = Path(out).resolve()
+        raw["results_dir"], raw["name"] = str(o.parent), o.name
+    return from_dict(raw, " + ".join(files))
+
+
+def _print_table(title: str, table) -> None:
+    print(f"\n{title}")
+    print(table.to_string())
+
+
+def cmd_summary(spec: JobSpec, args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .sources import build_manifest
+
+    df = build_manifest(spec)
+    print(f"{len(df)} images, {df['group'].nunique()} groups, sources: "
+          f"{', '.join(f'{k} {v}' for k, v in df['source'].value_counts().items())}")
+    t = pd.crosstab(df["dx"], df["label"].map(lambda k: spec.class_names[k]), margins=True)
+    _print_table("dx x class", t)
+    print(f"\nmissing: age {int(df['age'].isna().sum())}, sex {int((df['sex'] == '').sum())}, "
+          f"site {int((df['site'] == '').sum())}; image-level groups "
+          f"{int(df['group'].str.startswith('image:').sum())}")
+    return 0
+
+
+def cmd_split(spec: JobSpec, args: argparse.Namespace, audit: bool = False) -> int:
+    from ..plan import JobPaths
+    from .prepare import load_table, prepare_tables
+    from .sources import read_manifest_csv
+    from .splits import class_table
+
+    paths = JobPaths(spec.job_dir)
+    meta = prepare_tables(spec, paths, audit=audit, force=args.force)
+    table = load_table(spec, paths)
+    manifest = read_manifest_csv(paths.manifest)
+    t = class_table(manifest, table[["image_id", "split"]])
+    t.columns = [spec.class_names[c] if c < len(spec.class_names) else c for c in t.columns]
+    pct = (t.div(t.sum(axis=1), axis=0) * 100).round(1)
+    _print_table("images per split x class", t)
+    _print_table("% of split", pct)
+    groups = table.groupby("split")["group"].nunique() if "group" in table else None
+    if groups is not None:
+        _print_table("groups per split", groups)
+    print(f"\n{'reused' if meta['skipped'] else 'wrote'} {paths.manifest}, {paths.splits}"
+          + (f", {paths.audit}" if audit else ""))
+    return 0
+
+
+def cmd_audit(spec: JobSpec, args: argparse.Namespace) -> int:
+    from ..plan import JobPaths
+
+    cmd_split(spec, args, audit=True)
+    report = json.loads(JobPaths(spec.job_dir).audit.read_text())
+    print(f"\naudit: {report['summary']}")
+    for f in report["findings"][: args.show]:
+        print(f"  {f['kind']:<16} leak={f['leak']!s:<5} {f.get('image_ids')} {f.get('splits')} "
+              f"d={f.get('distance', '')}")
+    return 0 if report["ok"] else 1
+
+
+def cmd_cache(spec: JobSpec, args: argparse.Namespace) -> int:
+    from ..plan import JobPaths
+    from .prepare import build_cache, finalize, prepare_tables
+
+    paths = JobPaths(spec.job_dir)
+    prepare_tables(spec, paths)
+    for shard in range(args.shards):
+        build_cache(spec, paths, shard=shard, num_shards=args.shards)
+    finalize(spec, paths)
+    print(f"cache: {spec.cache_dir}; report {paths.prepare_done}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "download":
+        from .download import main as download_main
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        return download_main(argv[1:])
+    ap = argparse.ArgumentParser(prog="skinhpc data", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, help_ in [("summary", "images and groups per dx and class"),
+                        ("split", "write manifest.csv + splits.csv, show class mix per split"),
+                        ("audit", "split + leakage/duplicate audit (exit 1 on cross-split findings)"),
+                        ("cache", "tables + preprocessing cache"),
+                        ("download", "download ham10000 --to DIR [--base-url URL]")]:
+        p = sub.add_parser(name, help=help_)
+        if name == "download":
+            continue
+        p.add_argument("fragments", nargs="+", help="YAML fragment(s) or job(s), then key=value overrides")
+        p.add_argument("--out", help="folder for manifest.csv, splits.csv, audit.json (default ./results/data)")
+        p.add_argument("--force", action="store_true", help="rebuild tables even when current")
+        p.add_argument("--show", type=int, default=20, help="audit: findings to print")
+        p.add_argument("--shards", type=int, default=1, help="cache: shards to build in turn")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    files = [f for f in args.fragments if "=" not in f]
+    overrides = [f for f in args.fragments if "=" in f]
+    if not files:
+        ap.error("need at least one YAML fragment")
+    try:
+        spec = load_fragments(files, overrides, args.out)
+        return {"summary": cmd_summary, "split": cmd_split, "audit": cmd_audit,
+                "cache": cmd_cache}[args.command](spec, args)
+    except (SpecError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

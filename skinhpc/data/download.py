@@ -1,0 +1,237 @@
+"""`skinhpc data download ham10000 --to DIR`: fetch, verify, resume, unpack.
+
+The file table is data, not code paths: Dataverse file ids, target names, md5 (None where it is
+not known offline; then it is read from the dataset's own Dataverse file listing, which carries
+each file's md5, before anything is trusted).  A download goes to ``<name>.part``; an interrupted
+one is resumed with an HTTP Range request; the ``.part`` is renamed to its final name only after
+the checksum matches, so a file under its final name is always complete and verified.  Zips are
+unpacked into a temporary folder renamed into place, in the layout ``configs/data/ham10000.yaml``
+(the ham10000 adapter) reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .sources import IMAGE_EXTS, DataError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://dataverse.harvard.edu"
+ENV_BASE_URL = "SKINHPC_DOWNLOAD_URL"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str  # file name written under --to
+    file_id: int  # Dataverse datafile id (api/access/datafile/<id>)
+    md5: str | None  # None: look it up in the Dataverse file listing
+    unzip_to: str | None = None  # folder the zip's images go to
+    query: str = ""  # e.g. format=original: the uploaded CSV, not Dataverse's ingested .tab
+
+
+@dataclass(frozen=True)
+class Dataset:
+    doi: str
+    files: tuple[RemoteFile, ...]
+    licence: str
+
+
+# Ids as used by many public HAM10000 download scripts; the metadata md5 is the official
+# HAM10000_metadata.csv's (see ../shared/data/README.md).  The zips' md5s were not known offline:
+# they are fetched from Dataverse's listing of the dataset at download time.
+DATASETS: dict[str, Dataset] = {
+    "ham10000": Dataset(
+        doi="doi:10.7910/DVN/DBW86T",
+        licence="CC BY-NC 4.0 (Tschandl et al., Sci. Data 5, 180161, 2018); cite the paper",
+        files=(
+            RemoteFile("HAM10000_images_part_1.zip", 3172585, None, "HAM10000_images_part_1"),
+            RemoteFile("HAM10000_images_part_2.zip", 3172584, None, "HAM10000_images_part_2"),
+            RemoteFile("HAM10000_metadata.csv", 3172582, "70bb67f71bd23dde0bd2eda4bdcc98e5",
+                       query="format=original"),
+        ),
+    ),
+}
+
+
+def md5_file(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _progress(total: int | None, initial: int, name: str):
+    """tqdm on a terminal; nothing (plain log lines from the caller) in batch logs."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=name)
+    return None
+
+
+def file_url(base: str, f: RemoteFile) -> str:
+    return f"{base.rstrip('/')}/api/access/datafile/{f.file_id}" + (f"?{f.query}" if f.query else "")
+
+
+def listed_md5s(base: str, doi: str, timeout: float = 60) -> dict[int, str]:
+    """Dataverse's own md5 of every file of the dataset: the checksum source of last resort."""
+    url = f"{base.rstrip('/')}/api/datasets/:persistentId/versions/:latest/files?persistentId={doi}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            data = json.load(r)
+    except (urllib.error.URLError, OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{url}: cannot read the file listing for checksums: {e}") from None
+    out = {}
+    for item in data.get("data", []):
+        df = item.get("dataFile", {})
+        md5 = df.get("md5") or (df.get("checksum") or {}).get("value")
+        if "id" in df and md5:
+            out[int(df["id"])] = str(md5)
+    return out
+
+
+def fetch(url: str, dest: Path, md5: str, retries: int = 5, timeout: float = 60) -> Path:
+    """Download ``url`` to ``dest`` via ``dest.part`` with resume; verify md5; then rename."""
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    last_err: Exception | None = None
+    for attempt in range(retries + 1):
+        have = part.stat().st_size if part.exists() else 0
+        req = urllib.request.Request(url, headers={"User-Agent": "skinhpc"})
+        if have:
+            req.add_header("Range", f"bytes={have}-")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                if have and r.status != 206:
+                    have = 0  # server ignored the range: start over
+                length = r.headers.get("Content-Length")
+                total = have + int(length) if length else None
+                bar = _progress(total, have, dest.name)
+                got = have
+                with open(part, "ab" if have else "wb") as out:
+                    while block := r.read(CHUNK):
+                        out.write(block)
+                        got += len(block)
+                        if bar is not None:
+                            bar.update(len(block))
+                if bar is not None:
+                    bar.close()
+                if total is not None and got < total:
+                    # http.client returns a short body quietly when the peer hangs up
+                    raise http.client.IncompleteRead(b"", total - got)
+            last_err = None
+            break
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and have:  # nothing left to send: the part is whole
+                last_err = None
+                break
+            raise DataError(f"{dest.name}: HTTP {e.code} from {url}") from None
+        except (http.client.IncompleteRead, urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            last_err = e
+            size = part.stat().st_size if part.exists() else 0
+            log.warning("%s: interrupted at %d bytes (%s); resuming (%d/%d)",
+                        dest.name, size, e, attempt + 1, retries)
+            time.sleep(min(2**attempt * 0.1, 5))
+    if last_err is not None:
+        raise DataError(f"{dest.name}: download failed after {retries} retries: {last_err}")
+    got = md5_file(part)
+    if got != md5:
+        part.unlink()  # a wrong file must not be resumed nor mistaken for a complete one
+        raise DataError(f"{dest.name}: md5 {got} does not match expected {md5} (from {url}); removed")
+    os.replace(part, dest)
+    log.info("%s: %d bytes, md5 ok", dest.name, dest.stat().st_size)
+    return dest
+
+
+def unpack(zip_path: Path, folder: Path) -> int:
+    """Images of the zip, flattened into ``folder`` (names only: no path from the archive is
+    trusted), via a temporary folder renamed into place."""
+    if folder.is_dir():
+        return len(os.listdir(folder))
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    n = 0
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            for info in z.infolist():
+                name = os.path.basename(info.filename)
+                if info.is_dir() or not name.lower().endswith(IMAGE_EXTS) or name.startswith("."):
+                    continue
+                with z.open(info) as src, open(tmp / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+                n += 1
+    except zipfile.BadZipFile as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{zip_path}: not a valid zip: {e}") from None
+    os.replace(tmp, folder)
+    log.info("%s: %d images unpacked into %s", zip_path.name, n, folder)
+    return n
+
+
+def download(
+    dataset: str,
+    to: str | Path,
+    base_url: str | None = None,
+    files: tuple[RemoteFile, ...] | None = None,
+    retries: int = 5,
+) -> list[Path]:
+    """Fetch every file of ``dataset`` into ``to`` and unpack its zips; returns the files."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    ds = DATASETS[dataset]
+    base = base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
+    files = files if files is not None else ds.files
+    to = Path(to)
+    to.mkdir(parents=True, exist_ok=True)
+    log.info("%s (%s) -> %s; licence: %s", dataset, ds.doi, to, ds.licence)
+    listed: dict[int, str] | None = None
+    out = []
+    for f in files:
+        dest = to / f.name
+        if not dest.exists():
+            md5 = f.md5
+            if md5 is None:
+                listed = listed if listed is not None else listed_md5s(base, ds.doi)
+                if f.file_id not in listed:
+                    raise DataError(f"{f.name}: no md5 for file id {f.file_id} in the listing of {ds.doi}")
+                md5 = listed[f.file_id]
+            fetch(file_url(base, f), dest, md5, retries=retries)
+        else:
+            log.info("%s: present, skipped", dest)
+        if f.unzip_to:
+            unpack(dest, to / f.unzip_to)
+        out.append(dest)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="skinhpc data download", description=__doc__.split("\n")[0])
+    ap.add_argument("dataset", choices=sorted(DATASETS))
+    ap.add_argument("--to", required=True, help="folder to fill (e.g. data/ham10000)")
+    ap.add_argument("--base-url", default=None,
+                    help=f"Dataverse server (default ${ENV_BASE_URL} or {DEFAULT_BASE_URL})")
+    ap.add_argument("--retries", type=int, default=5)
+    args = ap.parse_args(argv)
+    try:
+        download(args.dataset, args.to, args.base_url, retries=args.retries)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,119 @@
+"""The prepare stage's table half, and the one reader of the prepared data.
+
+``prepare_tables`` writes manifest.csv, splits.csv and audit.json, then a small
+``prepare.tables.json`` holding the hash of the data spec they were made from: a relaunch of
+the same job skips the work, while a changed source, label map, subset or split redoes it rather
+than silently training on stale tables.  ``load_table`` is the only way training and reduce read
+the data, so "minus the images the cache could not decode" is applied in exactly one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..plan import JobPaths, atomic_path, write_json_atomic
+from ..spec import JobSpec
+from .sources import DataError, build_manifest, read_csv, read_manifest_csv, write_manifest
+
+log = logging.getLogger(__name__)
+
+TABLES_META = "prepare.tables.json"
+
+
+def data_hash(spec: JobSpec) -> str:
+    """Hash of everything that changes the tables (source roots resolved to absolute paths)."""
+    d = dataclasses.asdict(spec.data)
+    for s in d["sources"]:
+        s["root"] = str(spec.resolve(s["root"]))
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tables_meta_path(paths: JobPaths) -> Path:
+    return paths.root / TABLES_META
+
+
+def tables_current(spec: JobSpec, paths: JobPaths, audit: bool = True) -> bool:
+    meta = tables_meta_path(paths)
+    needed = [paths.manifest, paths.splits] + ([paths.audit] if audit else [])
+    if not meta.exists() or not all(p.exists() for p in needed):
+        return False
+    try:
+        stored = json.loads(meta.read_text())
+    except json.JSONDecodeError:
+        return False
+    return stored.get("data_hash") == data_hash(spec) and (stored.get("audit") or not audit)
+
+
+def prepare_tables(spec: JobSpec, paths: JobPaths, audit: bool = True, force: bool = False) -> dict[str, Any]:
+    """Write manifest.csv, splits.csv and (with ``audit``) audit.json; skip when current.
+
+    Returns the metadata written to prepare.tables.json (``skipped: True`` when nothing ran).
+    """
+    from .splits import make_splits
+
+    if not force and tables_current(spec, paths, audit):
+        log.info("prepare: tables in %s are current (data hash %s)", paths.root, data_hash(spec))
+        meta = json.loads(tables_meta_path(paths).read_text())
+        return {**meta, "skipped": True}
+    manifest = build_manifest(spec)
+    splits = make_splits(manifest, spec.data.split)
+    write_manifest(manifest, paths.manifest)
+    with atomic_path(paths.splits) as tmp:
+        splits.to_csv(tmp, index=False)
+    report = None
+    if audit:
+        from .audit import run_audit
+
+        report = run_audit(spec, manifest, splits, paths.audit)
+    meta = {
+        "data_hash": data_hash(spec),
+        "audit": audit,
+        "n_images": len(manifest),
+        "n_groups": int(splits["group"].nunique()),
+        "splits": {k: int(v) for k, v in splits["split"].value_counts().items()},
+        "audit_ok": None if report is None else report["ok"],
+    }
+    write_json_atomic(tables_meta_path(paths), meta)
+    log.info("prepare: wrote %d images in %d groups to %s", meta["n_images"], meta["n_groups"], paths.root)
+    return {**meta, "skipped": False}
+
+
+def load_table(spec: JobSpec, paths: JobPaths) -> pd.DataFrame:
+    """Manifest joined with splits, minus images the cache skipped as bad (prepare.done.json)."""
+    if not paths.manifest.exists() or not paths.splits.exists():
+        raise DataError(f"{paths.root}: manifest.csv/splits.csv missing; run the prepare stage first")
+    manifest = read_manifest_csv(paths.manifest)
+    splits = read_csv(paths.splits, ["image_id", "split", "group"]).drop(columns="_line")
+    table = manifest.merge(splits[["image_id", "split"]], on="image_id", how="inner", validate="1:1")
+    if len(table) != len(manifest):
+        raise DataError(f"{paths.splits}: covers {len(table)} of {len(manifest)} images in {paths.manifest}")
+    if paths.prepare_done.exists():
+        done = json.loads(paths.prepare_done.read_text())
+        bad = {s["image_id"] if isinstance(s, dict) else str(s) for s in done.get("skipped", [])}
+        if bad:
+            log.warning("leaving out %d image(s) the cache skipped as unreadable", len(bad))
+            table = table[~table["image_id"].isin(bad)]
+    return table.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------- the cache half
+# Implemented in skinhpc.data.cache (another module); re-exported here so the stage table in
+# docs/ARCHITECTURE.md has a single module per stage.  Imported lazily: OpenCV stays out of the
+# processes that only need the tables.
+def build_cache(spec: JobSpec, paths: JobPaths, shard: int = 0, num_shards: int = 1) -> Any:
+    from .cache import build_cache as _build_cache
+
+    return _build_cache(spec, paths, shard=shard, num_shards=num_shards)
+
+
+def finalize(spec: JobSpec, paths: JobPaths) -> Any:
+    from .cache import finalize as _finalize
+
+    return _finalize(spec, paths)

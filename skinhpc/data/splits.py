@@ -1,0 +1,129 @@
+"""Grouped, stratified train/val/test splits: no lesion or patient on two sides.
+
+Image-level splits of HAM10000 put views of one lesion in train and test and inflate AUC by 1-2
+points (the peer projects' main fault), so every split here moves whole groups.  Groups are
+stratified by (label, dx) so that the class mix of each split matches the whole; within each
+stratum groups are dealt, in a seeded random order, to the split furthest below its target
+image count, which keeps ratios within a point or two even with a few large groups.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from ..spec import SplitSpec
+from .sources import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def resolve_groups(manifest: pd.DataFrame, group_by: str) -> pd.Series:
+    """The grouping key per image; errors when the requested key is not in the data."""
+    group = manifest["group"].astype(str)
+    if group_by == "image":
+        log.warning("split grouped by image: views of one lesion may sit in two splits (leakage)")
+        return "image:" + manifest["image_id"].astype(str)
+    if group_by in ("lesion", "patient"):
+        ok = group.str.startswith(f"{group_by}:")
+        if not ok.all():
+            i = ok.idxmin()
+            raise DataError(
+                f"data.split.group_by={group_by}: image {manifest['image_id'][i]!r} has group "
+                f"{group[i]!r} ({int((~ok).sum())} rows without a {group_by} id); use group_by=auto"
+            )
+        return group
+    n_image = int(group.str.startswith("image:").sum())
+    if n_image:
+        log.warning(
+            "%d of %d images have no lesion/patient id and are split one by one (may leak)",
+            n_image, len(group),
+        )
+    return group
+
+
+def _group_table(manifest: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
+    """One row a group: its stratum (highest label, commonest dx) and image count."""
+    df = pd.DataFrame({"group": groups.to_numpy(), "label": manifest["label"].to_numpy(),
+                       "dx": manifest["dx"].to_numpy()})
+    g = df.groupby("group", sort=True).agg(
+        label=("label", "max"), dx=("dx", lambda s: s.value_counts().index[0]), n=("label", "size")
+    )
+    g["stratum"] = g["label"].astype(str) + "/" + g["dx"]
+    return g
+
+
+def _deal(g: pd.DataFrame, fractions: list[float], rng: np.random.Generator) -> pd.Series:
+    """Per stratum, give each group (random order) to the split with the largest deficit."""
+    out = pd.Series("", index=g.index, dtype=object)
+    fr = np.asarray(fractions, dtype=float)
+    for _, part in g.groupby("stratum", sort=True):
+        order = part.iloc[rng.permutation(len(part))]
+        total = float(order["n"].sum())
+        have = np.zeros(len(fr))
+        for name, n in zip(order.index, order["n"], strict=True):
+            deficit = fr * (total) - have
+            deficit[fr == 0] = -np.inf
+            k = int(np.argmax(deficit))
+            have[k] += n
+            out[name] = k
+    return out
+
+
+def holdout(manifest: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
+    groups = resolve_groups(manifest, spec.group_by)
+    g = _group_table(manifest, groups)
+    k = _deal(g, spec.fractions, np.random.default_rng(spec.seed))
+    split_of_group = k.map(lambda i: SPLITS[int(i)])
+    return _frame(manifest, groups, split_of_group)
+
+
+def kfold(manifest: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
+    """Test part held out first (same deal as holdout), then StratifiedGroupKFold on the rest."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    groups = resolve_groups(manifest, spec.group_by)
+    g = _group_table(manifest, groups)
+    rng = np.random.default_rng(spec.seed)
+    test_frac = spec.fractions[2]
+    k = _deal(g, [1 - test_frac, 0.0, test_frac], rng)
+    split_of_group = k.map(lambda i: "test" if int(i) == 2 else "train")
+    rest = groups.map(split_of_group) != "test"
+    sgkf = StratifiedGroupKFold(n_splits=spec.folds, shuffle=True, random_state=spec.seed)
+    idx = np.flatnonzero(rest.to_numpy())
+    y = manifest["label"].to_numpy()[idx]
+    if len(np.unique(groups.to_numpy()[idx])) < spec.folds:
+        raise DataError(f"data.split.folds={spec.folds}: only {len(idx)} groups outside test")
+    for f, (_, val_idx) in enumerate(sgkf.split(idx, y, groups.to_numpy()[idx])):
+        if f == spec.fold:
+            for grp in set(groups.to_numpy()[idx][val_idx]):
+                split_of_group[grp] = "val"
+    return _frame(manifest, groups, split_of_group)
+
+
+def _frame(manifest: pd.DataFrame, groups: pd.Series, split_of_group: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame({
+        "image_id": manifest["image_id"].to_numpy(),
+        "split": groups.map(split_of_group).to_numpy(),
+        "group": groups.to_numpy(),
+    })
+
+
+def make_splits(manifest: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
+    """splits.csv rows (image_id, split, group), deterministic from ``spec.seed``."""
+    df = kfold(manifest, spec) if spec.method == "kfold" else holdout(manifest, spec)
+    if df["split"].isna().any() or not df["split"].isin(SPLITS).all():  # pragma: no cover
+        raise AssertionError("split assignment left images without a split")
+    return df
+
+
+def class_table(manifest: pd.DataFrame, splits: pd.DataFrame, column: str = "label") -> pd.DataFrame:
+    """Counts per split x class (rows: splits plus 'all'), for logs, the CLI and tests."""
+    df = manifest[["image_id", column]].merge(splits[["image_id", "split"]], on="image_id")
+    t = pd.crosstab(df["split"], df[column])
+    t.loc["all"] = t.sum()
+    return t.reindex([s for s in (*SPLITS, "all") if s in t.index])

@@ -1,0 +1,111 @@
+"""The audit on the real shared images: the known byte-identical pair, and a planted leak."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from skinhpc.data.audit import AuditError, near_pairs, run_audit
+from skinhpc.data.sources import build_manifest
+from skinhpc.data.splits import make_splits
+from skinhpc.spec import from_dict
+
+
+def _spec(tmp_path, root, **audit):
+    return from_dict({"name": "a", "base_dir": str(tmp_path), "data": {
+        "sources": [{"kind": "ham10000", "root": str(root)}], "audit": audit}})
+
+
+def test_near_pairs_matches_brute_force():
+    import random
+
+    rng = random.Random(0)
+    base = [rng.getrandbits(64) for _ in range(40)]
+    hashes = base + [h ^ (1 << rng.randrange(64)) ^ (1 << rng.randrange(64)) for h in base[:10]]
+    hashes.append(None)
+    got = near_pairs(hashes, 64, 4)
+    brute = [(i, j, (hashes[i] ^ hashes[j]).bit_count())
+             for i in range(len(hashes)) for j in range(i + 1, len(hashes))
+             if hashes[i] is not None and hashes[j] is not None
+             and (hashes[i] ^ hashes[j]).bit_count() <= 4]
+    assert got == sorted(brute) and len(got) >= 10
+
+
+@pytest.fixture(scope="module")
+def leaked(ham_root, tmp_path_factory):
+    """The shared folder plus a re-encoded, resized copy of one image under a new lesion id,
+    forced into another split than its original."""
+    tmp = tmp_path_factory.mktemp("audit")
+    root = tmp / "ham"
+    (root / "images").mkdir(parents=True)
+    for f in (ham_root / "images").iterdir():
+        (root / "images" / f.name).symlink_to(f)
+    meta = pd.read_csv(ham_root / "metadata.csv")
+    src = meta[meta["image_id"] == "ISIC_0027419"].iloc[0]
+    im = Image.open(ham_root / "images" / "ISIC_0027419.jpg").resize((190, 142))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=60)
+    (root / "images" / "ISIC_9999999.jpg").write_bytes(buf.getvalue())
+    row = src.copy()
+    row["image_id"], row["lesion_id"] = "ISIC_9999999", "HAM_9999999"
+    pd.concat([meta, row.to_frame().T]).to_csv(root / "metadata.csv", index=False)
+    spec = _spec(tmp, root)
+    m = build_manifest(spec)
+    s = make_splits(m, spec.data.split)
+    orig = s.loc[s["image_id"] == "ISIC_0027419", "split"].iloc[0]
+    s.loc[s["image_id"] == "ISIC_9999999", "split"] = "test" if orig != "test" else "train"
+    return tmp, root, m, s
+
+
+def test_audit_reports_identical_pair_as_one_group_and_flags_planted_leak(leaked):
+    tmp, root, m, s = leaked
+    spec = _spec(tmp, root)
+    report = run_audit(spec, m, s, tmp / "audit.json")
+    on_disk = json.loads((tmp / "audit.json").read_text())
+    assert on_disk["summary"] == report["summary"] and not on_disk["ok"]
+    exact = [f for f in report["findings"] if f["kind"] == "exact_duplicate"]
+    pair = [f for f in exact if set(f["image_ids"]) == {"ISIC_0024366", "ISIC_0029861"}]
+    assert len(pair) == 1 and pair[0]["same_group"] and not pair[0]["leak"]
+    assert pair[0]["groups"] == ["lesion:HAM_0002300"]
+    planted = [f for f in report["findings"] if f["kind"] == "near_duplicate"
+               and set(f["image_ids"]) == {"ISIC_0027419", "ISIC_9999999"}]
+    assert len(planted) == 1 and planted[0]["leak"] and planted[0]["distance"] <= 2
+    assert not [f for f in report["findings"] if f["kind"] == "group_leak"]
+    assert report["n_images"] == 3334
+    assert sum(sum(c.values()) for c in report["counts"].values()) == 3334
+    assert report["missing"]["age"] == 16
+
+
+def test_group_leak_and_fail_mode(leaked):
+    tmp, root, m, s = leaked
+    s = s.copy()
+    g = s.loc[s["image_id"] == "ISIC_0024366", "group"].iloc[0]
+    s.loc[s["image_id"] == "ISIC_0024366", "split"] = "val"
+    s.loc[s["image_id"] == "ISIC_0029861", "split"] = "test"
+    spec = _spec(tmp, root, near_duplicates=False, on_findings="fail")
+    with pytest.raises(AuditError, match=r"audit2.json: 2 cross-split finding"):
+        run_audit(spec, m, s, tmp / "audit2.json")
+    report = json.loads((tmp / "audit2.json").read_text())
+    leak = [f for f in report["findings"] if f["kind"] == "group_leak"]
+    assert leak[0]["group"] == g and {"test", "val"} <= set(leak[0]["splits"])
+    assert any(f["kind"] == "exact_duplicate" and f["leak"] for f in report["findings"])
+
+
+def test_unreadable_image_is_a_finding_not_a_crash(ham_root, tmp_path):
+    root = tmp_path / "ham"
+    meta = pd.read_csv(ham_root / "metadata.csv").head(30)
+    (root / "images").mkdir(parents=True)
+    for i in meta["image_id"]:
+        shutil.copy(ham_root / "images" / f"{i}.jpg", root / "images")
+    (root / "images" / f"{meta['image_id'][0]}.jpg").write_bytes(b"not a jpeg")
+    meta.to_csv(root / "metadata.csv", index=False)
+    spec = _spec(tmp_path, root)
+    m = build_manifest(spec)
+    report = run_audit(spec, m, make_splits(m, spec.data.split), tmp_path / "audit.json")
+    bad = [f for f in report["findings"] if f["kind"] == "unreadable"]
+    assert bad[0]["image_ids"] == [meta["image_id"][0]] and report["unreadable"] == 1

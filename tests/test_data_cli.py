@@ -1,0 +1,75 @@
+"""`skinhpc data ...` on the shared fragment, in a real subprocess and in-process; prepare's
+skip-when-current and load_table's contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from skinhpc.data.cli import main
+from skinhpc.data.prepare import load_table, prepare_tables
+from skinhpc.plan import JobPaths
+from skinhpc.spec import from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+FRAGMENT = REPO / "configs" / "data" / "ham10000_shared.yaml"
+
+
+def test_summary_subprocess_on_shared_fragment(ham_root, tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "skinhpc.cli", "data", "summary", str(FRAGMENT)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert r.returncode == 0, r.stderr
+    assert "3333 images, 2348 groups" in r.stdout
+    assert "mel" in r.stdout and "malignant" in r.stdout
+
+
+def test_split_writes_tables_and_reuses_them(ham_root, tmp_path, capsys):
+    out = tmp_path / "tables"
+    assert main(["split", str(FRAGMENT), "data.subset=400", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "wrote" in text and "% of split" in text
+    splits = pd.read_csv(out / "splits.csv")
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert splits["image_id"].tolist() == manifest["image_id"].tolist()
+    assert splits.groupby("group")["split"].nunique().max() == 1
+    mtime = (out / "manifest.csv").stat().st_mtime_ns
+    assert main(["split", str(FRAGMENT), "data.subset=400", "--out", str(out)]) == 0
+    assert "reused" in capsys.readouterr().out
+    assert (out / "manifest.csv").stat().st_mtime_ns == mtime
+    # a changed data spec is not served stale tables
+    assert main(["split", str(FRAGMENT), "data.subset=200", "--out", str(out)]) == 0
+    assert len(pd.read_csv(out / "manifest.csv")) < len(manifest)
+
+
+def test_bad_fragment_key_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  sorces: []\n")
+    assert main(["summary", str(bad)]) == 2
+    assert "did you mean 'sources'" in capsys.readouterr().err
+
+
+def test_prepare_tables_and_load_table_minus_skipped(ham_root, tmp_path):
+    spec = from_dict({"name": "p", "results_dir": str(tmp_path), "base_dir": str(tmp_path),
+                      "data": {"sources": [{"kind": "ham10000", "root": str(ham_root)}],
+                               "subset": 150, "audit": {"near_duplicates": False}}})
+    paths = JobPaths(spec.job_dir)
+    meta = prepare_tables(spec, paths)
+    assert not meta["skipped"] and paths.audit.exists() and paths.manifest.exists()
+    assert prepare_tables(spec, paths)["skipped"]
+    table = load_table(spec, paths)
+    assert {"image_id", "path", "label", "dx", "group", "split"} <= set(table.columns)
+    assert table["label"].dtype.kind == "i" and table["age"].dtype.kind == "f"
+    assert set(table["sex"]) <= {"male", "female", ""}
+    gone = table["image_id"].iloc[0]
+    paths.prepare_done.write_text(json.dumps({"skipped": [
+        {"image_id": gone, "path": table["path"].iloc[0], "reason": "corrupt"}]}))
+    after = load_table(spec, paths)
+    assert len(after) == len(table) - 1 and gone not in set(after["image_id"])

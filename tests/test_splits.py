@@ -1,0 +1,75 @@
+"""Grouped, stratified splits on the 3,333 real HAM10000 images."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from skinhpc.data.sources import DataError, build_manifest
+from skinhpc.data.splits import class_table, make_splits
+from skinhpc.spec import SplitSpec, from_dict
+
+CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+
+
+@pytest.fixture(scope="module")
+def manifests(ham_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("splits")
+    out = {}
+    for task in ("binary", "multiclass"):
+        spec = from_dict({"name": "s", "base_dir": str(tmp), "data": {
+            "sources": [{"kind": "ham10000", "root": str(ham_root)}], "task": task,
+            "classes": CLASSES if task == "multiclass" else []}})
+        out[task] = build_manifest(spec)
+    return out
+
+
+def ratios(manifest, splits):
+    t = class_table(manifest, splits)
+    return t.div(t.sum(axis=1), axis=0) * 100
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_holdout_no_lesion_in_two_splits_and_class_ratios_within_2_points(manifests, task):
+    m = manifests[task]
+    s = make_splits(m, SplitSpec())
+    assert s["image_id"].tolist() == m["image_id"].tolist()
+    per_lesion = s.groupby("group")["split"].nunique()
+    assert per_lesion.max() == 1
+    r = ratios(m, s)
+    assert (r.loc[["train", "val", "test"]] - r.loc["all"]).abs().max().max() <= 2.0
+    groups = s.groupby("split")["group"].nunique() / s["group"].nunique()
+    for name, target in zip(("train", "val", "test"), (0.7, 0.15, 0.15), strict=True):
+        assert abs(groups[name] - target) < 0.02
+
+
+def test_split_is_deterministic_from_seed(manifests):
+    m = manifests["binary"]
+    a, b = make_splits(m, SplitSpec(seed=7)), make_splits(m, SplitSpec(seed=7))
+    c = make_splits(m, SplitSpec(seed=8))
+    assert a.equals(b)
+    assert (a["split"] != c["split"]).mean() > 0.1
+
+
+def test_kfold_folds_partition_the_non_test_groups(manifests):
+    m = manifests["binary"]
+    folds = [make_splits(m, SplitSpec(method="kfold", folds=5, fold=k)) for k in range(5)]
+    test_sets = {frozenset(f.loc[f["split"] == "test", "image_id"]) for f in folds}
+    assert len(test_sets) == 1  # the held-out test part does not move with the fold
+    vals = [set(f.loc[f["split"] == "val", "image_id"]) for f in folds]
+    assert sum(len(v) for v in vals) == len(set().union(*vals)) == (folds[0]["split"] != "test").sum()
+    for f in folds:
+        assert f.groupby("group")["split"].nunique().max() == 1
+        r = ratios(m, f)
+        assert abs(r.loc["val", 1] - r.loc["all", 1]) <= 3.0
+
+
+def test_group_by_image_warns_and_missing_key_fails(manifests, caplog):
+    m = manifests["binary"]
+    with caplog.at_level(logging.WARNING):
+        s = make_splits(m, SplitSpec(group_by="image"))
+    assert "leak" in caplog.text
+    assert s["group"].str.startswith("image:").all()
+    with pytest.raises(DataError, match="group_by=patient: image 'ISIC_"):
+        make_splits(m, SplitSpec(group_by="patient"))
