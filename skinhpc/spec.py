@@ -140,7 +140,7 @@ class HairSpec:
     )
     threshold: int = doc("Black-hat response above which a pixel is hair.", default=10)
     method: Literal["median", "telea", "ns"] = doc(
-        "Fill: median (fast masked median blend) or OpenCV inpainting (telea, ns; slow).",
+        "Fill: median (fast pyramid blend from the surrounding skin; the name is historical) or OpenCV inpainting (telea, ns; about 2x slower in total).",
         default="median",
     )
 

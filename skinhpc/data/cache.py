@@ -1,0 +1,345 @@
+"""The preprocessing cache: every manifest image decoded and preprocessed once, as ``.npy``.
+
+Training reads ``size x size x 3`` uint8 arrays with ``np.load`` (tens of
+microseconds) instead of decoding and preprocessing each image every epoch.
+The folder is ``spec.cache_dir`` = ``<cache root>/<preprocess hash>``, so jobs
+with the same preprocessing share it and a change of any pixel-affecting key
+starts a new folder; ``preprocess.json`` in it records the config.
+
+Resumable and shardable: each file is written to a temporary name and renamed,
+so a killed task leaves either a complete array or a stray ``.tmp`` (ignored,
+and cleaned once stale); a rerun skips complete arrays.  A SLURM array task
+builds rows ``i % num_shards == shard`` and writes a shard report under the
+*job* folder (``prepare/<manifest hash>-<k>-of-<n>.json``), so two jobs that
+share a cache never read each other's reports; :func:`finalize` merges them
+into ``prepare.done.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import re
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..plan import JobPaths, atomic_path, write_json_atomic
+from ..spec import JobSpec, PreprocessSpec
+from .images import BadImageError
+
+__all__ = [
+    "build_cache",
+    "cache_complete",
+    "cache_path",
+    "finalize",
+    "load_cached",
+    "manifest_hash",
+    "shard_report_path",
+]
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "preprocess.json"
+STALE_TMP_S = 3600.0  # a .tmp older than this belongs to a dead writer, not a live one
+
+
+# --------------------------------------------------------------------------- paths and keys
+def cache_path(cache_dir: str | Path, image_id: str) -> Path:
+    return Path(cache_dir) / f"{image_id}.npy"
+
+
+def load_cached(cache_dir: str | Path, image_id: str) -> np.ndarray:
+    """One cached image, uint8 ``(size, size, 3)`` RGB."""
+    path = cache_path(cache_dir, image_id)
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path}: image {image_id} is not in the preprocessing cache (run the prepare stage)"
+        ) from None
+
+
+def _read_manifest(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: manifest missing; run the prepare stage (tables) first")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"image_id", "path"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; have {list(df.columns)}")
+    for col in ("image_id", "path"):
+        empty = np.flatnonzero(df[col].str.strip() == "")
+        if len(empty):
+            raise ValueError(f"{path}: row {empty[0] + 2}: empty {col}")
+    dup = df["image_id"][df["image_id"].duplicated()]
+    if len(dup):
+        raise ValueError(f"{path}: image_id {dup.iloc[0]} appears more than once")
+    bad = df["image_id"][~df["image_id"].map(lambda s: bool(re.fullmatch(r"[\w.\-]+", s)))]
+    if len(bad):
+        raise ValueError(f"{path}: image_id {bad.iloc[0]!r} is not a safe file name")
+    return df[["image_id", "path"]]
+
+
+def manifest_hash(paths: JobPaths) -> str:
+    """Identity of the image list (ids and files), so shard reports of an older manifest
+    in the same job folder are never merged into the new one."""
+    df = _read_manifest(paths.manifest)
+    text = "\n".join(df["image_id"] + "\t" + df["path"])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def shard_report_path(paths: JobPaths, mhash: str, shard: int, num_shards: int) -> Path:
+    return paths.root / "prepare" / f"{mhash}-{shard}-of-{num_shards}.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Task:
+    image_id: str
+    src: str
+    dst: str
+
+
+def _expected_nbytes(size: int) -> int:
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((size, size, 3), np.uint8))
+    return buf.tell()
+
+
+def _is_complete(path: Path, nbytes: int) -> bool:
+    """A finished array has exactly the .npy size of (size, size, 3) uint8: a cheap stat that
+    also rejects a truncated file from a writer that was not atomic."""
+    try:
+        return path.stat().st_size == nbytes
+    except FileNotFoundError:
+        return False
+
+
+def _clean_stale_tmp(cache_dir: Path) -> int:
+    now, n = time.time(), 0
+    for tmp in cache_dir.glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TMP_S:
+                tmp.unlink()
+                n += 1
+        except FileNotFoundError:  # another shard got there first
+            pass
+    return n
+
+
+def _write_config(spec: JobSpec, cache_dir: Path) -> None:
+    cfg = dataclasses.asdict(spec.preprocess)
+    for k in ("cache_dir", "on_bad_image", "workers", "shards"):
+        cfg.pop(k)
+    path = cache_dir / CONFIG_NAME
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("preprocess") != cfg:
+            raise RuntimeError(f"{path}: holds another preprocessing config than hash "
+                               f"{spec.preprocess_hash()} (cache folder reused by hand?)")
+        return
+    write_json_atomic(path, {"preprocess_hash": spec.preprocess_hash(), "preprocess": cfg})
+
+
+# --------------------------------------------------------------------------- workers
+_CFG: PreprocessSpec | None = None
+
+
+def _init_worker(cfg: PreprocessSpec) -> None:
+    import cv2
+
+    global _CFG
+    _CFG = cfg
+    cv2.setNumThreads(1)  # parallelism comes from the processes; OpenCV's own pool would oversubscribe
+
+
+def _process(task: _Task) -> tuple[str, str, str | None]:
+    """(image_id, src, None) when written, or the reason the image is bad."""
+    from .images import read_rgb
+    from .preprocess import preprocess
+
+    assert _CFG is not None
+    try:
+        arr = preprocess(read_rgb(task.src), _CFG)
+    except BadImageError as e:
+        return task.image_id, task.src, e.reason
+    with atomic_path(task.dst) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+    return task.image_id, task.src, None
+
+
+def _run(tasks: list[_Task], cfg: PreprocessSpec, workers: int) -> Iterator[tuple[str, str, str | None]]:
+    if workers <= 1 or len(tasks) < 2:
+        _init_worker(cfg)
+        yield from map(_process, tasks)
+        return
+    # forkserver: no copy of a parent that may hold torch/OpenMP threads (fork can deadlock them)
+    ctx = multiprocessing.get_context("forkserver")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+        chunk = max(1, min(32, len(tasks) // (workers * 8)))
+        yield from pool.imap_unordered(_process, tasks, chunksize=chunk)
+
+
+def _progress(it: Iterable, total: int, desc: str) -> Iterator:
+    """tqdm on a terminal; plain log lines every ~10 s in batch logs."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(it, total=total, desc=desc)
+        return
+    t0 = last = time.monotonic()
+    for i, x in enumerate(it, 1):
+        yield x
+        now = time.monotonic()
+        if now - last >= 10 or i == total:
+            log.info("%s: %d/%d images (%.1f/s)", desc, i, total, i / max(now - t0, 1e-9))
+            last = now
+
+
+# --------------------------------------------------------------------------- the stage
+def build_cache(spec: JobSpec, paths: JobPaths, shard: int = 0, num_shards: int = 1) -> dict[str, Any]:
+    """Preprocess this shard's manifest rows into ``spec.cache_dir``; returns the shard report.
+
+    ``on_bad_image=fail`` raises :class:`BadImageError` naming the first bad file;
+    ``skip`` records it in the shard report and carries on.
+    """
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard {shard} out of range for num_shards={num_shards}")
+    cfg = spec.preprocess
+    cache_dir = spec.cache_dir
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _write_config(spec, cache_dir)
+    n_stale = _clean_stale_tmp(cache_dir)
+    mhash = manifest_hash(paths)
+    rows = _read_manifest(paths.manifest).iloc[shard::num_shards]
+    nbytes = _expected_nbytes(cfg.size)
+
+    tasks, present = [], 0
+    for image_id, src in zip(rows["image_id"], rows["path"], strict=True):
+        dst = cache_path(cache_dir, image_id)
+        if _is_complete(dst, nbytes):
+            present += 1
+        else:
+            tasks.append(_Task(image_id, str(spec.resolve(src)), str(dst)))
+    log.info("cache shard %d/%d: %d images, %d already cached, %d to build in %s "
+             "(%d stale temporary files removed)", shard, num_shards, len(rows), present,
+             len(tasks), cache_dir, n_stale)
+
+    t0 = time.monotonic()
+    skipped: list[dict[str, str]] = []
+    built = 0
+    results = _run(tasks, cfg, min(cfg.workers, max(1, len(tasks))))
+    try:
+        for image_id, src, reason in _progress(results, len(tasks), f"cache {shard}/{num_shards}"):
+            if reason is None:
+                built += 1
+                continue
+            if cfg.on_bad_image == "fail":
+                raise BadImageError(src, f"{reason} (image_id {image_id}; set "
+                                         "preprocess.on_bad_image=skip to leave it out)")
+            log.warning("skipping bad image %s (%s): %s", image_id, src, reason)
+            skipped.append({"image_id": image_id, "path": src, "reason": reason})
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # ends the pool early when a bad image stops the shard
+
+    skipped.sort(key=lambda s: s["image_id"])
+    report = {
+        "shard": shard,
+        "num_shards": num_shards,
+        "manifest_hash": mhash,
+        "preprocess_hash": spec.preprocess_hash(),
+        "cache_dir": str(cache_dir),
+        "n_images": len(rows),
+        "n_present": present,
+        "n_built": built,
+        "skipped": skipped,
+        "seconds": round(time.monotonic() - t0, 3),
+    }
+    write_json_atomic(shard_report_path(paths, mhash, shard, num_shards), report)
+    log.info("cache shard %d/%d done: %d built, %d present, %d skipped in %.1f s",
+             shard, num_shards, built, present, len(skipped), report["seconds"])
+    return report
+
+
+def _complete_reports(paths: JobPaths, mhash: str, prefer: int) -> list[dict[str, Any]]:
+    found: dict[int, dict[int, Path]] = {}
+    for p in (paths.root / "prepare").glob(f"{mhash}-*-of-*.json"):
+        m = re.fullmatch(rf"{mhash}-(\d+)-of-(\d+)\.json", p.name)
+        if m:
+            found.setdefault(int(m.group(2)), {})[int(m.group(1))] = p
+    complete = [n for n, got in found.items() if set(got) == set(range(n))]
+    if not complete:
+        if not found:
+            raise RuntimeError(f"{paths.root / 'prepare'}: no shard reports for this manifest "
+                               f"({mhash}); run build_cache first")
+        n = prefer if prefer in found else max(found)
+        missing = sorted(set(range(n)) - set(found[n]))
+        raise RuntimeError(f"{paths.root / 'prepare'}: cache shard(s) {missing} of {n} have no "
+                           "report (task failed or still running)")
+    n = prefer if prefer in complete else max(complete)
+    return [json.loads(found[n][k].read_text()) for k in range(n)]
+
+
+def finalize(spec: JobSpec, paths: JobPaths) -> dict[str, Any]:
+    """Merge shard reports into ``prepare.done.json`` after checking every image is accounted
+    for (cached or skipped with a reason); logs what was left out."""
+    cache_dir = spec.cache_dir
+    mhash = manifest_hash(paths)
+    reports = _complete_reports(paths, mhash, spec.preprocess.shards)
+    skipped = sorted((s for r in reports for s in r["skipped"]), key=lambda s: s["image_id"])
+    bad = {s["image_id"] for s in skipped}
+    ids = _read_manifest(paths.manifest)["image_id"]
+    nbytes = _expected_nbytes(spec.preprocess.size)
+    missing = [i for i in ids if i not in bad and not _is_complete(cache_path(cache_dir, i), nbytes)]
+    if missing:
+        raise RuntimeError(f"{cache_dir}: {len(missing)} manifest image(s) neither cached nor "
+                           f"skipped, e.g. {missing[:5]}; rerun build_cache")
+    done = {
+        "n_images": len(ids),
+        "n_cached": len(ids) - len(bad),
+        "skipped": skipped,
+        "cache_dir": str(cache_dir),
+        "preprocess_hash": spec.preprocess_hash(),
+        "manifest_hash": mhash,
+        "shards": len(reports),
+    }
+    write_json_atomic(paths.prepare_done, done)
+    if skipped:
+        reasons: dict[str, int] = {}
+        for s in skipped:
+            reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+        log.warning("prepare: %d of %d images skipped as bad: %s", len(skipped), len(ids),
+                    "; ".join(f"{n}x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])))
+        for s in skipped[:20]:
+            log.warning("  skipped %s: %s (%s)", s["image_id"], s["reason"], s["path"])
+    log.info("prepare: %d images cached in %s", done["n_cached"], cache_dir)
+    return done
+
+
+def cache_complete(spec: JobSpec, paths: JobPaths) -> bool:
+    """``prepare.done.json`` matches this preprocessing and manifest, and every kept image is
+    cached: the prepare stage can be skipped."""
+    try:
+        done = json.loads(paths.prepare_done.read_text())
+        if done.get("preprocess_hash") != spec.preprocess_hash():
+            return False
+        if Path(done.get("cache_dir", "")) != spec.cache_dir:
+            return False
+        if done.get("manifest_hash") != manifest_hash(paths):
+            return False
+    except (FileNotFoundError, json.JSONDecodeError, ValueError, AttributeError):
+        return False
+    bad = {s["image_id"] for s in done.get("skipped", [])}
+    nbytes = _expected_nbytes(spec.preprocess.size)
+    ids = _read_manifest(paths.manifest)["image_id"]
+    return all(_is_complete(cache_path(spec.cache_dir, i), nbytes) for i in ids if i not in bad)

@@ -1,0 +1,159 @@
+"""Read any image a dataset may hand us as uint8 RGB, or fail naming the file.
+
+Dermoscopy collections are mostly 8-bit RGB JPEGs, but merged archives also
+carry grayscale scans, CMYK JPEGs from print workflows, RGBA/palette PNGs
+exported from viewers and 16-bit PNG/TIFF from research cameras.  Each of
+those silently goes wrong in one decoder or another, so the reader routes by
+what the header says:
+
+* 8-bit RGB or grayscale JPEG/PNG -> OpenCV (fastest; applies the EXIF
+  orientation; its 16->8 bit reduction of RGB PNGs is a plain high-byte shift,
+  the same as Pillow's).
+* everything else -> Pillow, with explicit handling of the modes whose
+  ``convert("RGB")`` is wrong: 16/32-bit grayscale (Pillow clips instead of
+  scaling) and float images.
+
+Transparency is composited on **white**: the RGB hidden under alpha 0 is
+undefined (often black), and black would later be taken for a dark vignette
+corner and inpainted; white is what every viewer shows.
+
+A JPEG without its end-of-image marker is refused: libjpeg (inside OpenCV)
+pads a truncated stream with gray and only prints a warning, which would put a
+half-gray picture into the cache that looks complete.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["BadImageError", "read_rgb", "image_size"]
+
+_FAST_FORMATS = {"JPEG", "PNG"}
+_FAST_MODES = {"RGB", "L"}
+_WHITE = (255, 255, 255)
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be turned into RGB safely; names the file and why."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # keeps the two-argument signature across process pools
+        return (type(self), (self.path, self.reason))
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadImageError(path, "file not found") from None
+    except IsADirectoryError:
+        raise BadImageError(path, "is a directory, not an image file") from None
+    except OSError as e:
+        raise BadImageError(path, f"cannot read file: {e.strerror or e}") from None
+    if not data:
+        raise BadImageError(path, "empty file (0 bytes)")
+    return data
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """A JPEG stream ends with FFD9; some writers pad a few zero/newline bytes after it."""
+    return b"\xff\xd9" in data[-64:]
+
+
+def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Full-range scaling: 65535 -> 255 for 16-bit, [0, 1] floats -> [0, 255]."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind == "f":
+        a = np.nan_to_num(arr.astype(np.float32))
+        if a.size and a.max() <= 1.0:
+            a = a * 255.0
+        return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    if arr.dtype.kind in "ui":
+        a = arr.astype(np.float64)
+        top = 65535.0 if arr.dtype.itemsize <= 2 or a.max(initial=0) <= 65535 else float(a.max())
+        return np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+    raise ValueError(f"unsupported pixel type {arr.dtype}")
+
+
+def _pillow_to_rgb(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode.startswith("I") or mode == "F":  # I, I;16, I;16B, I;16L, I;16N, F: one channel
+        gray = _scale_to_uint8(np.asarray(im))
+        if gray.ndim != 2:
+            raise ValueError(f"unexpected {mode} array shape {gray.shape}")
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        mode in ("P", "L", "RGB") and "transparency" in im.info
+    )
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    # CMYK (Pillow undoes Adobe's inverted CMYK), YCbCr, LAB, HSV, 1, P, L, RGB
+    return np.asarray(im.convert("RGB"))
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """The image as a C-contiguous uint8 array (H, W, 3) in RGB order.
+
+    Raises :class:`BadImageError` (a ``ValueError``) for a missing, empty,
+    truncated, corrupt or non-image file, with the path and the reason.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as header:
+                fmt, mode = header.format, header.mode
+    except UnidentifiedImageError:
+        raise BadImageError(path, "not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImageError(path, f"refused, too many pixels: {e}") from None
+    except Exception as e:  # malformed headers raise anything from SyntaxError to struct.error
+        raise BadImageError(path, f"unreadable image header: {e}") from None
+
+    if fmt == "JPEG" and not _jpeg_complete(data):
+        raise BadImageError(path, "truncated JPEG (no end-of-image marker)")
+
+    if fmt in _FAST_FORMATS and mode in _FAST_MODES:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise BadImageError(path, f"corrupt or truncated {fmt} (OpenCV could not decode it)")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            rgb = _pillow_to_rgb(im)
+    except BadImageError:
+        raise
+    except Exception as e:
+        raise BadImageError(path, f"corrupt or unsupported {fmt} image (mode {mode}): {e}") from None
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
+        raise BadImageError(path, f"decoded to an unexpected array {rgb.shape} {rgb.dtype}")
+    return np.ascontiguousarray(rgb)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the header only, for audits that must not decode every pixel."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise BadImageError(path, "file not found") from None
+    except Exception as e:
+        raise BadImageError(path, f"unreadable image header: {e}") from None
