@@ -72,3 +72,12 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     assert os.listdir(target.parent) == []
     write_json_atomic(target, {"ok": 1})
     assert target.read_text().strip().endswith("}")
+
+
+def test_atomic_write_honours_umask(tmp_path: Path) -> None:
+    target = tmp_path / "report.html"
+    write_json_atomic(target, {})
+    mode = target.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

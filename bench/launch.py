@@ -1,0 +1,151 @@
+"""Launch overhead on the real dev cluster: skinhpc plan+submit of a 100-member job vs one
+plain ``sbatch --array=0-99`` (+ a dependent reduce sbatch), measured side by side in one run;
+then the seconds from the last member's end to the reduce's start.
+
+    python bench/launch.py [--members 100] [--repeats 3]
+
+Needs the dev cluster (slurm/devcluster/up.sh; this script starts it with MaxArraySize 1001).
+Both sides submit with ``--hold`` so nothing competes for the 2 cores while timing; the
+skinhpc members are then released with their done.json already written, so each task
+exits at once (MemberTask skips a done member) and the reduce's start delay is pure
+scheduling. The reduce itself then fails (there are no checkpoints): not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from skinhpc.cluster import active_slurm_ids, job_ids, read_launches  # noqa: E402
+from skinhpc.launch import launch  # noqa: E402
+from skinhpc.plan import JobPaths, write_json_atomic  # noqa: E402
+from skinhpc.spec import dump_yaml, from_dict  # noqa: E402
+from skinhpc.stages import PrepareTask  # noqa: E402
+
+HAM = Path(os.environ.get("SKINHPC_SHARED", REPO.parent / "shared")) / "data" / "ham10000"
+
+
+def job_file(folder: Path, members: int, name: str) -> Path:
+    raw = {
+        "name": name,
+        "results_dir": str(folder / "results"),
+        "seeds": list(range(1, members + 1)),
+        "data": {"sources": [{"kind": "ham10000", "root": str(HAM), "images": ["images"]}],
+                 "subset": 60, "audit": {"near_duplicates": False}},
+        "preprocess": {"size": 16, "workers": 1, "cache_dir": str(folder / "cache")},
+        "model": {"name": "resnet10t", "pretrained": "none"},
+        "reduce": {"mlflow": {"enabled": False}, "onnx": False, "bootstrap": 0, "gradcam": 0},
+        "cluster": {"executor": "slurm", "cpus_per_gpu": 1, "mem_gb": 1, "time_min": 5,
+                    "reduce_time_min": 5, "sbatch": {"hold": True}},
+        "base_dir": str(folder),
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(dump_yaml(from_dict(raw)))
+    return path
+
+
+def plain_sbatch(folder: Path, members: int) -> tuple[float, list[str]]:
+    t0 = time.perf_counter()
+    arr = subprocess.run(
+        ["sbatch", "--parsable", "--hold", f"--array=0-{members - 1}", "-c1", "--mem=1G", "-t5",
+         "-o", str(folder / "plain_%A_%a.out"), "--wrap", "true"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    red = subprocess.run(
+        ["sbatch", "--parsable", "--hold", f"--dependency=afterany:{arr}", "-c1", "--mem=1G", "-t5",
+         "-o", str(folder / "plain_reduce_%j.out"), "--wrap", "true"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    return time.perf_counter() - t0, [arr, red]
+
+
+def sacct_times(ids: list[str]) -> dict[str, tuple[str, str]]:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,Start,End", "-j", ",".join(ids)],
+                         capture_output=True, text=True).stdout
+    rows = {}
+    for line in out.splitlines():
+        jid, start, end = line.split("|")
+        rows[jid] = (start, end)
+    return rows
+
+
+def ts(s: str) -> float:
+    return datetime.fromisoformat(s).timestamp()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--members", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    env = dict(os.environ, SKINHPC_MAX_ARRAY_SIZE=os.environ.get("SKINHPC_MAX_ARRAY_SIZE", "1001"))
+    subprocess.run(["bash", str(REPO / "slurm/devcluster/up.sh")], check=True, env=env)
+    folder = Path(tempfile.mkdtemp(prefix="skinhpc-bench-launch-"))
+    # prepare once, in this process, so every launch below skips it (prepare is not the subject)
+    first = job_file(folder, args.members, "bench0")
+    from skinhpc.spec import load_spec
+
+    spec0 = load_spec(first)
+    JobPaths(spec0.job_dir).root.mkdir(parents=True, exist_ok=True)
+    JobPaths(spec0.job_dir).job_yaml.write_text(dump_yaml(spec0))
+    PrepareTask(spec0.job_dir, "all")()
+
+    plain_s, ours_s = [], []
+    last_paths = None
+    for r in range(args.repeats):
+        s, ids = plain_sbatch(folder, args.members)
+        plain_s.append(s)
+        subprocess.run(["scancel", *ids], check=False)
+        job = job_file(folder, args.members, f"bench{r}")
+        if r:  # reuse bench0's prepared tables and cache
+            src = JobPaths(spec0.job_dir)
+            dst = JobPaths(load_spec(job).job_dir)
+            dst.root.mkdir(parents=True, exist_ok=True)
+            for f in ("manifest.csv", "splits.csv", "audit.json", "prepare.done.json"):
+                if (src.root / f).exists():
+                    (dst.root / f).write_bytes((src.root / f).read_bytes())
+        t0 = time.perf_counter()
+        spec, entries = launch(job)  # load + validate + plan + job.yaml + sbatch x2
+        ours_s.append(time.perf_counter() - t0)
+        assert [e["stage"] for e in entries] == ["train", "reduce"], entries
+        paths = JobPaths(spec.job_dir)
+        if r < args.repeats - 1:
+            subprocess.run(["scancel", *job_ids(paths)], check=False)
+        last_paths = paths
+
+    # run the last launch: members exit at once, then the reduce starts by dependency
+    paths = last_paths
+    for k in range(args.members):
+        write_json_atomic(paths.member(k).done, {"bench": True})
+    ids = job_ids(paths)
+    subprocess.run(["scontrol", "release", *ids], check=True)
+    deadline = time.time() + 900
+    while active_slurm_ids(ids) and time.time() < deadline:
+        time.sleep(1)
+    array, reduce_id = [e["job_id"] for e in read_launches(paths) if e["stage"] in ("train", "reduce")]
+    times = sacct_times([array, reduce_id])
+    ends = [ts(e) for j, (_, e) in times.items() if j.startswith(f"{array}_") and e not in ("", "Unknown")]
+    start = times.get(reduce_id, ("", ""))[0]
+    gap = ts(start) - max(ends) if ends and start not in ("", "Unknown") else float("nan")
+
+    p, o = statistics.median(plain_s), statistics.median(ours_s)
+    print(f"members                         {args.members}")
+    print(f"plain sbatch array + reduce     {p:.3f} s  (median of {args.repeats})")
+    print(f"skinhpc launch (plan + submit)  {o:.3f} s  (median of {args.repeats})")
+    print(f"ratio skinhpc / plain           {o / p:.2f}x  (target <= 2x)")
+    print(f"last member end -> reduce start {gap:.0f} s  (sacct, 1 s resolution; {len(ends)} members ended)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

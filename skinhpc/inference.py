@@ -1,0 +1,233 @@
+"""Member loading and batched TTA inference, shared by the reduce stage and `skinhpc predict`.
+
+Models returned here take images in [0, 1] (NCHW float) and normalise inside
+(:class:`Normalized`), because members of a sweep may use backbones with different
+mean/std: one image stream then feeds every member, and an ONNX export of such a
+model needs no separate preprocessing contract.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .plan import JobPaths, Member, plan_members
+from .spec import JobSpec
+from .tta import apply_views, check_views, split_views
+
+log = logging.getLogger(__name__)
+
+
+class MembersMissing(RuntimeError):
+    """Fewer finished members than ``reduce.min_members``; the message names each missing one."""
+
+
+class Normalized(nn.Module):
+    """A member's network with its own input normalisation and metadata switch built in."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], uses_meta: bool):
+        super().__init__()
+        self.model = model
+        self.uses_meta = bool(uses_meta)
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        x = (images - self.mean) / self.std
+        return self.model(x, meta if self.uses_meta else None)
+
+
+@dataclass
+class MissingMember:
+    member: Member
+    reason: str
+    error_txt: str | None  # path of the member's error.txt when the training task left one
+
+    def describe(self) -> str:
+        extra = f" (see {self.error_txt})" if self.error_txt else ""
+        return f"member {self.member.name} (seed {self.member.seed}, {self.member.overrides}): {self.reason}{extra}"
+
+
+def _check_member(spec: JobSpec, paths: JobPaths, member: Member) -> str | None:
+    """Why a member cannot be used, or None when its files look complete."""
+    mp = paths.member(member)
+    if not mp.done.exists():
+        return f"no {mp.done} (training unfinished or failed)"
+    try:
+        json.loads(mp.done.read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable {mp.done}: {e}"
+    if not mp.best.exists():
+        return f"no checkpoint {mp.best}"
+    return None
+
+
+def gather_members(
+    spec: JobSpec, paths: JobPaths, device: str | torch.device = "cpu"
+) -> tuple[list[tuple[Member, nn.Module]], list[MissingMember]]:
+    """Load every finished member; the unusable ones are logged and returned, not raised."""
+    from .model import data_config, load_checkpoint_model
+
+    loaded: list[tuple[Member, nn.Module]] = []
+    missing: list[MissingMember] = []
+    for member in plan_members(spec):
+        mp = paths.member(member)
+        reason = _check_member(spec, paths, member)
+        model = None
+        if reason is None:
+            mspec = member.spec(spec)
+            try:
+                net = load_checkpoint_model(mp.best, mspec)
+                cfg = data_config(mspec)
+                model = Normalized(net, cfg["mean"], cfg["std"], mspec.model.metadata.enabled)
+            except Exception as e:  # noqa: BLE001 - any bad checkpoint leaves the member out, named
+                reason = f"cannot load {mp.best}: {type(e).__name__}: {e}"
+        if reason is not None:
+            err = str(mp.error) if mp.error.exists() else None
+            miss = MissingMember(member, reason, err)
+            log.warning("leaving out %s", miss.describe())
+            missing.append(miss)
+            continue
+        assert model is not None
+        loaded.append((member, model.to(device).eval()))
+    return loaded, missing
+
+
+def load_members(
+    spec: JobSpec, paths: JobPaths, device: str | torch.device = "cpu"
+) -> list[tuple[Member, nn.Module]]:
+    """Finished members with their models (eval mode); raises when fewer than reduce.min_members."""
+    loaded, missing = gather_members(spec, paths, device)
+    require_members(spec, loaded, missing)
+    return loaded
+
+
+def require_members(spec: JobSpec, loaded: list, missing: list[MissingMember]) -> None:
+    need = max(1, spec.reduce.min_members)
+    if len(loaded) < need:
+        lines = "\n  ".join(m.describe() for m in missing) or "(no members planned)"
+        raise MembersMissing(
+            f"job {spec.name}: {len(loaded)} usable member(s), reduce.min_members={need}; missing:\n  {lines}"
+        )
+
+
+def to_unit_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC (the cache layout) or HWC -> float NCHW in [0, 1]."""
+    t = torch.as_tensor(np.asarray(images))
+    if t.ndim == 3:
+        t = t.unsqueeze(0)
+    if t.ndim != 4 or t.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images (N, H, W, 3), got shape {tuple(t.shape)}")
+    return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def cached_batches(cache_dir: Path, image_ids: Sequence[str], batch_size: int) -> Iterator[torch.Tensor]:
+    """Batches of cached images in [0, 1], in ``image_ids`` order."""
+    try:
+        from .data.cache import load_cached
+    except ImportError:  # the cache module's contract is also implemented by the dataset
+        from .data.dataset import _load_cached as load_cached
+
+    for start in range(0, len(image_ids), batch_size):
+        chunk = image_ids[start : start + batch_size]
+        yield to_unit_tensor(np.stack([load_cached(cache_dir, i) for i in chunk]))
+
+
+def autocast(device: torch.device) -> Any:
+    """bf16 autocast on CUDA (half the memory traffic, no loss scaling needed); no-op elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def predict_probs(
+    models: Sequence[nn.Module],
+    images_iter: Iterable[torch.Tensor],
+    meta: torch.Tensor | np.ndarray | None,
+    views: Sequence[str],
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Softmax probabilities ``(M, N, C)``: for each model, the mean over TTA views.
+
+    ``images_iter`` yields float NCHW batches in [0, 1] (see :func:`cached_batches`);
+    ``meta`` is the (N, D) metadata of all images in the same order, or None.
+    All views of a batch go through each model in one forward pass. ``batch_size``
+    re-chunks incoming batches so V*batch_size rows fit in memory (None: as given).
+    """
+    views = check_views(views)
+    device = torch.device(device)
+    models = [m.to(device).eval() for m in models]
+    if not models:
+        raise ValueError("predict_probs: no models")
+    meta_t = None if meta is None else torch.as_tensor(np.asarray(meta), dtype=torch.float32)
+    out: list[list[np.ndarray]] = [[] for _ in models]
+    offset = 0
+    with torch.inference_mode():
+        for batch in _rechunk(images_iter, batch_size):
+            n = batch.shape[0]
+            x = apply_views(batch.to(device, non_blocking=True), views)
+            m = None
+            if meta_t is not None:
+                if offset + n > meta_t.shape[0]:
+                    raise ValueError(f"predict_probs: meta has {meta_t.shape[0]} rows, images exceed it")
+                m = meta_t[offset : offset + n].to(device).repeat(len(views), 1)
+            for k, model in enumerate(models):
+                with autocast(device):
+                    logits = model(x, m)
+                probs = torch.softmax(logits.float(), dim=-1)
+                out[k].append(split_views(probs, len(views)).mean(0).cpu().numpy())
+            offset += n
+    if meta_t is not None and offset != meta_t.shape[0]:
+        raise ValueError(f"predict_probs: {offset} images but {meta_t.shape[0]} metadata rows")
+    if offset == 0:
+        raise ValueError("predict_probs: no images")
+    return np.stack([np.concatenate(chunks) for chunks in out]).astype(np.float64)
+
+
+def _rechunk(batches: Iterable[torch.Tensor], size: int | None) -> Iterator[torch.Tensor]:
+    if not size:
+        yield from batches
+        return
+    buf: list[torch.Tensor] = []
+    have = 0
+    for b in batches:
+        buf.append(b)
+        have += b.shape[0]
+        while have >= size:
+            cat = torch.cat(buf)
+            yield cat[:size]
+            rest = cat[size:]
+            buf, have = ([rest] if rest.shape[0] else []), rest.shape[0]
+    if have:
+        yield torch.cat(buf)
+
+
+def combine(member_probs: np.ndarray, method: str = "mean") -> np.ndarray:
+    """Ensemble ``(M, N, C)`` -> ``(N, C)``.
+
+    mean: average probabilities (stays calibrated-ish, temperature scaling applies).
+    rank: per member and class, ranks over the N images scaled to (0, 1], averaged,
+    rows renormalised to sum 1. Robust to members with different calibration, but the
+    scores depend on the other images in the set and are not probabilities.
+    """
+    p = np.asarray(member_probs, dtype=np.float64)
+    if p.ndim != 3:
+        raise ValueError(f"combine: expected (members, images, classes), got shape {p.shape}")
+    if method == "mean":
+        return p.mean(axis=0)
+    if method == "rank":
+        from scipy.stats import rankdata
+
+        r = rankdata(p, axis=1) / p.shape[1]
+        s = r.mean(axis=0)
+        return s / s.sum(axis=1, keepdims=True)
+    raise ValueError(f"reduce.ensemble: unknown method {method!r}; valid: mean, rank")

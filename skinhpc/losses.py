@@ -1,0 +1,58 @@
+"""Losses for imbalanced dermoscopy labels: CE, class-weighted CE, focal.
+
+Class weights come from the train split only (inverse frequency, normalised to
+mean 1 so the loss scale, and hence the learning rate, stays comparable to CE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .spec import LossSpec
+
+
+def inverse_frequency(counts: Sequence[int] | np.ndarray) -> torch.Tensor:
+    """Weights proportional to 1/count, mean 1 over the classes; absent classes get 0."""
+    c = torch.as_tensor(np.asarray(counts), dtype=torch.float32)
+    w = torch.where(c > 0, 1.0 / c.clamp_min(1), torch.zeros_like(c))
+    present = (c > 0).sum().clamp_min(1)
+    return w * present / w.sum().clamp_min(1e-12)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017): mean over samples of -alpha_y (1 - p_y)^gamma log p_y."""
+
+    def __init__(self, gamma: float = 2.0, alpha: torch.Tensor | None = None):
+        super().__init__()
+        self.gamma = gamma
+        self.register_buffer("alpha", alpha if alpha is not None else torch.empty(0), persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+        loss = -((1 - logp.exp()) ** self.gamma) * logp
+        if self.alpha.numel():
+            loss = loss * self.alpha.to(loss.device)[target]
+        return loss.mean()
+
+
+def build_loss(spec: LossSpec, train_counts: Sequence[int] | np.ndarray) -> nn.Module:
+    """The member's loss; ``train_counts`` is the per-class count of the train split."""
+    n = len(train_counts)
+    if spec.name == "ce":
+        return nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
+    if spec.name == "weighted_ce":
+        return nn.CrossEntropyLoss(weight=inverse_frequency(train_counts), label_smoothing=spec.label_smoothing)
+    if spec.name == "focal":
+        if spec.alpha:
+            if len(spec.alpha) != n:
+                raise ValueError(f"train.loss.alpha: {len(spec.alpha)} values for {n} classes")
+            alpha = torch.tensor(spec.alpha, dtype=torch.float32)
+        else:
+            alpha = inverse_frequency(train_counts)
+        return FocalLoss(spec.gamma, alpha)
+    raise ValueError(f"train.loss.name: unknown loss {spec.name!r}")

@@ -1,0 +1,385 @@
+"""Plots and the self-contained HTML report of a reduced job.
+
+One file that can be mailed or archived: every image is a base64 data URI, the CSS
+is inline, nothing is fetched. It puts the numbers that are easy to misread next to
+the ones that correct them: gated figures beside coverage and the full-set figures,
+the ensemble beside each member and beside baselines that ignore the image, the
+threshold's provenance (validation), the label map and the exact spec.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .plan import JobPaths, Member, atomic_path, write_text_atomic
+from .spec import JobSpec, dump_yaml
+
+if TYPE_CHECKING:
+    from .reduce import Split
+
+log = logging.getLogger(__name__)
+
+DISCLAIMER = (
+    "Research use only. This report describes a machine-learning model evaluated on a retrospective "
+    "dataset; it is not a medical device, has not been clinically validated, and must not be used to "
+    "diagnose, treat or rule out skin cancer. Any suspicious lesion needs a clinician."
+)
+
+
+# --------------------------------------------------------------------------- plots
+def _binary_scores(spec: JobSpec, split: Split) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(y, ensemble score, member scores) of the malignant question."""
+    from .reduce import malignant_view
+
+    if spec.data.task == "binary":
+        return split.y, split.ensemble[:, 1], [m[:, 1] for m in split.members]
+    p, y = malignant_view(spec, split.ensemble, split.y)
+    return y, p[:, 1], [malignant_view(spec, m, split.y)[0][:, 1] for m in split.members]
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    return path
+
+
+def make_plots(spec: JobSpec, summary: dict[str, Any], val: Split, test: Split,
+               members: Sequence[Member], out_dir: Path) -> dict[str, Path]:
+    """ROC, PR, confusion matrices, reliability and risk-coverage PNGs of the test split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import metrics
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, Path] = {}
+    y, p, member_scores = _binary_scores(spec, test)
+    what = "malignant vs benign" + ("" if spec.data.task == "binary" else " (sum of malignant classes)")
+
+    for kind in ("roc", "pr"):
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        fn = metrics.roc_points if kind == "roc" else metrics.pr_points
+        for m, s in zip(members, member_scores, strict=True):
+            c = fn(y, s)
+            xs, ys = (c["fpr"], c["tpr"]) if kind == "roc" else (c["recall"], c["precision"])
+            score = c["auc"] if kind == "roc" else c["ap"]
+            ax.plot(xs, ys, lw=1, alpha=0.6, label=f"member {m.name} ({_fmt(score)})")
+        c = fn(y, p)
+        xs, ys = (c["fpr"], c["tpr"]) if kind == "roc" else (c["recall"], c["precision"])
+        score = c["auc"] if kind == "roc" else c["ap"]
+        ax.plot(xs, ys, lw=2.5, color="black", label=f"ensemble ({_fmt(score)})")
+        if kind == "roc":
+            ax.plot([0, 1], [0, 1], ls=":", color="grey", label="chance")
+            ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC, test: {what}")
+        else:
+            prev = c.get("prevalence")
+            if prev is not None:
+                ax.axhline(prev, ls=":", color="grey", label=f"prevalence {prev:.2f}")
+            ax.set(xlabel="recall (sensitivity)", ylabel="precision", title=f"Precision-recall, test: {what}")
+        ax.set(xlim=(0, 1), ylim=(0, 1.02))
+        ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "lower left")
+        plots[kind] = _save(fig, out_dir / f"{kind}.png")
+        plt.close(fig)
+
+    cm = summary["confusion"]
+    labels = cm["labels"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    titles = ["all test cases at the threshold",
+              f"kept by the gate {spec.reduce.gate:g}: coverage {cm['coverage']:.1%}"]
+    for ax, mat, title in zip(axes, (cm["at_threshold"], cm["gated"]), titles, strict=True):
+        arr = np.asarray(mat)
+        ax.imshow(arr, cmap="Blues")
+        for (i, j), v in np.ndenumerate(arr):
+            ax.text(j, i, str(v), ha="center", va="center",
+                    color="white" if v > arr.max() / 2 else "black", fontsize=8)
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set(xlabel="predicted", ylabel="true", title=title)
+    plots["confusion"] = _save(fig, out_dir / "confusion.png")
+    plt.close(fig)
+
+    rel = summary["reliability"]
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    edges = np.asarray(rel["bin_edges"], dtype=float)
+    centers = (edges[:-1] + edges[1:]) / 2
+    acc = np.array([np.nan if a is None else a for a in rel["bin_accuracy"]], dtype=float)
+    ax.bar(centers, np.nan_to_num(acc), width=np.diff(edges), edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
+    ax.set(xlabel="confidence (top class)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title=f"Reliability, test (ECE {_fmt(rel.get('ece'))}, T={summary.get('temperature', 1):.2f})")
+    ax.legend(fontsize=8)
+    plots["reliability"] = _save(fig, out_dir / "reliability.png")
+    plt.close(fig)
+
+    rc = summary["risk_coverage"]
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.step(rc["coverage"], rc["risk"], where="post", color="black")
+    gated = summary["test"]["gated"]
+    if spec.reduce.gate > 0 and gated.get("coverage") is not None:
+        ax.axvline(gated["coverage"], ls="--", color="tab:red", label=f"gate {spec.reduce.gate:g}")
+        ax.legend(fontsize=8)
+    ax.set(xlabel="coverage (fraction not referred)", ylabel="error rate among kept",
+           xlim=(0, 1), title=f"Risk-coverage, test (AURC {_fmt(rc.get('aurc'))})")
+    plots["risk_coverage"] = _save(fig, out_dir / "risk_coverage.png")
+    plt.close(fig)
+    stale = set(out_dir.glob("*.png")) - set(plots.values())
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return plots
+
+
+# --------------------------------------------------------------------------- HTML
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return str(v)
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.1%}" if pct else f"{v:.3f}"
+    return html.escape(str(v))
+
+
+def _ci(ev: dict[str, Any], key: str) -> str:
+    iv = ((ev.get("bootstrap") or {}).get("intervals") or {}).get(key)
+    if not iv or iv.get("lo") is None:
+        return ""
+    return f" <span class=ci>(95 % CI {iv['lo']:.3f}-{iv['hi']:.3f})</span>"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(path: Path, alt: str, width: int | None = None) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    w = f" width={width}" if width else ""
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'{w}>"
+
+
+def _binary_headline(view: dict[str, Any], thr: dict[str, Any]) -> str:
+    t = view["test"]
+    s90, s95 = t.get("sens_at_spec90") or {}, t.get("sens_at_spec95") or {}
+    rows = [
+        ["ROC-AUC", _fmt(t.get("auc")) + _ci(t, "auc")],
+        ["PR-AUC (average precision)", _fmt(t.get("pr_auc")) + _ci(t, "pr_auc")],
+        ["sensitivity at 90 % specificity", _fmt(s90.get("sensitivity"))],
+        ["sensitivity at 95 % specificity", _fmt(s95.get("sensitivity"))],
+        ["threshold", f"{_fmt(thr.get('threshold'))}: method <b>{_fmt(thr.get('method'))}</b>"
+         + (f", target {_fmt(thr.get('target'))}" if thr.get("method") in ("sens_at_spec", "spec_at_sens") else "")
+         + ", <b>chosen on the validation split</b> (never on test)"],
+        ["sensitivity / specificity at threshold",
+         f"{_fmt(t.get('sensitivity'))}{_ci(t, 'sensitivity')} / {_fmt(t.get('specificity'))}{_ci(t, 'specificity')}"],
+        ["precision / NPV at threshold", f"{_fmt(t.get('precision'))} / {_fmt(t.get('npv'))}"],
+        ["balanced accuracy", _fmt(t.get("balanced_accuracy")) + _ci(t, "balanced_accuracy")],
+        ["test images / prevalence", f"{t.get('n')} / {_fmt(t.get('prevalence'))}"],
+    ]
+    return _table(["test metric", "value"], rows, "headline")
+
+
+def _gate_section(spec: JobSpec, t: dict[str, Any], binary: bool) -> str:
+    g = t["gated"]
+    if binary:
+        rows = [
+            ["sensitivity", _fmt(t.get("sensitivity")), _fmt(g.get("sensitivity"))],
+            ["precision", _fmt(t.get("precision")), _fmt(g.get("precision"))],
+            ["specificity", _fmt(t.get("specificity")), _fmt(g.get("specificity"))],
+            ["accuracy", _fmt(t.get("accuracy")), _fmt(g.get("accuracy"))],
+        ]
+        extra = (f"<p>Malignant cases referred by the gate: <b>{g.get('malignant_referred')} of "
+                 f"{g.get('malignant_total')}</b> ({_fmt(g.get('malignant_referred_fraction'), True)}); "
+                 "their outcome is decided by a clinician, not by the model.</p>")
+    else:
+        rows = [
+            ["accuracy", _fmt(t.get("accuracy")), _fmt(g.get("accuracy"))],
+            ["balanced accuracy", _fmt(t.get("balanced_accuracy")), _fmt(g.get("balanced_accuracy"))],
+        ]
+        extra = f"<p>Referred by true class: {_fmt(json.dumps(g.get('referred_by_class')))}</p>"
+    cov = (f"<p class=coverage>Gate {spec.reduce.gate:g} (refer below this ensemble confidence): "
+           f"<b>coverage {_fmt(g.get('coverage'), True)}</b>, {g.get('n_covered')} kept, "
+           f"{g.get('n_referred')} referred. Gated numbers hold only for the kept cases.</p>")
+    table = _table(["metric", "all test cases", f"kept cases (coverage {_fmt(g.get('coverage'), True)})"], rows)
+    return cov + table + extra
+
+
+def _model_rows(summary: dict[str, Any], view: dict[str, Any], binary: bool) -> str:
+    keys = (["auc", "pr_auc", "sensitivity", "specificity", "balanced_accuracy"] if binary
+            else ["auc_macro", "accuracy", "balanced_accuracy"])
+    rows = [["<b>ensemble</b>", _fmt(view["threshold_value"])] + [_fmt(view["test"].get(k)) for k in keys]]
+    for r in view["members"]:
+        rows.append([f"member {html.escape(str(r.get('member')))} (seed {r.get('seed')}"
+                     + (f", {html.escape(json.dumps(r.get('overrides')))}" if r.get("overrides") else "") + ")",
+                     _fmt(r.get("threshold"))] + [_fmt(r["test"].get(k)) for k in keys])
+    base = summary.get("baselines") or {}
+    if view.get("with_baselines"):
+        for name in ("majority", "random"):
+            b = base.get(name)
+            if b:
+                rows.append([f"baseline: {name} (ignores the image)", "-"]
+                            + [_fmt(b.get("auc" if k == "auc" else k)) for k in keys])
+    return _table(["model", "threshold"] + keys, rows)
+
+
+def _subgroup_table(rows: list[dict[str, Any]], binary: bool) -> str:
+    keys = (["prevalence", "auc", "sensitivity", "specificity"] if binary
+            else ["auc_macro", "accuracy", "balanced_accuracy"])
+    out = []
+    for r in rows:
+        out.append([_fmt(r.get("attribute")), _fmt(r.get("value")), _fmt(r.get("n"))]
+                   + [_fmt(r.get(k)) for k in keys] + ["too small" if r.get("too_small") else ""])
+    return _table(["attribute", "value", "n"] + keys + ["note"], out)
+
+
+def _audit(paths: JobPaths) -> str:
+    if not paths.audit.exists():
+        return "<p>No audit.json in the job folder.</p>"
+    try:
+        audit = json.loads(paths.audit.read_text())
+    except ValueError as e:
+        return f"<p>audit.json unreadable: {html.escape(str(e))}</p>"
+    rows = []
+    for k, v in (audit.items() if isinstance(audit, dict) else [("audit", audit)]):
+        if isinstance(v, (list, tuple)):
+            text = f"{len(v)} item(s)" + (f": {json.dumps(v[:5], default=str)[:400]}" if v else "")
+        elif isinstance(v, dict):
+            text = json.dumps(v, default=str)
+            text = text if len(text) <= 600 else text[:600] + " ..."
+        else:
+            text = str(v)
+        rows.append([html.escape(str(k)), html.escape(text)])
+    return _table(["finding", "summary"], rows, "audit")
+
+
+def _label_map(spec: JobSpec) -> str:
+    rows = [[str(i), html.escape(c)] for i, c in enumerate(spec.class_names)]
+    table = _table(["label index", "class"], rows)
+    if spec.data.task == "binary":
+        note = (f"<p>Binary task: dx codes counted <b>malignant</b> (label 1): "
+                f"{html.escape(', '.join(spec.data.malignant))}. Every other dx is benign (label 0). "
+                f"Unknown dx: {html.escape(spec.data.unknown_dx)}.</p>")
+    else:
+        note = (f"<p>Multiclass task; the malignant view sums the probabilities of "
+                f"{html.escape(', '.join(c for c in spec.class_names if c in spec.data.malignant))}.</p>")
+    return table + note
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.4}
+h1{margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}.ci{color:#666;font-size:.9em}
+.disclaimer{background:#fff4e5;border:1px solid #f0b45c;padding:.8em 1em;border-radius:4px}
+.coverage{background:#eef6ff;border-left:4px solid #3b82f6;padding:.5em .8em}
+.plots img{max-width:48%;margin:.3em;border:1px solid #ddd}
+.gallery figure{display:inline-block;margin:.4em;width:300px;vertical-align:top}
+.gallery img{width:100%;border:1px solid #ddd}.gallery figcaption{font-size:.8em}
+pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8em}
+.warn{color:#a40000}
+"""
+
+
+def render(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> str:
+    """The report as one HTML string (images inlined)."""
+    ens = paths.ensemble
+    binary = spec.data.task == "binary"
+    parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>skinhpc report: "
+             f"{html.escape(spec.name)}</title><style>{CSS}</style></head><body>"]
+    parts.append(f"<h1>skinhpc report: {html.escape(spec.name)}</h1>")
+    parts.append(f"<p class=disclaimer><b>Medical disclaimer.</b> {DISCLAIMER}</p>")
+    used, miss = summary.get("members_used", []), summary.get("members_missing", [])
+    parts.append(
+        f"<p>Task <b>{html.escape(spec.data.task)}</b>; {len(used)} member(s) "
+        f"({html.escape(spec.model.name)}), ensemble <b>{html.escape(summary.get('ensemble', ''))}</b> over "
+        f"TTA views {html.escape(', '.join(summary.get('views', [])))}; temperature "
+        f"{summary.get('temperature', 1.0):.3f} fitted on validation; {summary.get('n_val')} validation and "
+        f"{summary.get('n_test')} test images, split grouped by lesion/patient.</p>")
+    if miss:
+        items = "".join(f"<li>member {html.escape(str(m.get('name')))}: {html.escape(str(m.get('reason')))}</li>"
+                        for m in miss)
+        parts.append(f"<p class=warn>Members left out:</p><ul class=warn>{items}</ul>")
+
+    parts.append("<h2>Headline (test split)</h2>")
+    thr = summary["thresholds"]
+    if binary:
+        parts.append(_binary_headline(summary, thr))
+        views = [("", summary, thr.get("threshold"))]
+    else:
+        t = summary["test"]
+        rows = [["macro ROC-AUC (one-vs-rest)", _fmt(t.get("auc_macro")) + _ci(t, "auc_macro")],
+                ["balanced accuracy (argmax)", _fmt(t.get("balanced_accuracy")) + _ci(t, "balanced_accuracy")],
+                ["accuracy", _fmt(t.get("accuracy")) + _ci(t, "accuracy")]]
+        rows += [[f"ROC-AUC {html.escape(k)}", _fmt(v)] for k, v in (t.get("auc_per_class") or {}).items()]
+        parts.append(_table(["test metric", "value"], rows, "headline"))
+        mal = summary["malignant"]
+        parts.append("<h3>Malignant vs benign view (sum of malignant class probabilities)</h3>")
+        parts.append(_binary_headline(mal, {**mal["threshold"], "threshold": thr["malignant"]["threshold"]}))
+        views = [("", summary, None), ("malignant view: ", mal, thr["malignant"]["threshold"])]
+
+    parts.append("<h2>Referral gate: coverage beside every gated number</h2>")
+    for label, view, _ in views:
+        if label:
+            parts.append(f"<h3>{html.escape(label)}</h3>")
+        parts.append(_gate_section(spec, view["test"], binary or bool(label)))
+
+    parts.append("<h2>Members, ensemble and baselines (test)</h2>")
+    parts.append("<p>Each member's threshold is chosen on validation like the ensemble's. Baselines "
+                 "ignore the image: majority predicts the training prior, random draws probabilities.</p>")
+    for label, view, t in views:
+        if label:
+            parts.append(f"<h3>{html.escape(label)}</h3>")
+        vb = binary or bool(label)
+        parts.append(_model_rows(summary, {**view, "threshold_value": t, "with_baselines": not label}, vb))
+
+    parts.append("<h2>Subgroups (test)</h2>")
+    parts.append(_subgroup_table(summary.get("subgroups") or [], binary))
+
+    parts.append("<h2>Plots (test)</h2><div class=plots>")
+    for name, rel in (summary.get("plots") or {}).items():
+        parts.append(_img(ens / rel, name))
+    parts.append("</div>")
+
+    parts.append("<h2>Grad-CAM</h2>")
+    gc = summary.get("gradcam") or {}
+    if gc.get("note"):
+        parts.append(f"<p>{html.escape(gc['note'])}</p>")
+    if gc.get("items"):
+        parts.append("<p>Left: input as the model saw it (after preprocessing); right: Grad-CAM of the "
+                     "predicted class, member 0. Most confident correct cases and errors per true class.</p>"
+                     "<div class=gallery>")
+        for it in gc["items"]:
+            cap = (f"{html.escape(it['image_id'])}: true {html.escape(it['true'])}, predicted "
+                   f"{html.escape(it['pred'])} ({it['confidence']:.2f}), {html.escape(it['kind'])}")
+            parts.append(f"<figure>{_img(ens / 'gradcam' / it['file'], it['image_id'])}"
+                         f"<figcaption>{cap}</figcaption></figure>")
+        parts.append("</div>")
+
+    parts.append("<h2>Data audit</h2>")
+    parts.append(_audit(paths))
+    parts.append("<h2>Label map</h2>")
+    parts.append(_label_map(spec))
+    spec_text = paths.job_yaml.read_text() if paths.job_yaml.exists() else dump_yaml(spec)
+    parts.append("<h2>Spec that produced this report (job.yaml)</h2>")
+    parts.append(f"<pre>{html.escape(spec_text)}</pre>")
+    parts.append(f"<p class=disclaimer>{DISCLAIMER}</p></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> Path:
+    out = paths.ensemble / "report.html"
+    write_text_atomic(out, render(spec, paths, summary))
+    log.info("report written: %s", out)
+    return out

@@ -1,0 +1,262 @@
+"""Picklable task callables the executors run: prepare, one member, reduce.
+
+A task pickles only the job folder's path and re-reads ``job.yaml`` where it runs,
+so a requeued or relaunched task always sees the resolved spec on disk, never a stale
+copy frozen into a pickle, and the pickle stays tiny for 1,000-task arrays.
+
+Each task records its own state in ``<job>/state/<stage>.json`` (running, done,
+failed, requeues) and, on failure, the traceback (``members/<k>/error.txt`` for a
+member, ``state/<stage>.error.txt`` otherwise) before re-raising: ``skinhpc status``
+reads these the same way whatever executor ran the task.
+
+``python -m skinhpc.stages drive JOB_DIR`` is the local executor's detached driver;
+``python -m skinhpc.stages member JOB_DIR INDEX`` is what ``accelerate launch`` runs
+in every process of a multi-GPU member.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from .plan import JobPaths, Member, plan_members, write_json_atomic, write_text_atomic
+from .spec import JobSpec, load_spec
+
+log = logging.getLogger("skinhpc.stages")
+
+
+
+# --------------------------------------------------------------------------- job folder
+def batch_logging() -> None:
+    """Plain INFO lines in the task's log (submitit captures stderr); a no-op if configured."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def load_job(job_dir: str | Path) -> tuple[JobSpec, JobPaths]:
+    """The resolved spec and paths of a launched job (job.yaml is the single source)."""
+    batch_logging()
+    paths = JobPaths(Path(job_dir))
+    if not paths.job_yaml.exists():
+        raise FileNotFoundError(f"{paths.job_yaml}: no job.yaml; launch the job first")
+    return load_spec(paths.job_yaml), paths
+
+
+def state_dir(paths: JobPaths) -> Path:
+    return paths.root / "state"
+
+
+def state_file(paths: JobPaths, stage: str) -> Path:
+    return state_dir(paths) / f"{stage}.json"
+
+
+def error_file(paths: JobPaths, stage: str) -> Path:
+    """Where a stage's last traceback goes; members keep theirs beside their outputs."""
+    if stage.startswith("member-"):
+        return paths.member(int(stage.split("-", 1)[1])).error
+    return state_dir(paths) / f"{stage}.error.txt"
+
+
+def read_state(paths: JobPaths, stage: str) -> dict[str, Any]:
+    try:
+        return json.loads(state_file(paths, stage).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _job_id() -> str | None:
+    try:
+        return str(submitit.JobEnvironment().job_id)
+    except RuntimeError:
+        return os.environ.get("SLURM_JOB_ID")
+
+
+def record(paths: JobPaths, stage: str, state: str, **extra: Any) -> None:
+    """Update a stage's state file; earlier keys (requeues, attempts) are kept."""
+    data = read_state(paths, stage)
+    data.update(extra)
+    data.update(state=state, updated=time.time(), host=socket.gethostname(), pid=os.getpid())
+    job_id = _job_id()
+    if job_id:
+        data["job_id"] = job_id
+    write_json_atomic(state_file(paths, stage), data)
+
+
+def _run_recorded(paths: JobPaths, stage: str, fn: Any, *args: Any) -> None:
+    """Run a stage body: state running -> done, or traceback file + failed + re-raise."""
+    err = error_file(paths, stage)
+    attempts = int(read_state(paths, stage).get("attempts", 0)) + 1
+    record(paths, stage, "running", attempts=attempts, started=time.time())
+    try:
+        fn(*args)
+    except BaseException as e:
+        tb = traceback.format_exc()
+        write_text_atomic(err, tb)
+        last = tb.strip().splitlines()[-1] if tb.strip() else repr(e)
+        record(paths, stage, "failed", error=last, ended=time.time())
+        log.error("%s failed: %s (traceback in %s)", stage, last, err)
+        raise
+    if err.exists():
+        err.unlink()
+    record(paths, stage, "done", ended=time.time())
+
+
+# --------------------------------------------------------------------------- prepare
+def prepare_complete(spec: JobSpec, paths: JobPaths) -> bool:
+    """prepare.done.json written and every kept manifest image cached: prepare can be skipped."""
+    if not (paths.prepare_done.exists() and paths.manifest.exists()):
+        return False
+    cache = spec.cache_dir
+    if not cache.is_dir():
+        return False
+    import pandas as pd
+
+    try:
+        skipped_raw = json.loads(paths.prepare_done.read_text()).get("skipped", [])
+    except (json.JSONDecodeError, AttributeError):
+        return False
+    skipped = {s.get("image_id") if isinstance(s, dict) else str(s) for s in skipped_raw or []}
+    ids = pd.read_csv(paths.manifest, usecols=["image_id"], dtype=str)["image_id"]
+    return all((cache / f"{i}.npy").exists() for i in ids if i not in skipped)
+
+
+class PrepareTask:
+    """The prepare stage: ``all`` in one task, or ``tables`` -> ``shard`` array -> ``finalize``."""
+
+    def __init__(self, job_dir: str | Path, step: str = "all") -> None:
+        if step not in ("all", "tables", "shard", "finalize"):
+            raise ValueError(f"PrepareTask step {step!r}: expected all, tables, shard or finalize")
+        self.job_dir = str(job_dir)
+        self.step = step
+
+    def __call__(self, shard: int = 0) -> str:
+        spec, paths = load_job(self.job_dir)
+        if self.step in ("all", "tables") and prepare_complete(spec, paths):
+            record(paths, "prepare", "done", skipped=True)
+            log.info("prepare: already complete, skipped")
+            return "skipped"
+        from .data import prepare as prep
+
+        stage = "prepare" if self.step != "shard" else f"prepare-shard-{shard}"
+
+        def body() -> None:
+            if self.step in ("all", "tables"):
+                prep.prepare_tables(spec, paths)
+            if self.step == "all":
+                prep.build_cache(spec, paths, shard=0, num_shards=1)
+            if self.step == "shard":
+                prep.build_cache(spec, paths, shard=shard, num_shards=spec.preprocess.shards)
+            if self.step in ("all", "finalize"):
+                prep.finalize(spec, paths)
+
+        _run_recorded(paths, stage, body)
+        return "done"
+
+
+# --------------------------------------------------------------------------- train
+class MemberTask(submitit.helpers.Checkpointable):
+    """One ensemble member. On preemption or time-out submitit calls :meth:`checkpoint`
+    (in the training process, from its USR2 handler), which has training write last.pt
+    (``skinhpc.train.checkpoint_now``; it also writes it every epoch) and requeues this
+    same task; training resumes from last.pt by itself."""
+
+    def __init__(self, job_dir: str | Path) -> None:
+        self.job_dir = str(job_dir)
+
+    def _member(self, index: int) -> tuple[JobSpec, JobPaths, Member]:
+        spec, paths = load_job(self.job_dir)
+        members = plan_members(spec)
+        if not 0 <= index < len(members):
+            raise IndexError(f"{paths.job_yaml}: member {index} not in plan of {len(members)}")
+        return spec, paths, members[index]
+
+    def __call__(self, index: int) -> str:
+        spec, paths, member = self._member(index)
+        mp = paths.member(member)
+        stage = f"member-{index}"
+        if mp.done.exists():
+            record(paths, stage, "done", skipped=True)
+            return "skipped"
+        _run_recorded(paths, stage, _train, spec, paths, member)
+        return "done"
+
+    def checkpoint(self, index: int) -> submitit.helpers.DelayedSubmission:  # type: ignore[override]
+        try:
+            _, paths, member = self._member(index)
+            from .train import checkpoint_now
+
+            # same process as the training loop: last.pt is written before the requeue
+            checkpoint_now()
+            st = read_state(paths, f"member-{index}")
+            record(paths, f"member-{index}", "requeued", requeues=int(st.get("requeues", 0)) + 1)
+        except Exception:  # the requeue matters more than the bookkeeping
+            log.exception("member %s: could not record the requeue", index)
+        return submitit.helpers.DelayedSubmission(MemberTask(self.job_dir), index)
+
+
+def _train(spec: JobSpec, paths: JobPaths, member: Member) -> None:
+    """In this process for 0-1 GPU; ``accelerate launch`` on this node for 2+ GPUs.
+
+    One SLURM task per member (tasks_per_node=1) that starts G processes itself keeps
+    the member a single array task: requeue, status and logs stay per member, and
+    Accelerate owns the process group instead of SLURM's srun layout.
+    """
+    gpus = spec.cluster.gpus_per_member
+    if gpus > 1 and "LOCAL_RANK" not in os.environ:
+        accelerate = shutil.which("accelerate") or "accelerate"
+        cmd = [
+            accelerate, "launch", "--num_processes", str(gpus), "--num_machines", "1",
+            "--multi_gpu", "-m", "skinhpc.stages", "member", str(paths.root), str(member.index),
+        ]
+        log.info("member %s: %s", member.index, " ".join(cmd))
+        subprocess.run(cmd, check=True)
+        return
+    from .train import train_member
+
+    train_member(spec, paths, member)
+
+
+# --------------------------------------------------------------------------- reduce
+class ReduceTask:
+    """Ensemble, thresholds on validation, test metrics, report; decides with min_members."""
+
+    def __init__(self, job_dir: str | Path) -> None:
+        self.job_dir = str(job_dir)
+
+    def __call__(self) -> str:
+        spec, paths = load_job(self.job_dir)
+        from .reduce import reduce
+
+        _run_recorded(paths, "reduce", reduce, spec, paths)
+        return "done"
+
+
+# --------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if len(argv) == 2 and argv[0] == "drive":
+        from .cluster import drive_local
+
+        return drive_local(Path(argv[1]))
+    if len(argv) == 3 and argv[0] == "member":
+        spec, paths = load_job(argv[1])
+        _train(spec, paths, plan_members(spec)[int(argv[2])])
+        return 0
+    print("usage: python -m skinhpc.stages drive JOB_DIR | member JOB_DIR INDEX", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

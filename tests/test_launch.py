@@ -1,0 +1,106 @@
+"""launch: validation before submission, the dry-run plan, folder safety, and the same
+tiny real job under the debug (in-process) and local (detached subprocess) executors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from skinhpc import launch as launch_mod
+from skinhpc.cluster import local_driver_alive, plan_submission, read_launches
+from skinhpc.plan import JobPaths
+from skinhpc.spec import load_spec
+from skinhpc.stages import read_state
+from skinhpc.status import collect
+
+pytest_plugins = ["slurm_cluster"]  # fixtures slurm_cluster, job_writer
+PY = sys.executable
+
+
+def run_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "skinhpc.launch", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path, job_writer, capsys):
+    job = job_writer(seeds=[1, 2, 3, 4, 5],
+                    sweep={"grid": {"train.weight_decay": [0.0, 0.1]}})
+    rc = launch_mod.main([str(job), "cluster.max_array_size=4", "cluster.executor=slurm", "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "10 of 10 members" in out and "arrays of 4, 4, 2" in out and "MaxArraySize 4" in out
+    assert '"train.weight_decay": 0.1' in out and "seed 5" in out
+    assert '"timeout_min": 15' in out and "afterany" in out
+    assert not (tmp_path / "results" / "tiny").exists()
+
+
+def test_yaml_error_exits_2_before_anything(tmp_path, job_writer):
+    job = job_writer()
+    job.write_text(job.read_text().replace("batch_size:", "batch_sise:", 1))
+    r = run_cli(str(job), "--executor", "local")
+    assert r.returncode == 2
+    assert str(job) in r.stderr and "batch_sise" in r.stderr and "batch_size" in r.stderr
+    assert not (tmp_path / "results" / "tiny").exists()
+    r = run_cli(str(job_writer(name="ok")), "train.epochz=1")
+    assert r.returncode == 2 and "train.epochz" in r.stderr
+
+
+def test_refuses_a_folder_holding_another_spec(tmp_path, job_writer):
+    job = job_writer()
+    spec = load_spec(job)
+    paths = JobPaths(spec.job_dir)
+    other = load_spec(job, ["seeds=[9]"])
+    paths.root.mkdir(parents=True)
+    paths.job_yaml.write_text(launch_mod.dump_yaml(other))
+    r = run_cli(str(job), "--executor", "debug")
+    assert r.returncode == 3
+    assert "another spec" in r.stderr and "--force-new" in r.stderr and other.fingerprint() in r.stderr
+    assert load_spec(paths.job_yaml).fingerprint() == other.fingerprint()  # untouched
+    launch_mod.check_folder(spec, paths, force_new=True)
+    aside = list(paths.root.parent.glob("tiny.old-*"))
+    assert len(aside) == 1 and (aside[0] / "job.yaml").exists() and not paths.root.exists()
+
+
+@pytest.mark.slow
+def test_debug_executor_runs_the_job_and_reports_a_failing_member(tmp_path, job_writer):
+    job = job_writer(sweep={"grid": {"model.name": ["resnet10t", "no_such_timm_model"]}})
+    spec, entries = launch_mod.launch(job, executor="debug")
+    paths = JobPaths(spec.job_dir)
+    assert paths.member(0).done.exists() and not paths.member(1).done.exists()
+    err = paths.member(1).error.read_text()
+    assert "no_such_timm_model" in err and "Traceback" in err
+    assert read_state(paths, "reduce")["state"] == "done"  # min_members=1: one member is enough
+    rows = {r["stage"]: r for r in collect(paths.root)}
+    assert rows["member 000"]["state"] == "done" and rows["reduce"]["state"] == "done"
+    assert rows["member 001"]["state"] == "failed"
+    assert "no_such_timm_model" in rows["member 001"]["reason"]
+    status = subprocess.run([PY, "-m", "skinhpc.cli", "status", str(paths.root)], capture_output=True, text=True)
+    assert status.returncode == 1 and "traceback: " + str(paths.member(1).error) in status.stdout
+
+
+@pytest.mark.slow
+def test_local_executor_returns_at_once_then_relaunch_skips(tmp_path, job_writer):
+    job = job_writer(seeds=[1, 2], cluster={"array_parallelism": 2})
+    r = run_cli(str(job), "--executor", "local")
+    assert r.returncode == 0, r.stderr
+    spec = load_spec(job)
+    paths = JobPaths(spec.job_dir)
+    assert local_driver_alive(paths), "launch must return while the detached driver works"
+    assert "driver" in r.stdout and str(paths.root) in r.stdout
+    launch_mod.wait_for(load_spec(paths.job_yaml), paths, poll_s=1)
+    log = (paths.submitit / "driver.log").read_text()
+    assert all(paths.member(k).done.exists() for k in (0, 1)), log[-3000:]
+    assert read_state(paths, "reduce")["state"] == "done", log[-3000:]
+    stages = [e["stage"] for e in read_launches(paths)]
+    assert stages.count("train") == 2 and stages.count("reduce") == 1
+    # a relaunch skips prepare and both members: only the reduce runs again
+    plan = plan_submission(load_spec(paths.job_yaml), paths)
+    assert plan.prepare == "skip" and plan.todo == []
+    n = len(read_launches(paths))
+    r = run_cli(str(job), "--executor", "local", "--wait")
+    assert r.returncode == 0, r.stderr
+    new = [e["stage"] for e in read_launches(paths)[n:]]
+    assert new == ["driver", "reduce"], new
+    assert json.loads(paths.member(0).done.read_text())  # untouched, still valid JSON

@@ -1,0 +1,161 @@
+"""`skinhpc predict` / `skinhpc evaluate` on a real tiny job and real shared images.
+
+``make_job`` (also used by test_tracking.py and test_export.py) builds a real
+results folder: prepare (manifest, splits, cache) on the shared HAM10000 images,
+two members trained by ``skinhpc.train.train_member`` and the real reduce for
+thresholds.json.  While the training module is not installed it falls back to
+untrained networks saved in the checkpoint format, and to a thresholds.json with
+the reduce's keys, so the code paths here are still exercised end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_job
+
+from skinhpc.plan import JobPaths, plan_members, write_json_atomic, write_text_atomic
+from skinhpc.spec import dump_yaml
+
+
+def _fake_member(spec: Any, paths: JobPaths, member: Any) -> None:
+    from skinhpc.model import build_model, checkpoint_meta
+
+    mspec = member.spec(spec)
+    torch.manual_seed(member.seed)
+    model = build_model(mspec)
+    mp = paths.member(member)
+    mp.root.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "meta": {**checkpoint_meta(mspec), "epoch": 2}}, mp.best)
+    write_text_atomic(mp.history, "epoch,phase,train_loss,val_loss,val_auc\n1,all,0.70,0.69,0.55\n2,all,0.60,0.66,0.61\n")
+    write_json_atomic(mp.done, {"best_epoch": 2, "best_val_auc": 0.61, "epochs": 2, "seconds": 1.0})
+    write_json_atomic(mp.spec_json, {"member": member.to_dict()})
+
+
+def make_job(tmp_path: Path, ham_root: Path, seeds: tuple[int, ...] = (1, 2), **over: Any):
+    """A finished tiny job (see the module docstring); returns (spec, paths)."""
+    over.setdefault("reduce", {})
+    over["reduce"] = {"gate": 0.0, "onnx": False, "mlflow": {"enabled": False}, "bootstrap": 0,
+                      "gradcam": 0, **over["reduce"]}
+    spec = tiny_job(tmp_path, ham_root, seeds=list(seeds), **over)
+    paths = JobPaths(spec.job_dir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(paths.job_yaml, dump_yaml(spec))
+    from skinhpc.data.prepare import build_cache, finalize, prepare_tables
+
+    prepare_tables(spec, paths)
+    build_cache(spec, paths)
+    finalize(spec, paths)
+    try:
+        from skinhpc.train import train_member
+    except ImportError:
+        train_member = _fake_member
+    for m in plan_members(spec):
+        train_member(spec, paths, m)
+    try:
+        from skinhpc.reduce import reduce
+
+        reduce(spec, paths)
+    except ImportError:  # report/gradcam not installed yet: the reduce's thresholds record
+        write_json_atomic(paths.ensemble / "thresholds.json", {
+            "threshold": 0.5, "method": "youden", "target": 0.95, "gate": spec.reduce.gate,
+            "temperature": 1.0, "class_names": spec.class_names, "positive": "malignant", "chosen_on": "val",
+        })
+    return spec, paths
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory, ham_root: Path):
+    return make_job(tmp_path_factory.mktemp("predict"), ham_root)
+
+
+def _shared_images(ham_root: Path, n: int) -> list[Path]:
+    return sorted((ham_root / "images").glob("*.jpg"))[:n]
+
+
+def test_predict_folder_reports_bad_files_and_predicts_the_rest(job, ham_root, tmp_path, capsys):
+    from skinhpc.predict import main
+
+    spec, paths = job
+    folder = tmp_path / "new"
+    folder.mkdir()
+    good = _shared_images(ham_root, 4)
+    for p in good:
+        shutil.copy(p, folder / p.name)
+    data = good[0].read_bytes()
+    (folder / "corrupt.jpg").write_bytes(data[: len(data) // 3])  # truncated JPEG
+    (folder / "notes.txt").write_text("not an image\n")
+    out = tmp_path / "preds.csv"
+    rc = main(["--model", str(paths.root), str(folder), "--out", str(out), "--gradcam", str(tmp_path / "cam")])
+    assert rc == 0
+    df = pd.read_csv(out, keep_default_na=False)
+    assert len(df) == 6
+    bad = df[df["decision"] == "error"]
+    assert sorted(Path(p).name for p in bad["path"]) == ["corrupt.jpg", "notes.txt"]
+    assert all(Path(p).name in e for p, e in zip(bad["path"], bad["error"], strict=True))
+    ok = df[df["decision"] != "error"]
+    assert sorted(Path(p).name for p in ok["path"]) == sorted(p.name for p in good)
+    pm = ok["prob_malignant"].astype(float)
+    assert ((pm >= 0) & (pm <= 1)).all()
+    np.testing.assert_allclose(pm + ok["prob_benign"].astype(float), 1.0, atol=1e-6)
+    thr = json.loads((paths.ensemble / "thresholds.json").read_text())["threshold"]
+    assert (ok["decision"] == np.where(pm >= thr, "malignant", "benign")).all()  # gate 0: no refer
+    assert len(list((tmp_path / "cam").glob("*_gradcam.png"))) == 4
+    assert "corrupt.jpg" in capsys.readouterr().err
+
+
+def test_predict_matches_reduce_on_cached_test_images(job):
+    """New-image path (read + preprocess + TTA + temperature) reproduces the reduce's test probabilities."""
+    from skinhpc.data.prepare import load_table
+    from skinhpc.predict import EnsemblePredictor
+
+    spec, paths = job
+    ref_csv = paths.ensemble / "predictions_test.csv"
+    if not ref_csv.exists():
+        pytest.skip("reduce not installed: no predictions_test.csv to compare against")
+    ref = pd.read_csv(ref_csv).head(8)
+    table = load_table(spec, paths).set_index("image_id").loc[ref["image_id"]]
+    pred = EnsemblePredictor(paths.root, "cpu").predict_files(list(table["path"]))
+    np.testing.assert_allclose(pred["prob_malignant"], ref["prob_malignant"], atol=1e-4)
+
+
+def test_predict_all_failed_exit_code_and_refer_gate(job, tmp_path):
+    from skinhpc.predict import EnsemblePredictor, main
+
+    spec, paths = job
+    (tmp_path / "a.txt").write_text("x")
+    assert main(["--model", str(paths.root), str(tmp_path / "a.txt"), "--out", str(tmp_path / "o.csv")]) == 1
+    assert main(["--model", str(tmp_path / "nowhere"), str(tmp_path / "a.txt")]) == 2
+    pred = EnsemblePredictor(paths.root, "cpu")
+    pred.thresholds["gate"] = 0.9999  # tiny members are never this sure: everything is referred
+    df = pred.predict_files(sorted((spec.resolve(spec.data.sources[0].root) / "images").glob("*.jpg"))[:3])
+    assert (df["decision"] == "refer").all()
+
+
+def test_evaluate_on_folder_per_class(job, ham_root, tmp_path):
+    from skinhpc.predict import evaluate_main
+
+    spec, paths = job
+    meta = pd.read_csv(ham_root / "metadata.csv")
+    root = tmp_path / "external"
+    for dx in ("mel", "nv", "bcc"):
+        (root / dx).mkdir(parents=True)
+        for image_id in meta[meta["dx"] == dx]["image_id"].head(6):
+            shutil.copy(ham_root / "images" / f"{image_id}.jpg", root / dx / f"{image_id}.jpg")
+    out = tmp_path / "eval"
+    assert evaluate_main(["--model", str(paths.root), "--data", str(root), "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["images"] == {"total": 18, "scored": 18, "unreadable": 0}
+    assert m["class_counts"] == {"benign": 6, "malignant": 12}  # mel, bcc malignant by the job's map
+    assert 0.0 <= m["auc"] <= 1.0 and "coverage" in m["gated"]
+    thr = json.loads((paths.ensemble / "thresholds.json").read_text())["threshold"]
+    assert m["threshold"] == pytest.approx(thr)  # the validation threshold, not refitted
+    preds = pd.read_csv(out / "predictions.csv")
+    assert len(preds) == 18 and set(preds["label"]) == {0, 1}

@@ -1,0 +1,120 @@
+"""report.html: self-contained, honest sections, and every plot decodes in a real browser."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import IN_CI, tiny_job
+
+from skinhpc.plan import JobPaths, plan_members, write_json_atomic, write_text_atomic
+from skinhpc.reduce import reduce
+from skinhpc.spec import JobSpec, dump_yaml
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def reduced(tmp_path_factory: pytest.TempPathFactory, ham_root: Path) -> tuple[JobSpec, JobPaths]:
+    """A real prepared job whose two members are freshly initialised networks saved in the
+    checkpoint contract (the report does not need trained weights; training is covered in
+    test_reduce.py), then reduced."""
+    from skinhpc.data.prepare import build_cache, finalize, prepare_tables
+    from skinhpc.model import build_model, checkpoint_meta
+
+    root = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    spec = tiny_job(root, ham_root, seeds=[1, 2],
+                    reduce={"mlflow": {"tracking_uri": uri, "register_model": False}, "onnx": True,
+                            "gradcam": 2, "gate": 0.6})
+    paths = JobPaths(spec.job_dir)
+    paths.root.mkdir(parents=True)
+    write_text_atomic(paths.job_yaml, dump_yaml(spec))
+    prepare_tables(spec, paths)
+    build_cache(spec, paths)
+    finalize(spec, paths)
+    for m in plan_members(spec):
+        torch.manual_seed(m.seed)
+        mspec = m.spec(spec)
+        mp = paths.member(m)
+        mp.root.mkdir(parents=True)
+        torch.save({"model": build_model(mspec).state_dict(), "meta": {**checkpoint_meta(mspec), "epoch": 0}},
+                   mp.best)
+        write_json_atomic(mp.done, {"member": m.to_dict(), "best_epoch": 0})
+    reduce(spec, paths)
+    return spec, paths
+
+
+def test_report_is_self_contained_and_honest(reduced: tuple[JobSpec, JobPaths]) -> None:
+    spec, paths = reduced
+    html = (paths.ensemble / "report.html").read_text()
+    # nothing fetched: no src/href/url() to anything but inline data
+    refs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]+)""", html) + re.findall(r"url\(([^)]+)\)", html)
+    assert refs and all(r.startswith("data:image/png;base64,") for r in refs), refs[:3]
+    assert "<link" not in html and "<script" not in html
+    assert "Research use only" in html
+    assert "chosen on the validation split" in html
+    metrics = json.loads((paths.ensemble / "metrics.json").read_text())
+    gated = metrics["test"]["gated"]
+    assert f"coverage {gated['coverage']:.1%}" in html  # coverage printed beside the gated table
+    for section in ("Members, ensemble and baselines", "Subgroups", "Grad-CAM", "Data audit", "Label map",
+                    "job.yaml"):
+        assert section in html, section
+    assert "akiec" in html  # the explicit malignant list in the label map
+    assert "baseline: majority" in html and "member 001" in html
+    assert html.count("data:image/png;base64,") == len(metrics["plots"]) + len(metrics["gradcam"]["items"])
+
+
+def test_reduce_hands_over_to_onnx_and_mlflow(reduced: tuple[JobSpec, JobPaths]) -> None:
+    import mlflow
+
+    spec, paths = reduced
+    metrics = json.loads((paths.ensemble / "metrics.json").read_text())
+    assert metrics["onnx"]["ok"] is True
+    client = mlflow.MlflowClient(tracking_uri=spec.reduce.mlflow.tracking_uri)
+    run = client.get_run(metrics["mlflow_run_id"])
+    assert any(k.endswith("gated.coverage") for k in run.data.metrics)
+
+
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def test_report_renders_in_headless_chromium(reduced: tuple[JobSpec, JobPaths], tmp_path: Path) -> None:
+    browser = find_chromium()
+    if browser is None:
+        msg = "chromium not installed (Debian package: chromium)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    _, paths = reduced
+    page = tmp_path / "check.html"
+    probe = (
+        "<script>window.addEventListener('load',()=>{const r=[...document.images].map("
+        "i=>i.complete?i.naturalWidth:-1);document.body.insertAdjacentHTML('beforeend',"
+        "'<pre id=img'+'check>'+JSON.stringify(r)+'</pre>')});</script></body>"
+    )
+    page.write_text((paths.ensemble / "report.html").read_text().replace("</body>", probe))
+    cmd = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=10000", "--dump-dom", page.as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = re.search(r"<pre id=\"?imgcheck\"?>(.*?)</pre>", proc.stdout)
+    assert found, proc.stdout[-2000:]
+    widths = json.loads(found.group(1))
+    assert len(widths) >= 5 and all(w > 0 for w in widths), widths
+    shot = tmp_path / "report.png"
+    proc = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}",
+                           "--window-size=1200,3000", f"--screenshot={shot}",
+                           (paths.ensemble / "report.html").as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and shot.stat().st_size > 10_000, proc.stderr[-2000:]

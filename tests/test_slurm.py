@@ -1,0 +1,128 @@
+"""The real SLURM dev cluster (slurm/devcluster): arrays, dependencies, failures, preemption,
+array splitting above MaxArraySize, relaunch, and refusal before submission."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import submitit
+
+from skinhpc.cluster import active_slurm_ids, job_ids, read_launches
+from skinhpc.launch import launch
+from skinhpc.plan import JobPaths
+from skinhpc.stages import read_state
+from skinhpc.status import collect
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytest_plugins = ["slurm_cluster"]  # fixtures slurm_cluster, job_writer
+PY = sys.executable
+
+
+def slurm_launch(job: Path, *overrides: str):
+    spec, entries = launch(job, list(overrides), executor="slurm")
+    return spec, JobPaths(spec.job_dir), entries
+
+
+def wait_all(spec, paths: JobPaths, limit_s: float = 400) -> None:
+    deadline = time.time() + limit_s
+    while active_slurm_ids(job_ids(paths)):
+        assert time.time() < deadline, f"job still queued after {limit_s} s: {collect(paths.root)}"
+        time.sleep(1)
+
+
+def logs(paths: JobPaths) -> str:
+    return "\n".join(p.read_text()[-1500:] for p in sorted(paths.submitit.glob("*_log.*")))
+
+
+def test_three_member_array_with_dependent_reduce_then_relaunch_skips(
+    slurm_cluster, tmp_path, job_writer
+):
+    job = job_writer(seeds=[1, 2, 3])
+    spec, paths, entries = slurm_launch(job)
+    by_stage = {e["stage"]: e for e in entries}
+    assert by_stage["train"]["tasks"] == [0, 1, 2]
+    assert by_stage["reduce"]["dependency"] == f"afterany:{by_stage['prepare']['job_id']}:{by_stage['train']['job_id']}"
+    wait_all(spec, paths)
+    assert all(paths.member(k).done.exists() for k in range(3)), logs(paths)
+    assert read_state(paths, "reduce")["state"] == "done", logs(paths)
+    rows = {r["stage"]: r for r in collect(paths.root)}
+    assert {rows[f"member {k:03d}"]["state"] for k in range(3)} == {"done"}
+    assert rows["member 002"]["job_id"] == f"{by_stage['train']['job_id']}_2"
+    # relaunch: prepare and every member are skipped, only a reduce is submitted
+    n = len(read_launches(paths))
+    _, _, again = slurm_launch(job)
+    assert [e["stage"] for e in again] == ["reduce"] and again[0]["dependency"] is None
+    wait_all(spec, paths)
+    assert len(read_launches(paths)) == n + 1
+    assert read_state(paths, "reduce")["state"] == "done"
+
+
+def test_failing_member_reported_and_reduce_still_runs(slurm_cluster, tmp_path, job_writer):
+    job = job_writer(sweep={"grid": {"model.name": ["resnet10t", "no_such_timm_model"]}})
+    spec, paths, _ = slurm_launch(job)
+    wait_all(spec, paths)
+    assert paths.member(0).done.exists(), logs(paths)
+    rows = {r["stage"]: r for r in collect(paths.root)}
+    bad = rows["member 001"]
+    assert bad["state"] == "failed" and "no_such_timm_model" in bad["reason"]
+    assert "Traceback" in Path(bad["error_file"]).read_text()
+    assert bad["log"] and Path(bad["log"]).exists()
+    out = subprocess.run([PY, "-m", "skinhpc.cli", "status", str(paths.root)], capture_output=True, text=True)
+    assert "no_such_timm_model" in out.stdout and "FAILED" in out.stdout
+    assert rows["reduce"]["state"] == "done", logs(paths)  # afterany + min_members=1
+
+
+def test_preempted_member_is_requeued_and_resumes(slurm_cluster, tmp_path, job_writer):
+    # ~40 small steps an epoch: slow enough to be caught between epoch 0 and the end
+    job = job_writer(data={"subset": 240},
+                     train={"phases": [{"name": "all", "epochs": 3, "train": "all", "lr": 3e-3}],
+                            "max_steps_per_epoch": None, "batch_size": 4})
+    spec, paths, entries = slurm_launch(job)
+    task_id = next(e for e in entries if e["stage"] == "train")["job_ids"][0]
+    mp = paths.member(0)
+    deadline = time.time() + 300
+    while not mp.last.exists():  # first epoch written: preempt in the middle of the member
+        assert time.time() < deadline and not mp.done.exists(), logs(paths)
+        time.sleep(0.5)
+    assert not mp.done.exists(), "member finished before it could be preempted: make it slower"
+    submitit.SlurmJob(folder=paths.submitit, job_id=task_id)._interrupt()
+    wait_all(spec, paths, limit_s=500)
+    assert mp.done.exists(), logs(paths)
+    assert read_state(paths, "member-0")["requeues"] == 1
+    epochs = [int(line.split(",")[1]) for line in mp.history.read_text().splitlines()[1:]]
+    assert epochs == [0, 1, 2], epochs  # no epoch trained twice: a resume, not a restart
+    member_logs = "".join(p.read_text() for p in paths.submitit.glob(f"{task_id}_*_log.err"))
+    assert "resuming from" in member_logs
+    rows = {r["stage"]: r for r in collect(paths.root)}
+    assert rows["member 000"]["requeues"] == 1 and rows["member 000"]["state"] == "done"
+
+
+def test_job_above_max_array_size_is_split(slurm_cluster, tmp_path, job_writer):
+    limit = slurm_cluster.max_array_size
+    if limit > 8:
+        pytest.skip(f"dev cluster MaxArraySize is {limit}; start it with SKINHPC_MAX_ARRAY_SIZE=3")
+    job = job_writer(seeds=list(range(1, limit + 2)))
+    spec, paths, entries = slurm_launch(job)
+    arrays = [e for e in entries if e["stage"] == "train"]
+    assert [len(a["tasks"]) for a in arrays] == [limit, 1]
+    reduce = next(e for e in entries if e["stage"] == "reduce")
+    assert all(a["job_id"] in reduce["dependency"].split(":") for a in arrays)
+    wait_all(spec, paths)
+    assert all(paths.member(k).done.exists() for k in range(limit + 1)), logs(paths)
+    assert read_state(paths, "reduce")["state"] == "done", logs(paths)
+
+
+def test_yaml_error_refused_before_submission(slurm_cluster, tmp_path, job_writer):
+    job = job_writer()
+    job.write_text(job.read_text().replace("executor: debug", "executor: slurm").replace("lr:", "lr_max:", 1))
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    r = subprocess.run([PY, "-m", "skinhpc.launch", str(job)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and str(job) in r.stderr and "lr_max" in r.stderr
+    assert "Submitted" not in r.stdout and "results:" not in r.stdout
+    after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    assert after == before
+    assert not (tmp_path / "results" / "tiny").exists()

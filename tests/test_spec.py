@@ -1,0 +1,119 @@
+"""Schema errors are caught on the login node and name the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from skinhpc.spec import SpecError, load_spec
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def job(tmp_path: Path, ham_root: Path):
+    """A valid minimal job file, extended by each test."""
+
+    def make(extra: str = "", name: str = "job.yaml") -> Path:
+        body = (
+            "name: t\n"
+            f"data:\n  sources: [{{kind: ham10000, root: {ham_root}, images: [images]}}]\n"
+            + extra
+        )
+        return write(tmp_path / name, body)
+
+    return make
+
+
+def test_valid_job_loads(job):
+    spec = load_spec(job("seeds: [1, 2]\n"))
+    assert spec.seeds == [1, 2] and spec.name == "t"
+
+
+def test_unknown_key_names_file_key_and_closest(job):
+    path = job("train:\n  batch_sise: 8\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(path)
+    msg = str(e.value)
+    assert str(path) in msg and "train.batch_sise" in msg and "batch_size" in msg
+
+
+def test_wrong_type_names_key_and_expected_type(job):
+    path = job("train:\n  batch_size: many\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(path)
+    assert str(path) in str(e.value) and "train.batch_size" in str(e.value)
+    assert "integer" in str(e.value)
+
+
+def test_bad_literal_suggests_choice(job):
+    with pytest.raises(SpecError, match=r"cluster\.executor.*slurm"):
+        load_spec(job("cluster: {executor: slurmm}\n"))
+
+
+def test_missing_data_path_named(tmp_path: Path):
+    path = write(tmp_path / "j.yaml", "name: t\ndata:\n  sources: [{kind: ham10000, root: nowhere}]\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(path)
+    msg = str(e.value)
+    assert str(path) in msg and "data.sources[0].root" in msg and "nowhere" in msg
+
+
+def test_include_cycle_named(tmp_path: Path):
+    a = write(tmp_path / "a.yaml", "include: [b.yaml]\nname: t\n")
+    write(tmp_path / "b.yaml", "include: [a.yaml]\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(a)
+    assert "include cycle" in str(e.value) and "a.yaml" in str(e.value)
+
+
+def test_missing_include_named(tmp_path: Path):
+    a = write(tmp_path / "a.yaml", "include: [nothere.yaml]\nname: t\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(a)
+    assert "nothere.yaml" in str(e.value) and "not found" in str(e.value)
+
+
+def test_error_in_included_fragment_names_fragment(tmp_path: Path, ham_root: Path):
+    write(tmp_path / "frag.yaml", "model: {nam: resnet10t}\n")
+    a = write(tmp_path / "a.yaml", f"include: [frag.yaml]\nname: t\ndata:\n  sources: [{{kind: ham10000, root: {ham_root}}}]\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(a)
+    assert "model.nam" in str(e.value) and "name" in str(e.value)
+
+
+def test_override_of_unknown_key_named(job):
+    path = job()
+    with pytest.raises(SpecError) as e:
+        load_spec(path, ["train.epochz=3"])
+    msg = str(e.value)
+    assert "train.epochz" in msg and "epochz" in msg
+
+
+def test_override_wrong_type_named(job):
+    path = job()
+    with pytest.raises(SpecError) as e:
+        load_spec(path, ["cluster.gpus_per_member=two"])
+    assert str(path) in str(e.value) and "cluster.gpus_per_member" in str(e.value)
+
+
+def test_override_applies(job):
+    spec = load_spec(job(), ["train.batch_size=7", "seeds=[3,4]"])
+    assert spec.train.batch_size == 7 and spec.seeds == [3, 4]
+
+
+def test_unknown_sweep_key_named(job):
+    with pytest.raises(SpecError) as e:
+        load_spec(job("sweep:\n  grid: {train.wieght_decay: [0.1]}\n"))
+    assert "train.wieght_decay" in str(e.value) and "weight_decay" in str(e.value)
+
+
+def test_invalid_yaml_named(tmp_path: Path):
+    path = write(tmp_path / "bad.yaml", "name: [unclosed\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(path)
+    assert str(path) in str(e.value) and "invalid YAML" in str(e.value)

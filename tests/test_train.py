@@ -1,0 +1,182 @@
+"""One member end to end on real shared images: it learns, writes its files, skips when done."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from conftest import tiny_job
+
+from skinhpc.data import prepare
+from skinhpc.model import load_checkpoint_model
+from skinhpc.plan import JobPaths, plan_members
+from skinhpc.spec import JobSpec
+from skinhpc.train import HISTORY_COLUMNS, auc_score, train_member
+
+FAST_PREPROCESS = {"size": 40, "hair": {"enabled": False}, "clahe": {"enabled": False},
+                   "corners": {"enabled": False}}
+
+
+def prepared_job(tmp_path: Path, ham_root: Path, subset: int = 400, **over: Any) -> tuple[JobSpec, JobPaths]:
+    """A tiny job with tables and cache built by the real prepare stage."""
+    over.setdefault("preprocess", FAST_PREPROCESS)
+    data = {"subset": subset, "audit": {"near_duplicates": False}, **over.pop("data", {})}
+    spec = tiny_job(tmp_path, ham_root, data=data, **over)
+    paths = JobPaths(spec.job_dir)
+    prepare.prepare_tables(spec, paths)
+    prepare.build_cache(spec, paths)
+    prepare.finalize(spec, paths)
+    return spec, paths
+
+
+def test_tiny_model_learns_and_beats_majority(tmp_path: Path, ham_root: Path) -> None:
+    train = {"phases": [{"name": "all", "epochs": 4, "train": "all", "lr": 3e-3}], "batch_size": 32,
+             "num_workers": 0, "augment": 0.0}
+    spec, paths = prepared_job(tmp_path / "cnn", ham_root, model={"name": "small_cnn", "pretrained": "none"},
+                               train=train)
+    member = plan_members(spec)[0]
+    train_member(spec, paths, member)
+    mp = paths.member(member)
+    for f in (mp.spec_json, mp.best, mp.last, mp.history, mp.val, mp.test, mp.done):
+        assert f.exists(), f
+    hist = pd.read_csv(mp.history)
+    assert list(hist.columns) == HISTORY_COLUMNS and len(hist) == 4
+    val = pd.read_csv(mp.val)
+    assert list(val.columns) == ["image_id", "label", "prob_benign", "prob_malignant"]
+    table = prepare.load_table(spec, paths)
+    assert sorted(val["image_id"]) == sorted(table[table["split"] == "val"]["image_id"])
+    assert (val[["prob_benign", "prob_malignant"]].sum(axis=1) - 1).abs().max() < 1e-5
+    auc = auc_score(val["label"].to_numpy(), val[["prob_benign", "prob_malignant"]].to_numpy())
+    done = json.loads(mp.done.read_text())
+    assert done["best_metric"] == pytest.approx(hist["val_auc"].max())
+    assert auc == pytest.approx(done["best_metric"], abs=1e-6)  # val.csv comes from the best checkpoint
+
+    # best.pt loads back for the member's spec and gives the probabilities of val.csv
+    model = load_checkpoint_model(mp.best, member.spec(spec))
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+    # the majority baseline on the same data: a constant score, AUC 0.5
+    bspec, bpaths = prepared_job(tmp_path / "base", ham_root, model={"name": "baseline_majority"},
+                                 train={**train, "phases": [{"name": "all", "epochs": 1, "lr": 1e-3}]})
+    train_member(bspec, bpaths, plan_members(bspec)[0])
+    bval = pd.read_csv(bpaths.member(0).val)
+    base_auc = auc_score(bval["label"].to_numpy(), bval[["prob_benign", "prob_malignant"]].to_numpy())
+    train_frac = (table[table["split"] == "train"]["label"] == 1).mean()
+    assert bval["prob_malignant"].iloc[0] == pytest.approx(train_frac, abs=0.02)
+    assert auc > 0.65 and auc > base_auc + 0.1, (auc, base_auc)
+
+    # relaunch: a finished member with the same config is skipped (files untouched)
+    before = mp.done.stat().st_mtime_ns, mp.best.stat().st_mtime_ns
+    train_member(spec, paths, member)
+    assert (mp.done.stat().st_mtime_ns, mp.best.stat().st_mtime_ns) == before
+
+
+def test_bad_label_named(tmp_path: Path, ham_root: Path) -> None:
+    spec, paths = prepared_job(tmp_path, ham_root, subset=60,
+                               model={"name": "small_cnn", "pretrained": "none"})
+    man = pd.read_csv(paths.manifest)
+    bad_id = man["image_id"].iloc[3]
+    man.loc[3, "label"] = 7
+    man.to_csv(paths.manifest, index=False)
+    with pytest.raises(ValueError, match=bad_id):
+        train_member(spec, paths, plan_members(spec)[0])
+
+
+def test_augmentation_and_order_depend_only_on_seed_epoch_index(tmp_path: Path, ham_root: Path) -> None:
+    from skinhpc.data.dataset import EpochSampler, SkinDataset
+
+    spec, paths = prepared_job(tmp_path, ham_root, subset=40)
+    table = prepare.load_table(spec, paths)
+    ds = SkinDataset(table, spec.cache_dir, (0.5,) * 3, (0.5,) * 3, augment=1.0, seed=7)
+    twin = SkinDataset(table, spec.cache_dir, (0.5,) * 3, (0.5,) * 3, augment=1.0, seed=7)
+    plain = SkinDataset(table, spec.cache_dir, (0.5,) * 3, (0.5,) * 3, augment=0.0, seed=7)
+    img0 = ds[3][0]
+    assert img0.shape == (3, spec.preprocess.size, spec.preprocess.size)
+    import torch
+
+    torch.rand(5)  # global RNG history must not matter
+    assert torch.equal(twin[3][0], img0)
+    assert not torch.equal(plain[3][0], img0)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[3][0], img0)
+    s1, s2 = EpochSampler(40, seed=7), EpochSampler(40, seed=7)
+    s2.set_epoch(1)
+    assert list(s1) == list(EpochSampler(40, seed=7)) and list(s1) != list(s2)
+    assert sorted(s1) == list(range(40))
+
+
+def test_cli_trains_one_member_of_a_fresh_job(tmp_path: Path, ham_root: Path) -> None:
+    """`skinhpc train JOB.yaml --member K key=value`: prepares the data when missing, then trains."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    job = {
+        "name": "cli", "results_dir": "results", "seeds": [3, 4],
+        "data": {"sources": [{"kind": "ham10000", "root": str(ham_root), "images": ["images"]}],
+                 "subset": 80, "audit": {"near_duplicates": False}},
+        "preprocess": {**FAST_PREPROCESS, "size": 32},
+        "model": {"name": "small_cnn", "pretrained": "none"},
+        "train": {"phases": [{"name": "all", "epochs": 1, "lr": 1e-3}], "batch_size": 16, "num_workers": 0},
+        "cluster": {"executor": "debug"},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "skinhpc.cli", "train", str(path), "--member", "1", "train.batch_size=8"]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mdir = tmp_path / "results" / "cli" / "members" / "001"
+    spec_json = json.loads((mdir / "spec.json").read_text())
+    assert spec_json["member"]["seed"] == 4 and spec_json["spec"]["train"]["batch_size"] == 8
+    assert json.loads((mdir / "done.json").read_text())["seed"] == 4
+    assert not (tmp_path / "results" / "cli" / "members" / "000").exists()
+    assert "epoch 0" in proc.stderr  # plain log lines
+    bad = subprocess.run(cmd[:-2] + ["5"], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "out of range" in bad.stderr
+
+
+def test_multiclass_phases_metadata_focal_ema_early_stopping(tmp_path: Path, ham_root: Path) -> None:
+    classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    train = {
+        "phases": [{"name": "head", "epochs": 2, "train": "head", "lr": 1e-2},
+                   {"name": "ft", "epochs": 3, "train": "last_k", "k": 2, "lr": 3e-3, "layer_decay": 0.5}],
+        "batch_size": 16, "num_workers": 0, "augment": 0.3, "balanced_sampler": True,
+        "loss": {"name": "focal", "gamma": 2.0}, "ema": {"enabled": True, "decay": 0.9},
+        "early_stopping": {"patience": 1, "metric": "loss"},
+        "scheduler": {"name": "cosine_restarts", "t0": 1, "t_mult": 2},
+    }
+    spec, paths = prepared_job(tmp_path, ham_root, subset=160,
+                               data={"task": "multiclass", "classes": classes},
+                               model={"name": "small_cnn", "pretrained": "none",
+                                      "metadata": {"enabled": True, "hidden": 8}},
+                               train=train)
+    member = plan_members(spec)[0]
+    train_member(spec, paths, member)
+    mp = paths.member(member)
+    hist = pd.read_csv(mp.history)
+    assert set(hist["phase"]) == {"head", "ft"} and list(hist["epoch"]) == list(range(len(hist)))
+    assert 3 <= len(hist) <= 5
+    test = pd.read_csv(mp.test)
+    assert list(test.columns) == ["image_id", "label"] + [f"prob_{c}" for c in classes]
+    done = json.loads(mp.done.read_text())
+    assert done["metric"] == "loss" and done["best_metric"] == pytest.approx(hist["val_loss"].min())
+    model = load_checkpoint_model(mp.best, member.spec(spec))
+    assert model.head.out_features == len(classes) and model.meta_mlp is not None
+
+
+def test_schedules() -> None:
+    from skinhpc.spec import SchedulerSpec
+    from skinhpc.train import lr_lambda
+
+    warm = lr_lambda(SchedulerSpec(name="cosine_warmup", warmup_epochs=1.0, eta_min=0.0), 10, 3, 1e-3)
+    assert [warm(t) for t in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert warm(10) == pytest.approx(1.0) and warm(20) == pytest.approx(0.5) and warm(30) == pytest.approx(0.0)
+    rest = lr_lambda(SchedulerSpec(name="cosine_restarts", t0=1, t_mult=2, eta_min=0.0), 10, 7, 1e-3)
+    # periods of 1, 2, 4 epochs: restarts at steps 10 and 30
+    assert rest(0) == 1.0 and rest(5) == pytest.approx(0.5) and rest(10) == 1.0 and rest(20) == pytest.approx(0.5)
+    assert rest(30) == 1.0 and rest(29) < 0.01
