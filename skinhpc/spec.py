@@ -23,6 +23,11 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 
+# libyaml's C parser/emitter when present: the same safe subset, several times faster (launch time)
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 class SpecError(ValueError):
     """A job description that cannot be run; the message names file and key."""
 
@@ -527,7 +532,7 @@ def _read_yaml(path: Path) -> dict:
     except FileNotFoundError:
         raise SpecError(f"{path}: file not found") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: invalid YAML: {e}") from None
     if data is None:
@@ -676,7 +681,7 @@ def with_overrides(spec: JobSpec, values: dict[str, Any]) -> JobSpec:
 
 
 def dump_yaml(spec: JobSpec) -> str:
-    return yaml.safe_dump(spec.to_dict(), sort_keys=False)
+    return yaml.dump(spec.to_dict(), Dumper=_Dumper, sort_keys=False)
 
 
 def _plain(value: Any) -> Any:
