@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        spec, entries = launch(args.job, args.overrides, args.executor, args.dry_run, args.force_new, args.wait)
+        spec, entries = launch(args.job, args.overrides, args.executor, args.dry_run, args.force_new)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -156,8 +156,18 @@ def main(argv: list[str] | None = None) -> int:
         dep = f" ({e['dependency']})" if e.get("dependency") else ""
         print(f"{e['stage']:<15} {ident}{tasks}{dep}")
     print(f"results: {spec.job_dir}")
-    print(f"status:  skinhpc status {spec.job_dir}")
-    return 0
+    print(f"status:  skinhpc status {spec.job_dir}", flush=True)
+    if not args.wait:
+        return 0
+    # --wait (make demo): block, then say how it ended and where to look
+    wait_for(spec, JobPaths(spec.job_dir))
+    from .status import main as status_main
+
+    failed = status_main([str(spec.job_dir)])
+    report = JobPaths(spec.job_dir).ensemble / "report.html"
+    if report.exists():
+        print(f"report:  {report}")
+    return 1 if failed or not report.exists() else 0
 
 
 if __name__ == "__main__":
