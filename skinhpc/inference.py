@@ -131,10 +131,7 @@ def to_unit_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def cached_batches(cache_dir: Path, image_ids: Sequence[str], batch_size: int) -> Iterator[torch.Tensor]:
     """Batches of cached images in [0, 1], in ``image_ids`` order."""
-    try:
-        from .data.cache import load_cached
-    except ImportError:  # the cache module's contract is also implemented by the dataset
-        from .data.dataset import _load_cached as load_cached
+    from .data.cache import load_cached
 
     for start in range(0, len(image_ids), batch_size):
         chunk = image_ids[start : start + batch_size]

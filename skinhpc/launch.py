@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait", action="store_true", help="block until the whole job has ended")
     ap.add_argument("--force-new", action="store_true",
                     help="move a results folder holding another spec aside instead of refusing")
-    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    args = ap.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         spec, entries = launch(args.job, args.overrides, args.executor, args.dry_run, args.force_new)

@@ -381,24 +381,14 @@ def write_outputs(spec: JobSpec, paths: JobPaths, summary: dict[str, Any], val: 
     report.write_report(spec, paths, summary)
 
     if spec.reduce.onnx:
-        summary["onnx"] = _jsonable(_optional("export", "export_job", spec, paths))
+        from .export import export_job
+
+        summary["onnx"] = _jsonable(export_job(spec, paths))
     if spec.reduce.mlflow.enabled:
-        summary["mlflow_run_id"] = _optional("tracking", "log_job", spec, paths, summary)
+        from .tracking import log_job
+
+        summary["mlflow_run_id"] = log_job(spec, paths, summary)
     write_json_atomic(out / "metrics.json", summary)
-
-
-def _optional(module: str, func: str, *args: Any) -> Any:
-    """Call a sibling stage helper; its absence (not yet installed) is a logged note, not a crash."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(f"skinhpc.{module}")
-    except ModuleNotFoundError as e:
-        if e.name != f"skinhpc.{module}":
-            raise
-        log.warning("skinhpc.%s is not available: %s skipped", module, func)
-        return {"skipped": f"skinhpc.{module} not available"}
-    return getattr(mod, func)(*args)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -407,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="skinhpc reduce", description=main.__doc__)
     parser.add_argument("job", help="results/<job> folder (with job.yaml) or a job YAML file")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides (e.g. reduce.gate=0.9)")
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args = parser.parse_intermixed_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = Path(args.job)
     job_yaml = target / "job.yaml" if target.is_dir() else target

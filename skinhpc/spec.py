@@ -22,7 +22,6 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-
 # libyaml's C parser/emitter when present: the same safe subset, several times faster (launch time)
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)

@@ -13,7 +13,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("job", nargs="?", help="job YAML to resolve and print (omit: list every key)")
     ap.add_argument("overrides", nargs="*", help="key.path=value")
     ap.add_argument("--markdown", action="store_true", help="print the schema as a Markdown table")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
     if args.markdown:
         print(schema_markdown(), end="")
         return 0

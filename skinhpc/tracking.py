@@ -396,13 +396,10 @@ def log_ensemble_model(
     return model_uri
 
 
-try:  # the class must exist at import time for pickling; mlflow is a hard dependency
-    from mlflow.pyfunc import PythonModel as _PythonModel
-except ImportError:  # pragma: no cover
-    _PythonModel = object  # type: ignore[misc,assignment]
+from mlflow.pyfunc import PythonModel  # noqa: E402 - the base class, needed at import for pickling
 
 
-class EnsembleModel(_PythonModel):  # type: ignore[misc,valid-type]
+class EnsembleModel(PythonModel):
     """The job's ensemble behind MLflow's pyfunc interface.
 
     Input: a DataFrame with a ``path`` column of image files (optional ``age``,
