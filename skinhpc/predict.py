@@ -358,7 +358,8 @@ def data_sources(data: str | Path) -> list[dict[str, Any]]:
 def evaluate(job_dir: str | Path, data: str | Path, out_dir: str | Path,
              device: str | None = None) -> dict[str, Any]:
     """Score a trained job on another labelled dataset (every image is test); writes
-    ``predictions.csv``, ``metrics.json`` and, when the report module is present, a report."""
+    ``predictions.csv``, ``metrics.json`` and ``report.html``.  Returns the metrics plus
+    ``report``, the report's path."""
     from .data.sources import build_manifest
     from .spec import with_overrides
 
@@ -374,7 +375,8 @@ def evaluate(job_dir: str | Path, data: str | Path, out_dir: str | Path,
     preds["dx"] = manifest["dx"].to_numpy()
     preds["group"] = manifest["group"].astype(str).to_numpy()
     _write_csv(preds, out_dir / "predictions.csv")
-    ok = preds[preds["decision"] != "error"].reset_index(drop=True)
+    readable = (preds["decision"] != "error").to_numpy()
+    ok = preds[readable].reset_index(drop=True)
     if ok.empty:
         raise ValueError(f"evaluate: no readable image in {data}")
     if spec.data.task == "multiclass":
@@ -387,8 +389,10 @@ def evaluate(job_dir: str | Path, data: str | Path, out_dir: str | Path,
     metrics["model"] = str(Path(job_dir).resolve())
     metrics["data"] = str(data)
     write_json_atomic(out_dir / "metrics.json", metrics)
-    _report(spec, predictor, metrics, ok, labels, probs, out_dir)
-    return metrics
+    # the report's subgroups need the dataset's metadata, which predictions.csv does not carry
+    meta = manifest.loc[readable, ["age", "sex", "site"]].reset_index(drop=True)
+    report_path = _report(spec, metrics, pd.concat([ok, meta], axis=1), out_dir)
+    return {**metrics, "report": str(report_path)}
 
 
 def _metrics(spec: JobSpec, predictor: EnsemblePredictor, labels: np.ndarray, probs: np.ndarray,
@@ -417,15 +421,11 @@ def _metrics(spec: JobSpec, predictor: EnsemblePredictor, labels: np.ndarray, pr
     return out
 
 
-def _report(spec: JobSpec, predictor: EnsemblePredictor, metrics: dict[str, Any], ok: pd.DataFrame,
-            labels: np.ndarray, probs: np.ndarray, out_dir: Path) -> None:
-    try:
-        from . import report
-    except ImportError:
-        log.info("skinhpc.report not available; metrics.json and predictions.csv only")
-        return
-    if hasattr(report, "write_evaluation_report"):
-        report.write_evaluation_report(spec, metrics, ok, out_dir)
+def _report(spec: JobSpec, metrics: dict[str, Any], table: pd.DataFrame, out_dir: Path) -> Path:
+    """``out_dir/report.html``: the self-contained evaluation report (see :mod:`skinhpc.report`)."""
+    from . import report
+
+    return report.write_evaluation_report(spec, metrics, table, out_dir)
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:

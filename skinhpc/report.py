@@ -189,8 +189,10 @@ def _binary_headline(view: dict[str, Any], thr: dict[str, Any]) -> str:
     return _table(["test metric", "value"], rows, "headline")
 
 
-def _gate_section(spec: JobSpec, t: dict[str, Any], binary: bool) -> str:
+def _gate_section(spec: JobSpec, t: dict[str, Any], binary: bool, gate: float | None = None,
+                  scope: str = "test") -> str:
     g = t["gated"]
+    gate = spec.reduce.gate if gate is None else gate
     if binary:
         rows = [
             ["sensitivity", _fmt(t.get("sensitivity")), _fmt(g.get("sensitivity"))],
@@ -207,10 +209,10 @@ def _gate_section(spec: JobSpec, t: dict[str, Any], binary: bool) -> str:
             ["balanced accuracy", _fmt(t.get("balanced_accuracy")), _fmt(g.get("balanced_accuracy"))],
         ]
         extra = f"<p>Referred by true class: {_fmt(json.dumps(g.get('referred_by_class')))}</p>"
-    cov = (f"<p class=coverage>Gate {spec.reduce.gate:g} (refer below this ensemble confidence): "
+    cov = (f"<p class=coverage>Gate {gate:g} (refer below this ensemble confidence): "
            f"<b>coverage {_fmt(g.get('coverage'), True)}</b>, {g.get('n_covered')} kept, "
            f"{g.get('n_referred')} referred. Gated numbers hold only for the kept cases.</p>")
-    table = _table(["metric", "all test cases", f"kept cases (coverage {_fmt(g.get('coverage'), True)})"], rows)
+    table = _table(["metric", f"all {scope} cases", f"kept cases (coverage {_fmt(g.get('coverage'), True)})"], rows)
     return cov + table + extra
 
 
@@ -382,4 +384,298 @@ def write_report(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> Pat
     out = paths.ensemble / "report.html"
     write_text_atomic(out, render(spec, paths, summary))
     log.info("report written: %s", out)
+    return out
+
+
+# --------------------------------------------------------------------------- evaluation report
+# `skinhpc evaluate`: a trained job scored on another labelled dataset at its validation operating
+# point.  Same rules as the reduce report: images inline, coverage beside every gated number,
+# the threshold's provenance spelled out, the label map.  The plots are drawn in memory from the
+# evaluation's own predictions (no PNG files are left beside the report).
+EVAL_PROVENANCE = "chosen on the job's validation split, not refitted"
+
+
+def _fig_img(fig: Any, alt: str) -> str:
+    """A matplotlib figure as an inline PNG <img> (the figure is closed)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode()
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def _eval_arrays(spec: JobSpec, metrics: dict[str, Any], table: Any) -> dict[str, Any]:
+    """Labels and probabilities of the scored rows, plus the malignant-vs-benign question.
+
+    ``table`` is the evaluation's predictions of readable images (``label``, ``prob_*``);
+    multiclass metrics carry the malignant view under ``metrics["malignant"]``.
+    """
+    names = list(metrics.get("class_names") or spec.class_names)
+    y = table["label"].to_numpy().astype(int)
+    binary = spec.data.task == "binary"
+    if binary:
+        probs = table[["prob_benign", "prob_malignant"]].to_numpy(dtype=float)
+        return {"names": names, "y": y, "probs": probs, "binary": True, "y_bin": y,
+                "p_bin": probs[:, 1], "bin": metrics, "thr": metrics.get("threshold")}
+    probs = table[[f"prob_{c}" for c in names]].to_numpy(dtype=float)
+    mal_idx = [i for i, c in enumerate(names) if c in spec.data.malignant]
+    if "prob_malignant" in table:
+        p_bin = table["prob_malignant"].to_numpy(dtype=float)
+    else:
+        p_bin = probs[:, mal_idx].sum(axis=1).clip(0, 1)
+    mal = metrics.get("malignant") or {}
+    return {"names": names, "y": y, "probs": probs, "binary": False,
+            "y_bin": np.isin(y, mal_idx).astype(int), "p_bin": p_bin, "bin": mal or None,
+            "thr": mal.get("threshold")}
+
+
+def _confusion_ax(ax: Any, mat: Any, labels: Sequence[str], title: str) -> None:
+    arr = np.asarray(mat if mat is not None else np.zeros((len(labels), len(labels))), dtype=int)
+    ax.imshow(arr, cmap="Blues")
+    top = arr.max() if arr.size else 0
+    for (i, j), v in np.ndenumerate(arr):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+
+
+def make_evaluation_plots(spec: JobSpec, metrics: dict[str, Any], table: Any) -> dict[str, str]:
+    """ROC, PR, confusion (at the threshold and under the gate), reliability and risk-coverage
+    of an evaluation, as inline ``<img>`` tags keyed by name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import metrics as mx
+
+    a = _eval_arrays(spec, metrics, table)
+    y, probs, names, binary = a["y"], a["probs"], a["names"], a["binary"]
+    yb, pb, bv, thr = a["y_bin"], a["p_bin"], a["bin"] or {}, a["thr"]
+    what = "malignant vs benign" + ("" if binary else " (sum of malignant classes)")
+    gate = float((metrics.get("gated") or {}).get("gate") or 0.0)
+    imgs: dict[str, str] = {}
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    if not binary:
+        for k, c in enumerate(names):
+            cur = mx.roc_points((y == k).astype(int), probs[:, k])
+            if cur["auc"] is not None:
+                ax.plot(cur["fpr"], cur["tpr"], lw=0.8, alpha=0.5, label=f"{c} vs rest ({_fmt(cur['auc'])})")
+    cur = mx.roc_points(yb, pb)
+    if cur["auc"] is not None:
+        ax.plot(cur["fpr"], cur["tpr"], lw=2.5, color="black", label=f"ensemble, {what} ({_fmt(cur['auc'])})")
+    if bv.get("sensitivity") is not None and bv.get("specificity") is not None:
+        ax.plot([1 - bv["specificity"]], [bv["sensitivity"]], "o", color="tab:red",
+                label=f"threshold {_fmt(thr)} (validation)")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="chance")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.02),
+           title="ROC" + ("" if cur["auc"] is not None else " (one class only: undefined)"))
+    ax.legend(fontsize=7, loc="lower right")
+    imgs["roc"] = _fig_img(fig, "ROC curve")
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    cur = mx.pr_points(yb, pb)
+    if cur["ap"] is not None:
+        ax.plot(cur["recall"], cur["precision"], lw=2.5, color="black", label=f"ensemble ({_fmt(cur['ap'])})")
+    if cur.get("prevalence") is not None:
+        ax.axhline(cur["prevalence"], ls=":", color="grey", label=f"prevalence {cur['prevalence']:.2f}")
+    if bv.get("sensitivity") is not None and bv.get("precision") is not None:
+        ax.plot([bv["sensitivity"]], [bv["precision"]], "o", color="tab:red",
+                label=f"threshold {_fmt(thr)} (validation)")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"Precision-recall: {what}")
+    ax.legend(fontsize=7, loc="lower left")
+    imgs["pr"] = _fig_img(fig, "precision-recall curve")
+
+    def confusion_pair(view: dict[str, Any], labels: Sequence[str], at: str) -> Any:
+        g = view.get("gated") or {}
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+        _confusion_ax(axes[0], view.get("confusion_matrix"), labels, f"all {view.get('n')} cases {at}")
+        _confusion_ax(axes[1], g.get("confusion_matrix"), labels,
+                      f"kept by the gate {gate:g}: coverage {_fmt(g.get('coverage'), True)} "
+                      f"({g.get('n_referred')} referred)")
+        fig.tight_layout()
+        return fig
+
+    if binary:
+        imgs["confusion"] = _fig_img(confusion_pair(metrics, names, f"at threshold {_fmt(thr)}"),
+                                     "confusion matrices")
+    else:
+        imgs["confusion"] = _fig_img(confusion_pair(metrics, names, "(argmax)"), "confusion matrices")
+        if bv:
+            imgs["confusion_malignant"] = _fig_img(
+                confusion_pair(bv, ["benign", "malignant"], f"at threshold {_fmt(thr)}"),
+                "confusion matrices, malignant view")
+
+    rel = mx.reliability(y, probs, 10)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    edges = np.asarray(rel["bin_edges"], dtype=float)
+    centers = (edges[:-1] + edges[1:]) / 2
+    acc = np.array([np.nan if v is None else v for v in rel["bin_accuracy"]], dtype=float)
+    ax.bar(centers, np.nan_to_num(acc), width=np.diff(edges), edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
+    ax.set(xlabel="confidence (top class)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title=f"Reliability (ECE {_fmt(rel.get('ece'))}, temperature from validation)")
+    ax.legend(fontsize=8)
+    imgs["reliability"] = _fig_img(fig, "reliability diagram")
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    rc = mx.risk_coverage(y, probs, threshold=thr if binary else None)
+    ax.step(rc["coverage"], rc["risk"], where="post", color="black",
+            label=f"{'decision at the threshold' if binary else 'class (argmax)'} (AURC {_fmt(rc.get('aurc'))})")
+    if not binary and bv:
+        rcm = mx.risk_coverage(yb, np.stack([1 - pb, pb], axis=1), threshold=thr)
+        ax.step(rcm["coverage"], rcm["risk"], where="post", color="tab:blue",
+                label=f"malignant view (AURC {_fmt(rcm.get('aurc'))})")
+    cov = (metrics.get("gated") or {}).get("coverage")
+    if gate > 0 and cov is not None:
+        ax.axvline(cov, ls="--", color="tab:red", label=f"gate {gate:g}: coverage {cov:.1%}")
+    ax.set(xlabel="coverage (fraction not referred)", ylabel="error rate among kept", xlim=(0, 1),
+           title="Risk-coverage")
+    ax.legend(fontsize=7)
+    imgs["risk_coverage"] = _fig_img(fig, "risk-coverage curve")
+    return imgs
+
+
+def _eval_binary_headline(t: dict[str, Any], spec: JobSpec, scope: str) -> str:
+    s90, s95 = t.get("sens_at_spec90") or {}, t.get("sens_at_spec95") or {}
+    method = spec.reduce.threshold
+    rows = [
+        ["ROC-AUC", _fmt(t.get("auc")) + _ci(t, "auc")],
+        ["PR-AUC (average precision)", _fmt(t.get("pr_auc")) + _ci(t, "pr_auc")],
+        ["sensitivity at 90 % specificity", _fmt(s90.get("sensitivity"))],
+        ["sensitivity at 95 % specificity", _fmt(s95.get("sensitivity"))],
+        ["threshold", f"{_fmt(t.get('threshold'))}: method <b>{_fmt(method)}</b>"
+         + (f", target {_fmt(spec.reduce.target)}" if method in ("sens_at_spec", "spec_at_sens") else "")
+         + f", <b>{EVAL_PROVENANCE}</b>"],
+        ["sensitivity / specificity at threshold",
+         f"{_fmt(t.get('sensitivity'))}{_ci(t, 'sensitivity')} / {_fmt(t.get('specificity'))}{_ci(t, 'specificity')}"],
+        ["precision / NPV at threshold", f"{_fmt(t.get('precision'))} / {_fmt(t.get('npv'))}"],
+        ["balanced accuracy", _fmt(t.get("balanced_accuracy")) + _ci(t, "balanced_accuracy")],
+        ["accuracy", _fmt(t.get("accuracy")) + _ci(t, "accuracy")],
+        ["Brier score / ECE", f"{_fmt(t.get('brier'))} / {_fmt(t.get('ece'))}"],
+        ["images / prevalence", f"{t.get('n')} / {_fmt(t.get('prevalence'))}"],
+    ]
+    return _table([f"metric ({scope})", "value"], rows, "headline")
+
+
+def _eval_multiclass_headline(m: dict[str, Any], scope: str) -> str:
+    rows = [["macro ROC-AUC (one-vs-rest)", _fmt(m.get("auc_macro")) + _ci(m, "auc_macro")],
+            ["macro PR-AUC", _fmt(m.get("pr_auc_macro"))],
+            ["balanced accuracy (argmax)", _fmt(m.get("balanced_accuracy")) + _ci(m, "balanced_accuracy")],
+            ["accuracy (argmax)", _fmt(m.get("accuracy")) + _ci(m, "accuracy")],
+            ["Brier score / ECE", f"{_fmt(m.get('brier'))} / {_fmt(m.get('ece'))}"],
+            ["images", _fmt(m.get("n"))]]
+    head = _table([f"metric ({scope})", "value"], rows, "headline")
+    per = m.get("per_class") or {}
+    counts = m.get("class_counts") or {}
+    auc, ap = m.get("auc_per_class") or {}, m.get("pr_auc_per_class") or {}
+    prow = [[html.escape(c), _fmt(counts.get(c)), _fmt(auc.get(c)), _fmt(ap.get(c)),
+             _fmt((per.get(c) or {}).get("precision")), _fmt((per.get(c) or {}).get("recall")),
+             _fmt((per.get(c) or {}).get("f1"))] for c in (m.get("class_names") or per)]
+    return head + _table(["class", "n", "ROC-AUC (vs rest)", "PR-AUC", "precision", "recall", "F1"], prow)
+
+
+def _eval_subgroups(spec: JobSpec, a: dict[str, Any], table: Any) -> str:
+    from . import metrics as mx
+
+    cols = ("age", "sex", "site")
+    if table is None or any(c not in table for c in cols):
+        return "<p>The evaluation data has no sex/age/site columns: no subgroup analysis.</p>"
+    sub = table[list(cols)].reset_index(drop=True)
+    known = any(v != "unknown" for v in (mx._category(x) for c in ("sex", "site") for x in sub[c].tolist()))
+    known = known or any(mx.age_band(x) != "unknown" for x in sub["age"].tolist())
+    if not known:
+        return "<p>Sex, age and site are unknown for every image of this dataset: no subgroup analysis.</p>"
+    note = "<p>Metrics of subgroups under 10 images are withheld (too small); every group is listed.</p>"
+    rows = mx.subgroups(a["y"], a["probs"], sub, threshold=a["thr"] if a["binary"] else None,
+                        class_names=a["names"])
+    out = note + _subgroup_table(rows, a["binary"])
+    if not a["binary"] and a["bin"]:
+        mrows = mx.subgroups(a["y_bin"], np.stack([1 - a["p_bin"], a["p_bin"]], axis=1), sub,
+                             threshold=a["thr"], class_names=["benign", "malignant"])
+        out += "<h3>Malignant vs benign view</h3>" + _subgroup_table(mrows, True)
+    return out
+
+
+def render_evaluation(spec: JobSpec, metrics: dict[str, Any], table: Any) -> str:
+    """The evaluation report as one HTML string (images inlined)."""
+    binary = spec.data.task == "binary"
+    a = _eval_arrays(spec, metrics, table)
+    model, data = str(metrics.get("model", "")), str(metrics.get("data", ""))
+    data_name = Path(data).name or data
+    scope = f"evaluation set {data_name}"
+    title = f"skinhpc evaluation: {spec.name} on {data_name}"
+    parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+             f"<style>{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
+             f"<p class=disclaimer><b>Medical disclaimer.</b> {DISCLAIMER}</p>"]
+
+    imgs = metrics.get("images") or {}
+    counts = metrics.get("class_counts") or {}
+    boot = metrics.get("bootstrap") or {}
+    what = [
+        ["model (job)", f"<b>{html.escape(spec.name)}</b>: {html.escape(model)}"],
+        ["architecture / task", f"{html.escape(spec.model.name)} / {html.escape(spec.data.task)}"],
+        ["dataset evaluated", f"<b>{html.escape(data)}</b>"],
+        ["images", f"{imgs.get('total', metrics.get('n'))} total, {imgs.get('scored', metrics.get('n'))} scored, "
+                   f"{imgs.get('unreadable', 0)} unreadable (left out of every metric)"],
+        ["true classes", html.escape(", ".join(f"{k}: {v}" for k, v in counts.items()))],
+        ["confidence intervals",
+         f"95 % bootstrap, {boot.get('resamples')} resamples by {html.escape(str(boot.get('unit')))}"
+         if boot else "none (bootstrap off)"],
+    ]
+    parts.append("<h2>What was evaluated</h2>")
+    parts.append(_table(["what", "value"], what))
+    thr_text = (f"decision threshold {_fmt(a['thr'])}" if binary
+                else f"malignant-view threshold {_fmt(a['thr'])} (classes are the argmax)")
+    parts.append(f"<p>Every image of the dataset is scored as test. Nothing was refitted on it: the "
+                 f"{thr_text} was <b>{EVAL_PROVENANCE}</b>, and so were the calibration temperature and "
+                 f"the referral gate, as a deployed model would use them.</p>")
+
+    parts.append(f"<h2>Headline ({html.escape(scope)})</h2>")
+    if binary:
+        parts.append(_eval_binary_headline(metrics, spec, scope))
+        views: list[tuple[str, dict[str, Any], bool]] = [("", metrics, True)]
+    else:
+        parts.append(_eval_multiclass_headline(metrics, scope))
+        views = [("", metrics, False)]
+        if a["bin"]:
+            parts.append("<h3>Malignant vs benign view (sum of malignant class probabilities)</h3>")
+            parts.append(_eval_binary_headline(a["bin"], spec, scope))
+            views.append(("malignant view", a["bin"], True))
+
+    parts.append("<h2>Referral gate: coverage beside every gated number</h2>")
+    for label, view, vb in views:
+        if label:
+            parts.append(f"<h3>{html.escape(label)}</h3>")
+        gate = float((view.get("gated") or {}).get("gate") or 0.0)
+        parts.append(_gate_section(spec, view, vb, gate=gate, scope="evaluation"))
+
+    parts.append(f"<h2>Subgroups ({html.escape(scope)})</h2>")
+    parts.append(_eval_subgroups(spec, a, table))
+
+    parts.append(f"<h2>Plots ({html.escape(scope)})</h2><div class=plots>")
+    parts.extend(make_evaluation_plots(spec, metrics, table).values())
+    parts.append("</div>")
+
+    parts.append("<h2>Label map</h2>")
+    parts.append(_label_map(spec))
+    parts.append(f"<p class=disclaimer>{DISCLAIMER}</p></body></html>")
+    return "\n".join(parts)
+
+
+def write_evaluation_report(spec: JobSpec, metrics: dict[str, Any], table: Any, out_dir: str | Path) -> Path:
+    """``out_dir/report.html`` of ``skinhpc evaluate`` (``metrics`` from :func:`skinhpc.predict.evaluate`,
+    ``table`` its predictions of the readable images, with age/sex/site when the data has them)."""
+    out = Path(out_dir) / "report.html"
+    write_text_atomic(out, render_evaluation(spec, metrics, table))
+    log.info("evaluation report written: %s", out)
     return out

@@ -139,7 +139,7 @@ def test_predict_all_failed_exit_code_and_refer_gate(job, tmp_path):
     assert (df["decision"] == "refer").all()
 
 
-def test_evaluate_on_folder_per_class(job, ham_root, tmp_path):
+def test_evaluate_on_folder_per_class(job, ham_root, tmp_path, capsys):
     from skinhpc.predict import evaluate_main
 
     spec, paths = job
@@ -151,6 +151,7 @@ def test_evaluate_on_folder_per_class(job, ham_root, tmp_path):
             shutil.copy(ham_root / "images" / f"{image_id}.jpg", root / dx / f"{image_id}.jpg")
     out = tmp_path / "eval"
     assert evaluate_main(["--model", str(paths.root), "--data", str(root), "--out", str(out)]) == 0
+    assert str(out / "report.html") in capsys.readouterr().out  # the report path is printed
     m = json.loads((out / "metrics.json").read_text())
     assert m["images"] == {"total": 18, "scored": 18, "unreadable": 0}
     assert m["class_counts"] == {"benign": 6, "malignant": 12}  # mel, bcc malignant by the job's map
@@ -159,3 +160,69 @@ def test_evaluate_on_folder_per_class(job, ham_root, tmp_path):
     assert m["threshold"] == pytest.approx(thr)  # the validation threshold, not refitted
     preds = pd.read_csv(out / "predictions.csv")
     assert len(preds) == 18 and set(preds["label"]) == {0, 1}
+    html = (out / "report.html").read_text()
+    _assert_self_contained(html, min_images=5)
+    assert f"coverage {m['gated']['coverage']:.1%}" in html  # coverage beside the gated numbers
+    assert "chosen on the job's validation split, not refitted" in html
+    assert str(root) in html and "Research use only" in html and "Label map" in html
+    assert "no subgroup analysis" in html  # a folder-per-class source has no sex/age/site
+
+
+def _assert_self_contained(html: str, min_images: int) -> None:
+    """Only inline PNG sources, nothing fetched, and every <img> a PNG that Pillow decodes."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    refs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]+)""", html) + re.findall(r"url\(([^)]+)\)", html)
+    assert all(r.startswith("data:image/png;base64,") for r in refs), refs[:3]
+    assert "http://" not in html and "https://" not in html
+    assert "<script" not in html and "<link" not in html
+    imgs = re.findall(r"<img[^>]*\ssrc='data:image/png;base64,([^']+)'", html)
+    assert len(imgs) == html.count("<img") >= min_images
+    for data in imgs:
+        with Image.open(io.BytesIO(base64.b64decode(data, validate=True))) as im:
+            assert im.format == "PNG"
+            im.load()
+            assert im.width > 50 and im.height > 50
+
+
+def test_evaluation_report_multiclass_with_malignant_view_and_subgroups(tmp_path, ham_root):
+    """The multiclass dict shape of predict._metrics (class metrics + ``malignant`` view), rendered
+    without a trained job: per-class tables, the malignant view's gate section and subgroups."""
+    from skinhpc import metrics as mx
+    from skinhpc.report import write_evaluation_report
+
+    classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    spec = tiny_job(tmp_path, ham_root, data={"task": "multiclass", "classes": classes}, reduce={"gate": 0.5})
+    rng = np.random.default_rng(0)
+    n = 60
+    y = np.arange(n) % len(classes)
+    logits = rng.normal(size=(n, len(classes))) + 2.0 * np.eye(len(classes))[y]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    mal_idx = [i for i, c in enumerate(classes) if c in spec.data.malignant]
+    p_mal = probs[:, mal_idx].sum(axis=1)
+    y_mal = np.isin(y, mal_idx).astype(int)
+    common = {"gate": 0.5, "groups": None, "bootstrap": 20, "seed": 0}
+    metrics = mx.evaluate(y, probs, class_names=classes, **common)
+    metrics["malignant"] = mx.evaluate(y_mal, np.stack([1 - p_mal, p_mal], axis=1),
+                                       class_names=["benign", "malignant"], threshold=0.4, **common)
+    metrics.update({"images": {"total": n, "scored": n, "unreadable": 0}, "model": "/results/tiny",
+                    "data": "/data/external.yaml"})
+    table = pd.DataFrame({"label": y, "prob_malignant": p_mal,
+                          **{f"prob_{c}": probs[:, k] for k, c in enumerate(classes)},
+                          "age": np.where(np.arange(n) % 2, 35.0, 70.0), "sex": ["male", "female"] * (n // 2),
+                          "site": "back"})
+    path = write_evaluation_report(spec, metrics, table, tmp_path / "eval")
+    assert path == tmp_path / "eval" / "report.html"
+    html = path.read_text()
+    _assert_self_contained(html, min_images=6)  # roc, pr, 2 confusions, reliability, risk-coverage
+    for view in (metrics, metrics["malignant"]):
+        assert f"coverage {view['gated']['coverage']:.1%}" in html
+    assert "malignant-view threshold 0.400" in html and "not refitted" in html
+    assert "Malignant vs benign view" in html and "95 % CI" in html
+    assert "Subgroups" in html and "female" in html and "60-75" in html
+    assert "/data/external.yaml" in html and "/results/tiny" in html and "vasc" in html
+
