@@ -249,7 +249,11 @@ class LossSpec:
 @dataclass
 class EmaSpec:
     enabled: bool = doc("Keep an exponential moving average of the weights and evaluate it.", default=False)
-    decay: float = doc("EMA decay per optimiser step.", default=0.999)
+    decay: float = doc(
+        "Final EMA decay per optimiser step; it warms up as 1-(1+step)**(-2/3) until it reaches this "
+        "(timm ModelEmaV3), so short runs are not dominated by the initial weights.",
+        default=0.999,
+    )
 
 
 @dataclass

@@ -300,7 +300,9 @@ class _Run:
         if t.ema.enabled and self.ema is None:
             from timm.utils import ModelEmaV3
 
-            self.ema = ModelEmaV3(self.raw_model, decay=t.ema.decay)
+            # warm-up: decay ramps as 1-(1+step)**-2/3 up to t.ema.decay, so a short CPU run
+            # (tens of steps an epoch) is not dominated by the initial weights
+            self.ema = ModelEmaV3(self.raw_model, decay=t.ema.decay, use_warmup=True)
         if ckpt is not None:
             if ckpt["optimizer"] is not None and (self.epoch_in_phase or self.step_in_epoch):
                 self.optimizer.optimizer.load_state_dict(ckpt["optimizer"])
@@ -354,7 +356,8 @@ class _Run:
                 self.optimizer.step()
                 self.scheduler.step()
                 if self.ema is not None:
-                    self.ema.update(self.raw_model)
+                    self.ema.update(self.raw_model,
+                                    step=self.global_epoch * self.steps_per_epoch + i + 1)
                 self.step_in_epoch = i + 1
                 self._step_rng = self._step_buffers = None  # at a boundary: save current state
                 self._critical = False
