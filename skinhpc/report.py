@@ -51,6 +51,21 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _reliability_fig(rel: dict[str, Any], title: str) -> Any:
+    """Reliability diagram from ``metrics.reliability``: one drawing for both reports."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    edges = np.asarray(rel["bin_edges"], dtype=float)
+    centers = (edges[:-1] + edges[1:]) / 2
+    acc = np.array([np.nan if a is None else a for a in rel["bin_accuracy"]], dtype=float)
+    ax.bar(centers, np.nan_to_num(acc), width=np.diff(edges), edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
+    ax.set(xlabel="confidence (top class)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def make_plots(spec: JobSpec, summary: dict[str, Any], val: Split, test: Split,
                members: Sequence[Member], out_dir: Path) -> dict[str, Path]:
     """ROC, PR, confusion matrices, reliability and risk-coverage PNGs of the test split."""
@@ -110,15 +125,8 @@ def make_plots(spec: JobSpec, summary: dict[str, Any], val: Split, test: Split,
     plt.close(fig)
 
     rel = summary["reliability"]
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    edges = np.asarray(rel["bin_edges"], dtype=float)
-    centers = (edges[:-1] + edges[1:]) / 2
-    acc = np.array([np.nan if a is None else a for a in rel["bin_accuracy"]], dtype=float)
-    ax.bar(centers, np.nan_to_num(acc), width=np.diff(edges), edgecolor="black", alpha=0.7, label="accuracy")
-    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
-    ax.set(xlabel="confidence (top class)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-           title=f"Reliability, test (ECE {_fmt(rel.get('ece'))}, T={summary.get('temperature', 1):.2f})")
-    ax.legend(fontsize=8)
+    fig = _reliability_fig(
+        rel, f"Reliability, test (ECE {_fmt(rel.get('ece'))}, T={summary.get('temperature', 1):.2f})")
     plots["reliability"] = _save(fig, out_dir / "reliability.png")
     plt.close(fig)
 
@@ -516,15 +524,7 @@ def make_evaluation_plots(spec: JobSpec, metrics: dict[str, Any], table: Any) ->
                 "confusion matrices, malignant view")
 
     rel = mx.reliability(y, probs, 10)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    edges = np.asarray(rel["bin_edges"], dtype=float)
-    centers = (edges[:-1] + edges[1:]) / 2
-    acc = np.array([np.nan if v is None else v for v in rel["bin_accuracy"]], dtype=float)
-    ax.bar(centers, np.nan_to_num(acc), width=np.diff(edges), edgecolor="black", alpha=0.7, label="accuracy")
-    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
-    ax.set(xlabel="confidence (top class)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-           title=f"Reliability (ECE {_fmt(rel.get('ece'))}, temperature from validation)")
-    ax.legend(fontsize=8)
+    fig = _reliability_fig(rel, f"Reliability (ECE {_fmt(rel.get('ece'))}, temperature from validation)")
     imgs["reliability"] = _fig_img(fig, "reliability diagram")
 
     fig, ax = plt.subplots(figsize=(5, 4.5))

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from skinhpc.spec import JobSpec, deep_merge, from_dict
+from skinhpc.plan import JobPaths, write_text_atomic
+from skinhpc.spec import JobSpec, deep_merge, dump_yaml, from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,3 +62,16 @@ def tiny_job(tmp_path: Path, ham_root: Path, **over: Any) -> JobSpec:
 @pytest.fixture
 def tiny_spec(tmp_path: Path, ham_root: Path) -> JobSpec:
     return tiny_job(tmp_path, ham_root)
+
+
+def prepared_job(spec: JobSpec) -> JobPaths:
+    """The job's folder as the launch and prepare stages leave it: job.yaml, tables, cache."""
+    from skinhpc.data.prepare import build_cache, finalize, prepare_tables
+
+    paths = JobPaths(spec.job_dir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(paths.job_yaml, dump_yaml(spec))
+    prepare_tables(spec, paths)
+    build_cache(spec, paths)
+    finalize(spec, paths)
+    return paths

@@ -3,9 +3,7 @@
 ``make_job`` (also used by test_tracking.py and test_export.py) builds a real
 results folder: prepare (manifest, splits, cache) on the shared HAM10000 images,
 two members trained by ``skinhpc.train.train_member`` and the real reduce for
-thresholds.json.  While the training module is not installed it falls back to
-untrained networks saved in the checkpoint format, and to a thresholds.json with
-the reduce's keys, so the code paths here are still exercised end to end.
+thresholds.json.
 """
 
 from __future__ import annotations
@@ -18,25 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from conftest import tiny_job
+from conftest import prepared_job, tiny_job
 
-from skinhpc.plan import JobPaths, plan_members, write_json_atomic, write_text_atomic
-from skinhpc.spec import dump_yaml
-
-
-def _fake_member(spec: Any, paths: JobPaths, member: Any) -> None:
-    from skinhpc.model import build_model, checkpoint_meta
-
-    mspec = member.spec(spec)
-    torch.manual_seed(member.seed)
-    model = build_model(mspec)
-    mp = paths.member(member)
-    mp.root.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "meta": {**checkpoint_meta(mspec), "epoch": 2}}, mp.best)
-    write_text_atomic(mp.history, "epoch,phase,train_loss,val_loss,val_auc\n1,all,0.70,0.69,0.55\n2,all,0.60,0.66,0.61\n")
-    write_json_atomic(mp.done, {"best_epoch": 2, "best_val_auc": 0.61, "epochs": 2, "seconds": 1.0})
-    write_json_atomic(mp.spec_json, {"member": member.to_dict()})
+from skinhpc.plan import plan_members
+from skinhpc.reduce import reduce
+from skinhpc.train import train_member
 
 
 def make_job(tmp_path: Path, ham_root: Path, seeds: tuple[int, ...] = (1, 2), **over: Any):
@@ -45,29 +29,10 @@ def make_job(tmp_path: Path, ham_root: Path, seeds: tuple[int, ...] = (1, 2), **
     over["reduce"] = {"gate": 0.0, "onnx": False, "mlflow": {"enabled": False}, "bootstrap": 0,
                       "gradcam": 0, **over["reduce"]}
     spec = tiny_job(tmp_path, ham_root, seeds=list(seeds), **over)
-    paths = JobPaths(spec.job_dir)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(paths.job_yaml, dump_yaml(spec))
-    from skinhpc.data.prepare import build_cache, finalize, prepare_tables
-
-    prepare_tables(spec, paths)
-    build_cache(spec, paths)
-    finalize(spec, paths)
-    try:
-        from skinhpc.train import train_member
-    except ImportError:
-        train_member = _fake_member
+    paths = prepared_job(spec)
     for m in plan_members(spec):
         train_member(spec, paths, m)
-    try:
-        from skinhpc.reduce import reduce
-
-        reduce(spec, paths)
-    except ImportError:  # report/gradcam not installed yet: the reduce's thresholds record
-        write_json_atomic(paths.ensemble / "thresholds.json", {
-            "threshold": 0.5, "method": "youden", "target": 0.95, "gate": spec.reduce.gate,
-            "temperature": 1.0, "class_names": spec.class_names, "positive": "malignant", "chosen_on": "val",
-        })
+    reduce(spec, paths)
     return spec, paths
 
 

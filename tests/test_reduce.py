@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_job
+from conftest import prepared_job, tiny_job
 
 from skinhpc.inference import MembersMissing
-from skinhpc.plan import JobPaths, plan_members, write_text_atomic
+from skinhpc.plan import JobPaths, plan_members
 from skinhpc.reduce import Split, evaluate, reduce
-from skinhpc.spec import JobSpec, dump_yaml, load_spec
+from skinhpc.spec import JobSpec, load_spec
 
 pytestmark = pytest.mark.slow  # two members are trained for real (about a minute on 2 cores)
 
@@ -32,7 +32,6 @@ THRESHOLD_KEYS = {"threshold", "method", "target", "gate", "temperature", "class
 
 def build_job(root: Path, ham_root: Path, **over) -> tuple[JobSpec, JobPaths]:
     """Prepare + train with the real stage functions, as the cluster would run them."""
-    from skinhpc.data.prepare import build_cache, finalize, prepare_tables
     from skinhpc.train import train_member
 
     over = {"seeds": [1, 2],
@@ -40,12 +39,7 @@ def build_job(root: Path, ham_root: Path, **over) -> tuple[JobSpec, JobPaths]:
                       "max_steps_per_epoch": 3},
             "reduce": {"mlflow": {"enabled": False}, "onnx": False}, **over}
     spec = tiny_job(root, ham_root, **over)
-    paths = JobPaths(spec.job_dir)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(paths.job_yaml, dump_yaml(spec))
-    prepare_tables(spec, paths)
-    build_cache(spec, paths)
-    finalize(spec, paths)
+    paths = prepared_job(spec)
     for m in plan_members(spec):
         train_member(spec, paths, m)
     return spec, paths

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import IN_CI, tiny_job
+from conftest import IN_CI, prepared_job, tiny_job
 
-from skinhpc.plan import JobPaths, plan_members, write_json_atomic, write_text_atomic
+from skinhpc.plan import JobPaths, plan_members, write_json_atomic
 from skinhpc.reduce import reduce
-from skinhpc.spec import JobSpec, dump_yaml
+from skinhpc.spec import JobSpec
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -25,7 +25,6 @@ def reduced(tmp_path_factory: pytest.TempPathFactory, ham_root: Path) -> tuple[J
     """A real prepared job whose two members are freshly initialised networks saved in the
     checkpoint contract (the report does not need trained weights; training is covered in
     test_reduce.py), then reduced."""
-    from skinhpc.data.prepare import build_cache, finalize, prepare_tables
     from skinhpc.model import build_model, checkpoint_meta
 
     root = tmp_path_factory.mktemp("report")
@@ -33,12 +32,7 @@ def reduced(tmp_path_factory: pytest.TempPathFactory, ham_root: Path) -> tuple[J
     spec = tiny_job(root, ham_root, seeds=[1, 2],
                     reduce={"mlflow": {"tracking_uri": uri, "register_model": False}, "onnx": True,
                             "gradcam": 2, "gate": 0.6})
-    paths = JobPaths(spec.job_dir)
-    paths.root.mkdir(parents=True)
-    write_text_atomic(paths.job_yaml, dump_yaml(spec))
-    prepare_tables(spec, paths)
-    build_cache(spec, paths)
-    finalize(spec, paths)
+    paths = prepared_job(spec)
     for m in plan_members(spec):
         torch.manual_seed(m.seed)
         mspec = m.spec(spec)
