@@ -62,6 +62,29 @@ def read_launches(paths: JobPaths) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- planning
+SLURM_CONF_PATHS = ("/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf", "/run/slurm/conf/slurm.conf")
+
+
+def conf_max_array_size() -> int | None:
+    """MaxArraySize read from slurm.conf ($SLURM_CONF, the usual places, the configless cache):
+    a file read instead of a ~30 ms ``scontrol`` round trip at every launch. None when no file
+    is readable or it has ``Include`` lines (the value may be elsewhere): ask scontrol then."""
+    env = os.environ.get("SLURM_CONF")
+    for name in ([env] if env else []) + list(SLURM_CONF_PATHS):
+        try:
+            text = Path(name).read_text(errors="replace")
+        except OSError:
+            continue
+        text = re.sub(r"#.*", "", text)
+        m = re.search(r"(?:^|\s)MaxArraySize\s*=\s*(\d+)", text, re.I)
+        if m:
+            return int(m.group(1))
+        if re.search(r"^\s*include\s", text, re.I | re.M):
+            return None
+        return DEFAULT_MAX_ARRAY_SIZE  # not set: SLURM's default
+    return None
+
+
 def scontrol_max_array_size() -> int | None:
     try:
         out = subprocess.run(
@@ -78,7 +101,7 @@ def max_array_size(spec: JobSpec) -> int:
     if spec.cluster.max_array_size:
         return spec.cluster.max_array_size
     if spec.cluster.executor == "slurm":
-        return scontrol_max_array_size() or DEFAULT_MAX_ARRAY_SIZE
+        return conf_max_array_size() or scontrol_max_array_size() or DEFAULT_MAX_ARRAY_SIZE
     return DEFAULT_MAX_ARRAY_SIZE
 
 
@@ -182,6 +205,63 @@ def _master(job_id: str) -> str:
     return str(job_id).split("_", 1)[0]
 
 
+def submit_array(ex: Any, task: Any, n: int, folder: Path) -> str:
+    """sbatch one array of ``n`` tasks that all run ``task()``; returns the array's job id.
+
+    submitit's ``map_array`` writes one pickle file per task before sbatch (100 file
+    creations for 100 members, the largest part of a launch here and far worse on a
+    Lustre/GPFS metadata server). The tasks of a member array differ only in their index,
+    so this writes the callable once and each task copies it to the name submitit's
+    runner expects when it starts (``run_array_task``); requeue, signals, logs and the
+    sbatch script are submitit's own. ``task`` finds its member from SLURM_ARRAY_TASK_ID.
+    Uses ``SlurmExecutor._submit_command`` (submitit pinned to 1.5.x in setup.cfg).
+    """
+    import uuid
+
+    from submitit.core.utils import DelayedSubmission
+
+    slurm = ex._executor  # the SlurmExecutor behind the AutoExecutor, parameters converted
+    folder.mkdir(parents=True, exist_ok=True)
+    template = folder / f"array_{uuid.uuid4().hex}.pkl"
+    delayed = DelayedSubmission(task)
+    delayed.set_timeout(slurm.parameters.get("time", 5), slurm.max_num_timeout)
+    delayed.dump(template)
+    command = " ".join([slurm.python, "-u -m skinhpc.stages array-task",
+                        shlex.quote(str(folder)), shlex.quote(str(template))])
+    slurm.parameters["map_count"] = n  # submitit's own --array=0-(n-1)%parallelism line
+    try:
+        job = slurm._submit_command(command)
+    except BaseException:
+        template.unlink(missing_ok=True)
+        raise
+    finally:
+        slurm.parameters.pop("map_count", None)
+    return str(job.job_id)
+
+
+def run_array_task(folder: Path, template: Path) -> None:
+    """Task side of :func:`submit_array`: give this task its pickle (first start only: a
+    requeued task keeps the one its checkpoint wrote), then run it as submitit does."""
+    import shutil
+
+    from submitit.core.submission import process_job
+    from submitit.core.utils import JobPaths as SubmititPaths
+
+    env = submitit_env()
+    target = SubmititPaths(folder, job_id=env.job_id, task_id=env.global_rank).submitted_pickle
+    if not target.exists():
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        shutil.copyfile(template, tmp)
+        os.replace(tmp, target)
+    process_job(folder)
+
+
+def submitit_env() -> Any:
+    import submitit
+
+    return submitit.JobEnvironment()
+
+
 def submit_slurm(spec: JobSpec, paths: JobPaths, plan: SubmissionPlan) -> list[dict[str, Any]]:
     """sbatch the whole chain now and return; SLURM dependencies do the ordering."""
     job_dir = paths.root
@@ -213,12 +293,12 @@ def submit_slurm(spec: JobSpec, paths: JobPaths, plan: SubmissionPlan) -> list[d
         after.append(prep_id)
     for chunk in plan.arrays:
         ex = _slurm_executor(spec, paths, res["train"], f"afterok:{prep_id}" if prep_id else None)
-        jobs = ex.map_array(MemberTask(job_dir), [m.index for m in chunk])
-        array_id = _master(jobs[0].job_id)
+        tasks = [m.index for m in chunk]
+        array_id = submit_array(ex, MemberTask(job_dir, tasks), len(tasks), paths.submitit)
         after.append(array_id)
-        entries.append(  # job_ids: a one-task "array" is a plain job (no _0 suffix)
-            append_launch(paths, executor="slurm", stage="train", job_id=array_id,
-                          tasks=[m.index for m in chunk], job_ids=[j.job_id for j in jobs])
+        entries.append(
+            append_launch(paths, executor="slurm", stage="train", job_id=array_id, tasks=tasks,
+                          job_ids=[f"{array_id}_{i}" for i in range(len(tasks))])
         )
     dep = "afterany:" + ":".join(after) if after else None
     r = _slurm_executor(spec, paths, res["reduce"], dep).submit(ReduceTask(job_dir))

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,9 +23,24 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-# libyaml's C parser/emitter when present: the same safe subset, several times faster (launch time)
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """libyaml's C parser when present (the same safe subset, several times faster at launch),
+    reading floats the YAML 1.2 way: PyYAML follows YAML 1.1, where ``1e-4`` (no dot) is the
+    *string* "1e-4", so ``lr: 1e-4`` would be refused as "expected a number"."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
 
 
 class SpecError(ValueError):
@@ -259,7 +275,12 @@ class EmaSpec:
 @dataclass
 class EarlyStoppingSpec:
     patience: int = doc("Epochs without improvement of the val metric before stopping (0: never).", default=0)
-    metric: Literal["auc", "loss"] = doc("auc: ROC-AUC (binary) / macro AUC (multiclass); loss: val loss.", default="auc")
+    metric: Literal["auc", "malignant_auc", "loss"] = doc(
+        "Picks the best checkpoint and drives early stopping. auc: ROC-AUC (binary) / macro AUC "
+        "(multiclass); malignant_auc: malignant-vs-benign ROC-AUC, for a multiclass member the sum "
+        "of the malignant classes (= auc for task=binary); loss: val loss.",
+        default="auc",
+    )
 
 
 @dataclass
@@ -342,7 +363,7 @@ class ClusterSpec:
     gpus_per_member: int = doc("GPUs per member (0: CPU); >1 runs Accelerate DDP on one node.", default=0)
     array_parallelism: int = doc("Most member tasks running at once.", default=64)
     max_array_size: int | None = doc(
-        "Cluster MaxArraySize; null: read from `scontrol show config`, else 1001.", default=None
+        "Cluster MaxArraySize; null: read from slurm.conf (else `scontrol show config`), else 1001.", default=None
     )
     max_num_timeout: int = doc("Requeues after time-outs before a member fails.", default=3)
     sbatch: dict[str, Any] = doc("Extra sbatch parameters, e.g. {mail-type: END}.", default_factory=dict)
@@ -579,25 +600,47 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise SpecError(f"override {text!r}: expected key.path=value")
     key, value = text.split("=", 1)
     try:
-        parsed = yaml.safe_load(value) if value != "" else ""
+        parsed = yaml.load(value, Loader=_Loader) if value != "" else ""  # noqa: S506
     except yaml.YAMLError:
         parsed = value
     return key.strip().split("."), parsed
 
 
+def _default_at(keys: list[str]) -> Any:
+    """The schema default at a dotted path (None where there is none)."""
+    node: Any = JobSpec(name="_").to_dict()
+    for k in keys:
+        if isinstance(node, dict) and k in node:
+            node = node[k]
+        else:
+            return None
+    return copy.deepcopy(node)
+
+
 def set_dotted(raw: dict, keys: list[str], value: Any) -> None:
-    node = raw
-    for k in keys[:-1]:
+    """Set ``a.b.0.c`` in a raw job.  A list the job leaves at its default (``train.phases``)
+    is first copied from the schema, so ``train.phases.1.lr=...`` patches the default phases."""
+    where = f"override {'.'.join(keys)}"
+    node: Any = raw
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
         if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise SpecError(f"{where}: {k!r} is not an index of this {len(node)}-item list")
+            if last:
+                node[int(k)] = value
+                return
             node = node[int(k)]
             continue
-        node = node.setdefault(k, {})
-        if not isinstance(node, (dict, list)):
-            raise SpecError(f"override {'.'.join(keys)}: {k} is not a mapping")
-    if isinstance(node, list):
-        node[int(keys[-1])] = value
-    else:
-        node[keys[-1]] = value
+        if not isinstance(node, dict):
+            raise SpecError(f"{where}: {keys[i - 1]} is not a mapping")
+        if last:
+            node[k] = value
+            return
+        if k not in node:
+            default = _default_at(keys[: i + 1])
+            node[k] = default if isinstance(default, (dict, list)) and keys[i + 1].isdigit() else {}
+        node = node[k]
 
 
 def from_dict(raw: dict, where: str = "job") -> JobSpec:
@@ -628,6 +671,12 @@ def validate(spec: JobSpec, where: str = "job") -> None:
         fail("data.split.fold", f"must be in 0..{spec.data.split.folds - 1}")
     if spec.data.task == "multiclass" and not spec.data.classes:
         fail("data.classes", "task=multiclass needs the class order (dx codes), e.g. [akiec, bcc, bkl, df, mel, nv, vasc]")
+    if spec.data.task == "multiclass" and spec.train.early_stopping.metric == "malignant_auc":
+        if not set(spec.data.malignant) & set(spec.data.classes):
+            fail("train.early_stopping.metric", f"malignant_auc needs a malignant class among "
+                 f"data.classes {spec.data.classes}; data.malignant is {spec.data.malignant}")
+        if set(spec.data.classes) <= set(spec.data.malignant):
+            fail("data.malignant", "every class is malignant: no benign class left for malignant_auc")
     for i, src in enumerate(spec.data.sources):
         root = spec.resolve(src.root)
         if not root.exists():

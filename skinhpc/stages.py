@@ -171,8 +171,17 @@ class MemberTask(submitit.helpers.Checkpointable):
     (``skinhpc.train.checkpoint_now``; it also writes it every epoch) and requeues this
     same task; training resumes from last.pt by itself."""
 
-    def __init__(self, job_dir: str | Path) -> None:
+    def __init__(self, job_dir: str | Path, tasks: list[int] | None = None) -> None:
         self.job_dir = str(job_dir)
+        # array submission: member index of each array task (see cluster.submit_array)
+        self.tasks = list(tasks) if tasks is not None else None
+
+    def _index(self, index: int | None) -> int:
+        if index is not None:
+            return index
+        if self.tasks is None:
+            raise TypeError("MemberTask needs a member index outside an array submission")
+        return self.tasks[int(submitit.JobEnvironment().array_task_id)]
 
     def _member(self, index: int) -> tuple[JobSpec, JobPaths, Member]:
         spec, paths = load_job(self.job_dir)
@@ -181,7 +190,8 @@ class MemberTask(submitit.helpers.Checkpointable):
             raise IndexError(f"{paths.job_yaml}: member {index} not in plan of {len(members)}")
         return spec, paths, members[index]
 
-    def __call__(self, index: int) -> str:
+    def __call__(self, index: int | None = None) -> str:
+        index = self._index(index)
         spec, paths, member = self._member(index)
         mp = paths.member(member)
         stage = f"member-{index}"
@@ -191,8 +201,10 @@ class MemberTask(submitit.helpers.Checkpointable):
         _run_recorded(paths, stage, _train, spec, paths, member)
         return "done"
 
-    def checkpoint(self, index: int) -> submitit.helpers.DelayedSubmission:  # type: ignore[override]
+    def checkpoint(self, index: int | None = None) -> submitit.helpers.DelayedSubmission:  # type: ignore[override]
+        given = index
         try:
+            index = self._index(index)
             _, paths, member = self._member(index)
             from .train import checkpoint_now
 
@@ -202,7 +214,9 @@ class MemberTask(submitit.helpers.Checkpointable):
             record(paths, f"member-{index}", "requeued", requeues=int(st.get("requeues", 0)) + 1)
         except Exception:  # the requeue matters more than the bookkeeping
             log.exception("member %s: could not record the requeue", index)
-        return submitit.helpers.DelayedSubmission(MemberTask(self.job_dir), index)
+        if given is None:  # an array task: the requeued task finds its member the same way
+            return submitit.helpers.DelayedSubmission(MemberTask(self.job_dir, self.tasks))
+        return submitit.helpers.DelayedSubmission(MemberTask(self.job_dir), given)
 
 
 def _train(spec: JobSpec, paths: JobPaths, member: Member) -> None:
@@ -250,11 +264,17 @@ def main(argv: list[str] | None = None) -> int:
         from .cluster import drive_local
 
         return drive_local(Path(argv[1]))
+    if len(argv) == 3 and argv[0] == "array-task":
+        from .cluster import run_array_task
+
+        run_array_task(Path(argv[1]), Path(argv[2]))
+        return 0
     if len(argv) == 3 and argv[0] == "member":
         spec, paths = load_job(argv[1])
         _train(spec, paths, plan_members(spec)[int(argv[2])])
         return 0
-    print("usage: python -m skinhpc.stages drive JOB_DIR | member JOB_DIR INDEX", file=sys.stderr)
+    print("usage: python -m skinhpc.stages drive JOB_DIR | member JOB_DIR INDEX | "
+          "array-task SUBMITIT_DIR TEMPLATE", file=sys.stderr)
     return 2
 
 

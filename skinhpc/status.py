@@ -69,7 +69,9 @@ def _slurm_word(slurm: str) -> str | None:
         return "pending"
     if s in ("RUNNING", "COMPLETING"):
         return "running"
-    if s in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"):
+    if s == "CANCELLED":
+        return "cancelled"
+    if s in ("FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"):
         return "failed"
     return None
 

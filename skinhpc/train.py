@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .binary_view import to_binary, to_binary_labels
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data.dataset import EpochSampler, SkinDataset, balanced_weights, class_counts
 from .losses import build_loss
@@ -47,7 +48,8 @@ from .spec import JobSpec, PhaseSpec
 
 log = logging.getLogger("skinhpc.train")
 
-HISTORY_COLUMNS = ["phase", "epoch", "train_loss", "val_loss", "val_auc", "lr", "images_per_s", "seconds"]
+HISTORY_COLUMNS = ["phase", "epoch", "train_loss", "val_loss", "val_auc", "val_auc_malignant", "lr",
+                   "images_per_s", "seconds"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -69,6 +71,20 @@ def auc_score(labels: np.ndarray, probs: np.ndarray) -> float:
             return float(roc_auc_score(labels, probs[:, 1]))
         return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro",
                                    labels=list(range(probs.shape[1]))))
+    except ValueError:
+        return float("nan")
+
+
+def malignant_auc(spec: JobSpec, labels: np.ndarray, probs: np.ndarray) -> float:
+    """ROC-AUC of malignant vs benign, also for a multiclass member (P(malignant) = the sum of the
+    malignant classes): the number a binary screen is judged by, whatever the member learned."""
+    from sklearn.metrics import roc_auc_score
+
+    if spec.data.task == "binary":
+        return auc_score(labels, probs)
+    try:
+        return float(roc_auc_score(to_binary_labels(labels, spec.class_names, spec.data.malignant),
+                                   to_binary(probs, spec.class_names, spec.data.malignant)))
     except ValueError:
         return float("nan")
 
@@ -425,12 +441,13 @@ class _Run:
         loss = float(self.criterion(logits.to(acc.device), labels.to(acc.device))) if len(labels) else float("nan")
         return torch.softmax(logits, 1).numpy(), labels.numpy(), loss
 
-    def is_better(self, val_loss: float, val_auc: float) -> tuple[bool, float]:
-        if self.spec.train.early_stopping.metric == "loss":
+    def is_better(self, val_loss: float, val_auc: float, val_auc_mal: float) -> tuple[bool, float]:
+        metric = self.spec.train.early_stopping.metric
+        if metric == "loss":
             value = val_loss
             better = self.best_metric is None or value < self.best_metric
         else:
-            value = val_auc
+            value = val_auc_mal if metric == "malignant_auc" else val_auc
             better = self.best_metric is None or (not math.isnan(value) and
                                                   (math.isnan(self.best_metric) or value > self.best_metric))
         return better, value
@@ -452,7 +469,8 @@ class _Run:
                 ep = self.train_epoch(phase)
                 probs, labels, val_loss = self.predict("val")
                 val_auc = auc_score(labels, probs)
-                better, value = self.is_better(val_loss, val_auc)
+                val_auc_mal = malignant_auc(self.spec, labels, probs)
+                better, value = self.is_better(val_loss, val_auc, val_auc_mal)
                 if better:
                     self.best_metric, self.best_epoch, self.bad_epochs = value, self.global_epoch, 0
                     if acc.is_main_process:
@@ -461,13 +479,16 @@ class _Run:
                 else:
                     self.bad_epochs += 1
                 row = {"phase": phase.name, "epoch": self.global_epoch, "train_loss": ep["train_loss"],
-                       "val_loss": val_loss, "val_auc": val_auc, "lr": ep["lr"],
+                       "val_loss": val_loss, "val_auc": val_auc, "val_auc_malignant": val_auc_mal,
+                       "lr": ep["lr"],
                        "images_per_s": ep["images_per_s"], "seconds": ep["seconds"]}
                 self.history.append(row)
                 self.seconds += ep["seconds"]
-                log.info("member %s phase %s epoch %d: train_loss %.4f val_loss %.4f val_auc %.4f "
+                log.info("member %s phase %s epoch %d: train_loss %.4f val_loss %.4f val_auc %.4f%s "
                          "lr %.2e %.1f img/s%s", self.member.name, phase.name, self.global_epoch,
-                         ep["train_loss"], val_loss, val_auc, ep["lr"], ep["images_per_s"],
+                         ep["train_loss"], val_loss, val_auc,
+                         f" (malignant {val_auc_mal:.4f})" if self.spec.data.task != "binary" else "",
+                         ep["lr"], ep["images_per_s"],
                          " (best)" if better else "")
                 self.global_epoch += 1
                 self.epoch_in_phase += 1

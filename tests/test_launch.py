@@ -104,3 +104,18 @@ def test_local_executor_returns_at_once_then_relaunch_skips(tmp_path, job_writer
     new = [e["stage"] for e in read_launches(paths)[n:]]
     assert new == ["driver", "reduce"], new
     assert json.loads(paths.member(0).done.read_text())  # untouched, still valid JSON
+
+
+def test_max_array_size_read_from_slurm_conf(tmp_path, monkeypatch):
+    """MaxArraySize comes from slurm.conf (no scontrol round trip at every launch); a file that
+    includes others may hold it elsewhere, so then the caller must ask scontrol."""
+    from skinhpc.cluster import DEFAULT_MAX_ARRAY_SIZE, conf_max_array_size
+
+    conf = tmp_path / "slurm.conf"
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    conf.write_text("ClusterName=x\nSchedulerType=sched/backfill MaxArraySize=77 MaxJobCount=9\n")
+    assert conf_max_array_size() == 77
+    conf.write_text("ClusterName=x\n#MaxArraySize=5\n")
+    assert conf_max_array_size() == DEFAULT_MAX_ARRAY_SIZE
+    conf.write_text("ClusterName=x\ninclude /etc/slurm/site.conf\n")
+    assert conf_max_array_size() is None

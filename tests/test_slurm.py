@@ -102,7 +102,10 @@ def test_preempted_member_is_requeued_and_resumes(slurm_cluster, tmp_path, job_w
 
 
 def test_job_above_max_array_size_is_split(slurm_cluster, tmp_path, job_writer):
-    limit = slurm_cluster.max_array_size
+    from skinhpc.cluster import conf_max_array_size
+
+    limit = slurm_cluster.max_array_size  # from scontrol
+    assert conf_max_array_size() == limit  # what launch reads from slurm.conf agrees
     if limit > 8:
         pytest.skip(f"dev cluster MaxArraySize is {limit}; start it with SKINHPC_MAX_ARRAY_SIZE=3")
     job = job_writer(seeds=list(range(1, limit + 2)))
@@ -126,3 +129,42 @@ def test_yaml_error_refused_before_submission(slurm_cluster, tmp_path, job_write
     after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
     assert after == before
     assert not (tmp_path / "results" / "tiny").exists()
+
+
+def test_sharded_prepare_then_cancel(slurm_cluster, tmp_path, job_writer):
+    """prepare as tables -> shard array -> finalize (each afterok on the one before) builds the
+    whole cache; then `skinhpc cancel` removes a member array held in the queue, and status
+    says what happened to it."""
+    job = job_writer(seeds=[1, 2], preprocess={"size": 24, "shards": 3, "cache_dir": str(tmp_path / "cache")},
+                     cluster={"sbatch": {"hold": True}})
+    spec, paths, entries = slurm_launch(job)
+    stages = [e["stage"] for e in entries]
+    assert stages == ["prepare", "prepare-shards", "finalize", "train", "reduce"], stages
+    ids = job_ids(paths)
+    subprocess.run(["scontrol", "release", *ids[:3]], check=True)  # prepare only; train stays held
+    deadline = time.time() + 300
+    while any(i in active_slurm_ids(ids[:3]) for i in ids[:3]):
+        assert time.time() < deadline, logs(paths)
+        time.sleep(1)
+    assert read_state(paths, "prepare")["state"] == "done", logs(paths)
+    n_images = len(list(spec.cache_dir.glob("*.npy")))
+    assert n_images > 0 and n_images == len(prepare_table(spec, paths)), logs(paths)
+    assert len(list(paths.submitit.glob(f"{ids[1]}_*_log.out"))) == 3  # three shard tasks ran
+    held = active_slurm_ids(ids)
+    assert entries[3]["job_id"] in held and entries[4]["job_id"] in held
+    out = subprocess.run([PY, "-m", "skinhpc.cli", "cancel", str(paths.root)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and entries[3]["job_id"] in out.stdout
+    deadline = time.time() + 60
+    while active_slurm_ids(ids):
+        assert time.time() < deadline, "cancelled jobs still queued"
+        time.sleep(1)
+    assert not any(paths.member(k).done.exists() for k in range(2))
+    rows = {r["stage"]: r for r in collect(paths.root)}
+    assert rows["member 000"]["state"] == "cancelled" and rows["reduce"]["state"] == "cancelled", rows
+
+
+def prepare_table(spec, paths):
+    from skinhpc.data import prepare
+
+    return prepare.load_table(spec, paths)

@@ -117,3 +117,13 @@ def test_invalid_yaml_named(tmp_path: Path):
     with pytest.raises(SpecError) as e:
         load_spec(path)
     assert str(path) in str(e.value) and "invalid YAML" in str(e.value)
+
+
+def test_exponent_floats_without_a_dot_are_numbers(job):
+    """PyYAML reads YAML 1.1, where ``1e-4`` is a string; a learning rate written the way
+    everyone writes it must load as a number, in the file and in an override."""
+    spec = load_spec(job("train:\n  weight_decay: 5e-2\n"), ["train.phases.0.lr=3e-4"])
+    assert spec.train.weight_decay == pytest.approx(0.05)
+    assert spec.train.phases[0].lr == pytest.approx(3e-4)
+    # still a string where a string is meant
+    assert load_spec(job("name: 1e\n")).name == "1e"

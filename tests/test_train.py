@@ -169,6 +169,40 @@ def test_multiclass_phases_metadata_focal_ema_early_stopping(tmp_path: Path, ham
     assert model.head.out_features == len(classes) and model.meta_mlp is not None
 
 
+def test_multiclass_member_picked_by_malignant_auc(tmp_path: Path, ham_root: Path) -> None:
+    """A 7-class member judged as the binary screen it will serve: best.pt is the epoch with the
+    highest malignant-vs-benign AUC (sum of mel, bcc, akiec), and val.csv reproduces it."""
+    from sklearn.metrics import roc_auc_score
+
+    classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    train = {"phases": [{"name": "all", "epochs": 3, "train": "all", "lr": 3e-3}], "batch_size": 32,
+             "num_workers": 0, "augment": 0.0, "early_stopping": {"metric": "malignant_auc"}}
+    spec, paths = prepared_job(tmp_path, ham_root, subset=300,
+                               data={"task": "multiclass", "classes": classes},
+                               model={"name": "small_cnn", "pretrained": "none"}, train=train)
+    member = plan_members(spec)[0]
+    train_member(spec, paths, member)
+    mp = paths.member(member)
+    hist = pd.read_csv(mp.history)
+    assert hist["val_auc_malignant"].notna().all()
+    assert not hist["val_auc_malignant"].equals(hist["val_auc"])  # macro AUC is another number
+    done = json.loads(mp.done.read_text())
+    assert done["metric"] == "malignant_auc"
+    assert done["best_metric"] == pytest.approx(hist["val_auc_malignant"].max())
+    val = pd.read_csv(mp.val)
+    malignant = val[["prob_mel", "prob_bcc", "prob_akiec"]].sum(axis=1)
+    is_mal = val["label"].isin([classes.index(c) for c in ("mel", "bcc", "akiec")])
+    assert roc_auc_score(is_mal, malignant) == pytest.approx(done["best_metric"], abs=1e-6)
+
+
+def test_malignant_auc_needs_a_malignant_class(tmp_path: Path, ham_root: Path) -> None:
+    from skinhpc.spec import SpecError
+
+    with pytest.raises(SpecError, match=r"train\.early_stopping\.metric.*malignant"):
+        tiny_job(tmp_path, ham_root, data={"task": "multiclass", "classes": ["bkl", "nv"]},
+                 train={"early_stopping": {"metric": "malignant_auc"}})
+
+
 def test_schedules() -> None:
     from skinhpc.spec import SchedulerSpec
     from skinhpc.train import lr_lambda
