@@ -5,7 +5,9 @@ folder, an unknown sweep key) is found here, on the login node, before a single 
 a SpecError exits 2 with the file and key. The resolved spec goes to
 ``results/<job>/job.yaml``; a folder that already holds a different spec (another
 fingerprint) is refused, because mixing two experiments' members in one ensemble is
-silent and wrong. ``--force-new`` moves the old folder aside instead.
+silent and wrong. ``--force-new`` moves the old folder aside instead. A change of the
+``reduce`` section alone (gate, TTA views, bootstrap...) is not another experiment: the
+finished members are reused and only the reduce runs again, the previous spec kept beside.
 """
 
 from __future__ import annotations
@@ -38,9 +40,20 @@ def check_folder(spec: JobSpec, paths: JobPaths, force_new: bool) -> None:
     if not paths.job_yaml.exists():
         return
     try:
-        old = load_spec(paths.job_yaml).fingerprint()
+        old_spec: JobSpec | None = load_spec(paths.job_yaml)
+        old = old_spec.fingerprint()
     except SpecError as e:
-        old = f"unreadable ({e})"
+        old_spec, old = None, f"unreadable ({e})"
+    if old != spec.fingerprint() and old_spec is not None and not force_new:
+        changed = changed_keys(old_spec, spec)
+        if changed and all(k.startswith("reduce.") for k in changed):
+            # members are the same experiment: reuse them, rerun the reduce with the new settings
+            _busy_check(paths)
+            kept = paths.root / f"job.{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+            paths.job_yaml.rename(kept)
+            print(f"reduce settings changed ({', '.join(changed)}): finished members are reused and "
+                  f"the reduce runs again; the previous spec is kept as {kept.name}")
+            return
     if old != spec.fingerprint():
         if force_new:
             aside = paths.root.with_name(f"{paths.root.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -52,6 +65,29 @@ def check_folder(spec: JobSpec, paths: JobPaths, force_new: bool) -> None:
             f"{spec.fingerprint()}): refusing to mix two experiments in one folder. "
             f"Give the job a new name (name=...) or pass --force-new to move the old folder aside."
         )
+    _busy_check(paths)
+
+
+def changed_keys(a: JobSpec, b: JobSpec) -> list[str]:
+    """Dotted keys whose values differ between two specs (lists compared whole)."""
+    out: list[str] = []
+
+    def walk(x: object, y: object, prefix: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y)):
+                walk(x.get(k), y.get(k), f"{prefix}{k}.")
+        elif x != y:
+            out.append(prefix.rstrip("."))
+
+    da, db = a.to_dict(), b.to_dict()
+    for d in (da, db):
+        d.pop("cluster")
+        d.pop("base_dir")
+    walk(da, db, "")
+    return out
+
+
+def _busy_check(paths: JobPaths) -> None:
     busy = active_slurm_ids(job_ids(paths)) or local_driver_alive(paths)
     if busy:
         raise LaunchError(

@@ -104,6 +104,16 @@ def test_local_executor_returns_at_once_then_relaunch_skips(tmp_path, job_writer
     new = [e["stage"] for e in read_launches(paths)[n:]]
     assert new == ["driver", "reduce"], new
     assert json.loads(paths.member(0).done.read_text())  # untouched, still valid JSON
+    # only reduce settings changed: the same experiment, members reused, the reduce reruns
+    done_before = [paths.member(k).done.stat().st_mtime_ns for k in (0, 1)]
+    r = run_cli(str(job), "--executor", "debug", "reduce.gate=0.8", "reduce.tta=[identity,vflip]")
+    assert r.returncode == 0, r.stderr
+    assert "reduce settings changed (reduce.gate, reduce.tta)" in r.stdout
+    assert load_spec(paths.job_yaml).reduce.gate == 0.8
+    kept = list(paths.root.glob("job.*.yaml"))
+    assert len(kept) == 1 and load_spec(kept[0]).reduce.gate == spec.reduce.gate
+    assert [paths.member(k).done.stat().st_mtime_ns for k in (0, 1)] == done_before
+    assert read_state(paths, "reduce")["state"] == "done"
 
 
 def test_max_array_size_read_from_slurm_conf(tmp_path, monkeypatch):
