@@ -26,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import yaml  # noqa: E402
+
 from skinhpc.cluster import active_slurm_ids, job_ids, read_launches  # noqa: E402
 from skinhpc.launch import launch  # noqa: E402
 from skinhpc.plan import JobPaths, write_json_atomic  # noqa: E402
@@ -49,8 +51,9 @@ def job_file(folder: Path, members: int, name: str) -> Path:
                     "reduce_time_min": 5, "sbatch": {"hold": True}},
         "base_dir": str(folder),
     }
+    from_dict(raw)  # valid, but written as a user writes a job: only what differs from the defaults
     path = folder / f"{name}.yaml"
-    path.write_text(dump_yaml(from_dict(raw)))
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
 

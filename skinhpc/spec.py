@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -525,7 +526,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
 def _build(cls: type, value: Any, where: str) -> Any:
     if not isinstance(value, dict):
         raise SpecError(f"{where or 'job'}: expected a mapping, got {type(value).__name__} {value!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, v in value.items():
@@ -537,6 +538,12 @@ def _build(cls: type, value: Any, where: str) -> Any:
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise SpecError(f"{where + '.' if where else ''}{name}: required key is missing")
     return cls(**kwargs)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """Resolved field types of a schema class: evaluated once, not at every load (launch time)."""
+    return typing.get_type_hints(cls)
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -706,7 +713,7 @@ def _check_dotted(key: str, where: str) -> None:
     for part in key.split("."):
         if not dataclasses.is_dataclass(cls):
             return
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         if part not in hints:
             raise SpecError(f"{where}: {key}: unknown key '{part}'{_closest(part, list(hints))}")
         cls = hints[part]
@@ -747,7 +754,7 @@ def _plain(value: Any) -> Any:
 def describe(cls: type = JobSpec, prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(key, type, default, doc) rows for every key: the schema's own documentation."""
     rows = []
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         key = prefix + f.name
