@@ -165,7 +165,8 @@ class SubmissionPlan:
 
 def plan_submission(spec: JobSpec, paths: JobPaths) -> SubmissionPlan:
     members = plan_members(spec)
-    todo = [m for m in members if not paths.member(m).done.exists()]
+    done = paths.done_members()
+    todo = [m for m in members if m.index not in done]
     shards = spec.preprocess.shards
     if prepare_complete(spec, paths):
         prepare = "skip"
