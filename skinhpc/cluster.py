@@ -245,22 +245,17 @@ def run_array_task(folder: Path, template: Path) -> None:
     requeued task keeps the one its checkpoint wrote), then run it as submitit does."""
     import shutil
 
+    import submitit
     from submitit.core.submission import process_job
     from submitit.core.utils import JobPaths as SubmititPaths
 
-    env = submitit_env()
+    env = submitit.JobEnvironment()
     target = SubmititPaths(folder, job_id=env.job_id, task_id=env.global_rank).submitted_pickle
     if not target.exists():
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         shutil.copyfile(template, tmp)
         os.replace(tmp, target)
     process_job(folder)
-
-
-def submitit_env() -> Any:
-    import submitit
-
-    return submitit.JobEnvironment()
 
 
 def submit_slurm(spec: JobSpec, paths: JobPaths, plan: SubmissionPlan) -> list[dict[str, Any]]:
