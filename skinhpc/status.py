@@ -20,6 +20,8 @@ from .cluster import job_ids, local_driver_alive, read_launches
 from .plan import JobPaths, plan_members
 from .stages import error_file, load_job, prepare_complete, read_state
 
+SQUEUE_OK = "__squeue_answered__"  # key in slurm_states' result: squeue ran, so absence means something
+
 
 def slurm_states(ids: list[str]) -> dict[str, str]:
     """job id (``123`` or ``123_4``) -> SLURM state, from sacct (squeue for what sacct lacks)."""
@@ -35,7 +37,10 @@ def slurm_states(ids: list[str]) -> dict[str, str]:
             if "|" in line:
                 jid, st = line.split("|", 1)
                 states[jid.strip()] = st.split()[0] if st.strip() else ""
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=30).stdout
+        sq = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=30)
+        out = sq.stdout
+        if sq.returncode == 0:
+            states[SQUEUE_OK] = "yes"
         for line in out.splitlines():
             if "|" in line:
                 jid, st = line.split("|", 1)
@@ -104,6 +109,9 @@ def collect(job_dir: str | Path) -> list[dict[str, Any]]:
         word = _slurm_word(slurm) if slurm else None
         if not done and word:  # the scheduler knows best what is queued, running or killed
             state = word
+        elif jid and not done and not slurm and not st.get("state") and SQUEUE_OK in sq:
+            # submitted, gone from the queue, and accounting has no record (yet): not "pending"
+            state = "unknown"
         err = error_file(paths, stage)
         reason = ""
         if state == "failed":
@@ -113,6 +121,8 @@ def collect(job_dir: str | Path) -> list[dict[str, Any]]:
                 reason = lines[-1] if lines else ""
             if not reason and slurm:
                 reason = f"SLURM {slurm}"
+        if state == "unknown":
+            reason = "not in squeue and no sacct record (accounting lag, or purged)"
         return {
             "stage": label, "state": state, "requeues": int(st.get("requeues", 0)), "reason": reason,
             "error_file": str(err) if err.exists() else "", "log": _log_for(paths, jid),
@@ -135,7 +145,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         if r["requeues"]:
             extra.append(f"requeued {r['requeues']} times")
         lines.append(f"{r['stage']:<12} {r['state']:<12} {'  '.join(extra)}".rstrip())
-        if r["state"] == "failed":
+        if r["state"] in ("failed", "unknown"):
             if r["reason"]:
                 lines.append(f"    reason: {r['reason']}")
             if r["error_file"]:

@@ -174,3 +174,17 @@ def prepare_table(spec, paths):
     from skinhpc.data import prepare
 
     return prepare.load_table(spec, paths)
+
+
+def test_status_of_a_job_slurm_has_never_heard_of(slurm_cluster, tmp_path, job_writer):
+    """A recorded job id that is neither queued nor in accounting is `unknown`, not `pending`."""
+    from skinhpc.cluster import append_launch
+    from skinhpc.spec import dump_yaml, load_spec
+
+    spec = load_spec(job_writer(seeds=[1]), ["cluster.executor=slurm"])
+    paths = JobPaths(spec.job_dir)
+    paths.root.mkdir(parents=True)
+    paths.job_yaml.write_text(dump_yaml(spec))
+    append_launch(paths, executor="slurm", stage="train", job_id="987654", tasks=[0], job_ids=["987654_0"])
+    row = {r["stage"]: r for r in collect(paths.root)}["member 000"]
+    assert row["state"] == "unknown" and "sacct" in row["reason"], row
