@@ -177,23 +177,29 @@ def _img(path: Path, alt: str, width: int | None = None) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'{w}>"
 
 
-def _binary_headline(view: dict[str, Any], thr: dict[str, Any]) -> str:
-    t = view["test"]
+def _binary_rows(t: dict[str, Any], threshold: Any, method: Any, target: Any, provenance: str) -> list[list[str]]:
+    """The binary headline rows both reports share: ranking, operating point, its provenance."""
     s90, s95 = t.get("sens_at_spec90") or {}, t.get("sens_at_spec95") or {}
-    rows = [
+    return [
         ["ROC-AUC", _fmt(t.get("auc")) + _ci(t, "auc")],
         ["PR-AUC (average precision)", _fmt(t.get("pr_auc")) + _ci(t, "pr_auc")],
         ["sensitivity at 90 % specificity", _fmt(s90.get("sensitivity"))],
         ["sensitivity at 95 % specificity", _fmt(s95.get("sensitivity"))],
-        ["threshold", f"{_fmt(thr.get('threshold'))}: method <b>{_fmt(thr.get('method'))}</b>"
-         + (f", target {_fmt(thr.get('target'))}" if thr.get("method") in ("sens_at_spec", "spec_at_sens") else "")
-         + ", <b>chosen on the validation split</b> (never on test)"],
+        ["threshold", f"{_fmt(threshold)}: method <b>{_fmt(method)}</b>"
+         + (f", target {_fmt(target)}" if method in ("sens_at_spec", "spec_at_sens") else "")
+         + f", {provenance}"],
         ["sensitivity / specificity at threshold",
          f"{_fmt(t.get('sensitivity'))}{_ci(t, 'sensitivity')} / {_fmt(t.get('specificity'))}{_ci(t, 'specificity')}"],
         ["precision / NPV at threshold", f"{_fmt(t.get('precision'))} / {_fmt(t.get('npv'))}"],
         ["balanced accuracy", _fmt(t.get("balanced_accuracy")) + _ci(t, "balanced_accuracy")],
-        ["test images / prevalence", f"{t.get('n')} / {_fmt(t.get('prevalence'))}"],
     ]
+
+
+def _binary_headline(view: dict[str, Any], thr: dict[str, Any]) -> str:
+    t = view["test"]
+    rows = _binary_rows(t, thr.get("threshold"), thr.get("method"), thr.get("target"),
+                        "<b>chosen on the validation split</b> (never on test)")
+    rows.append(["test images / prevalence", f"{t.get('n')} / {_fmt(t.get('prevalence'))}"])
     return _table(["test metric", "value"], rows, "headline")
 
 
@@ -546,20 +552,9 @@ def make_evaluation_plots(spec: JobSpec, metrics: dict[str, Any], table: Any) ->
 
 
 def _eval_binary_headline(t: dict[str, Any], spec: JobSpec, scope: str) -> str:
-    s90, s95 = t.get("sens_at_spec90") or {}, t.get("sens_at_spec95") or {}
-    method = spec.reduce.threshold
-    rows = [
-        ["ROC-AUC", _fmt(t.get("auc")) + _ci(t, "auc")],
-        ["PR-AUC (average precision)", _fmt(t.get("pr_auc")) + _ci(t, "pr_auc")],
-        ["sensitivity at 90 % specificity", _fmt(s90.get("sensitivity"))],
-        ["sensitivity at 95 % specificity", _fmt(s95.get("sensitivity"))],
-        ["threshold", f"{_fmt(t.get('threshold'))}: method <b>{_fmt(method)}</b>"
-         + (f", target {_fmt(spec.reduce.target)}" if method in ("sens_at_spec", "spec_at_sens") else "")
-         + f", <b>{EVAL_PROVENANCE}</b>"],
-        ["sensitivity / specificity at threshold",
-         f"{_fmt(t.get('sensitivity'))}{_ci(t, 'sensitivity')} / {_fmt(t.get('specificity'))}{_ci(t, 'specificity')}"],
-        ["precision / NPV at threshold", f"{_fmt(t.get('precision'))} / {_fmt(t.get('npv'))}"],
-        ["balanced accuracy", _fmt(t.get("balanced_accuracy")) + _ci(t, "balanced_accuracy")],
+    rows = _binary_rows(t, t.get("threshold"), spec.reduce.threshold, spec.reduce.target,
+                        f"<b>{EVAL_PROVENANCE}</b>")
+    rows += [
         ["accuracy", _fmt(t.get("accuracy")) + _ci(t, "accuracy")],
         ["Brier score / ECE", f"{_fmt(t.get('brier'))} / {_fmt(t.get('ece'))}"],
         ["images / prevalence", f"{t.get('n')} / {_fmt(t.get('prevalence'))}"],
