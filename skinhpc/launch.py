@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from .cluster import (
 )
 from .plan import JobPaths, write_text_atomic
 from .spec import JobSpec, SpecError, dump_yaml, load_spec
+from .stages import batch_logging
 
 
 class LaunchError(RuntimeError):
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force-new", action="store_true",
                     help="move a results folder holding another spec aside instead of refusing")
     args = ap.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    batch_logging()
     try:
         spec, entries = launch(args.job, args.overrides, args.executor, args.dry_run, args.force_new)
     except SpecError as e:

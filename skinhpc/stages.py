@@ -37,7 +37,6 @@ from .spec import JobSpec, load_spec
 log = logging.getLogger("skinhpc.stages")
 
 
-
 # --------------------------------------------------------------------------- job folder
 def batch_logging() -> None:
     """Plain INFO lines in the task's log (submitit captures stderr); a no-op if configured."""
@@ -260,7 +259,7 @@ class ReduceTask:
 # --------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    batch_logging()
     if len(argv) == 2 and argv[0] == "drive":
         from .cluster import drive_local
 

@@ -20,14 +20,14 @@ from .cluster import job_ids, local_driver_alive, read_launches
 from .plan import JobPaths, plan_members
 from .stages import error_file, load_job, prepare_complete, read_state
 
-SQUEUE_OK = "__squeue_answered__"  # key in slurm_states' result: squeue ran, so absence means something
 
-
-def slurm_states(ids: list[str]) -> dict[str, str]:
-    """job id (``123`` or ``123_4``) -> SLURM state, from sacct (squeue for what sacct lacks)."""
+def slurm_states(ids: list[str]) -> tuple[dict[str, str], bool]:
+    """job id (``123`` or ``123_4``) -> SLURM state, from sacct (squeue for what sacct lacks),
+    and whether squeue answered (only then does a job's absence from it mean something)."""
     states: dict[str, str] = {}
+    answered = False
     if not ids:
-        return states
+        return states, answered
     try:
         out = subprocess.run(
             ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
@@ -39,15 +39,14 @@ def slurm_states(ids: list[str]) -> dict[str, str]:
                 states[jid.strip()] = st.split()[0] if st.strip() else ""
         sq = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=30)
         out = sq.stdout
-        if sq.returncode == 0:
-            states[SQUEUE_OK] = "yes"
+        answered = sq.returncode == 0
         for line in out.splitlines():
             if "|" in line:
                 jid, st = line.split("|", 1)
                 states[jid.strip()] = st.strip()
     except (OSError, subprocess.TimeoutExpired):
         pass
-    return states
+    return states, answered
 
 
 def _lookup(states: dict[str, str], jid: str) -> str:
@@ -86,7 +85,7 @@ def collect(job_dir: str | Path) -> list[dict[str, Any]]:
     spec, paths = load_job(job_dir)
     launches = read_launches(paths)
     slurm_ids = job_ids(paths, "slurm")
-    sq = slurm_states(slurm_ids) if slurm_ids else {}
+    sq, squeue_answered = slurm_states(slurm_ids)
     # the job id that last ran each stage (member k of array A at position i is A_i)
     last_id: dict[str, str] = {}
     for e in launches:
@@ -109,7 +108,7 @@ def collect(job_dir: str | Path) -> list[dict[str, Any]]:
         word = _slurm_word(slurm) if slurm else None
         if not done and word:  # the scheduler knows best what is queued, running or killed
             state = word
-        elif jid and not done and not slurm and not st.get("state") and SQUEUE_OK in sq:
+        elif jid and not done and not slurm and not st.get("state") and squeue_answered:
             # submitted, gone from the queue, and accounting has no record (yet): not "pending"
             state = "unknown"
         err = error_file(paths, stage)
@@ -130,8 +129,9 @@ def collect(job_dir: str | Path) -> list[dict[str, Any]]:
         }
 
     rows.append(row("prepare", "prepare", prepare_complete(spec, paths)))
+    done = paths.done_members()
     for m in plan_members(spec):
-        rows.append(row(f"member-{m.index}", f"member {m.name}", paths.member(m).done.exists()))
+        rows.append(row(f"member-{m.index}", f"member {m.name}", m.index in done))
     rows.append(row("reduce", "reduce", read_state(paths, "reduce").get("state") == "done"))
     return rows
 

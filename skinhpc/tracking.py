@@ -226,7 +226,8 @@ def _artifact_files(spec: JobSpec, paths: JobPaths) -> list[tuple[Path, str | No
 
 
 def _finished_members(spec: JobSpec, paths: JobPaths) -> list[Member]:
-    return [m for m in plan_members(spec) if paths.member(m).done.exists()]
+    done = paths.done_members()
+    return [m for m in plan_members(spec) if m.index in done]
 
 
 # --------------------------------------------------------------------------- runs
