@@ -24,6 +24,7 @@ import timm
 import torch
 from torch import nn
 
+from .checkpoint import CheckpointError, load_checkpoint
 from .spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -357,11 +358,9 @@ def load_checkpoint_model(path: str | Path, spec: JobSpec, check_fingerprint: bo
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
-        raise ModelError(f"{path}: not a skinhpc checkpoint (needs 'model' and 'meta')")
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        raise ModelError(str(e)) from e
     check_checkpoint_meta(ckpt["meta"], spec, str(path), fingerprint=check_fingerprint)
     model = build_model(dataclasses.replace(spec, model=_no_pretrained(spec)))
     try:

@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from .plan import JobPaths, atomic_path, write_json_atomic
+from .reduce import decide  # the reduce's rule, so predictions match its report
 from .spec import JobSpec, SpecError, from_dict
 
 log = logging.getLogger(__name__)
@@ -79,21 +80,6 @@ def malignant_indices(spec: JobSpec, class_names: Sequence[str]) -> list[int]:
     if spec.data.task == "binary":
         return [list(class_names).index("malignant")]
     return [i for i, c in enumerate(class_names) if c in spec.data.malignant]
-
-
-def decide(probs: np.ndarray, class_names: Sequence[str], threshold: float | None,
-           gate: float) -> np.ndarray:
-    """The reduce's rule (:func:`skinhpc.reduce.decide`), so predictions match its report:
-    binary by the validation threshold on column 1, multiclass by argmax, and "refer" when
-    the top probability is below ``gate`` (0: never)."""
-    names = np.asarray(list(class_names), dtype=object)
-    if threshold is not None and probs.shape[1] == 2:
-        out = np.where(probs[:, 1] >= threshold, names[1], names[0])
-    else:
-        out = names[probs.argmax(axis=1)]
-    if gate and gate > 0:
-        out = np.where(probs.max(axis=1) < gate, "refer", out)
-    return out.astype(object)
 
 
 # --------------------------------------------------------------------------- the predictor

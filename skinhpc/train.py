@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import logging
 import math
@@ -40,6 +39,7 @@ from .model import (
     checkpoint_meta,
     data_config,
     freeze_norms,
+    load_checkpoint_model,
     member_fingerprint,
     param_groups,
 )
@@ -513,13 +513,10 @@ class _Run:
 
     def finish(self) -> None:
         acc = self.acc
-        best = load_checkpoint(self.mp.best) if self.mp.best.exists() else None
+        model = load_checkpoint_model(self.mp.best, self.spec) if self.mp.best.exists() else None
         acc.wait_for_everyone()
-        if best is None:
+        if model is None:
             raise RuntimeError(f"{self.mp.best}: no best checkpoint after training")
-        model = build_model(dataclasses.replace(self.spec, model=dataclasses.replace(
-            self.spec.model, pretrained="none", weights=None)))
-        model.load_state_dict(best["model"])
         model.to(acc.device)
         names = self.spec.class_names
         for split, path in (("val", self.mp.val), ("test", self.mp.test)):
