@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 import yaml
 
+from . import binary_view
 from .plan import JobPaths, atomic_path, write_json_atomic
 from .reduce import decide  # the reduce's rule, so predictions match its report
 from .spec import JobSpec, SpecError, from_dict
@@ -79,7 +80,7 @@ def malignant_indices(spec: JobSpec, class_names: Sequence[str]) -> list[int]:
     """Columns summed into the malignancy probability (binary: the malignant class)."""
     if spec.data.task == "binary":
         return [list(class_names).index("malignant")]
-    return [i for i, c in enumerate(class_names) if c in spec.data.malignant]
+    return binary_view.malignant_indices(class_names, spec.data.malignant)
 
 
 # --------------------------------------------------------------------------- the predictor

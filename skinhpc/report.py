@@ -113,14 +113,7 @@ def make_plots(spec: JobSpec, summary: dict[str, Any], val: Split, test: Split,
     titles = ["all test cases at the threshold",
               f"kept by the gate {spec.reduce.gate:g}: coverage {cm['coverage']:.1%}"]
     for ax, mat, title in zip(axes, (cm["at_threshold"], cm["gated"]), titles, strict=True):
-        arr = np.asarray(mat)
-        ax.imshow(arr, cmap="Blues")
-        for (i, j), v in np.ndenumerate(arr):
-            ax.text(j, i, str(v), ha="center", va="center",
-                    color="white" if v > arr.max() / 2 else "black", fontsize=8)
-        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(labels)), labels, fontsize=8)
-        ax.set(xlabel="predicted", ylabel="true", title=title)
+        _confusion_ax(ax, mat, labels, title)
     plots["confusion"] = _save(fig, out_dir / "confusion.png")
     plt.close(fig)
 

@@ -12,6 +12,7 @@ import pytest
 import submitit
 
 from skinhpc.cluster import active_slurm_ids, job_ids, read_launches
+from skinhpc.data import prepare
 from skinhpc.launch import launch
 from skinhpc.plan import JobPaths
 from skinhpc.stages import read_state
@@ -148,7 +149,7 @@ def test_sharded_prepare_then_cancel(slurm_cluster, tmp_path, job_writer):
         time.sleep(1)
     assert read_state(paths, "prepare")["state"] == "done", logs(paths)
     n_images = len(list(spec.cache_dir.glob("*.npy")))
-    assert n_images > 0 and n_images == len(prepare_table(spec, paths)), logs(paths)
+    assert n_images > 0 and n_images == len(prepare.load_table(spec, paths)), logs(paths)
     assert len(list(paths.submitit.glob(f"{ids[1]}_*_log.out"))) == 3  # three shard tasks ran
     held = active_slurm_ids(ids)
     assert entries[3]["job_id"] in held and entries[4]["job_id"] in held
@@ -168,12 +169,6 @@ def test_sharded_prepare_then_cancel(slurm_cluster, tmp_path, job_writer):
         assert time.time() < deadline, rows
         time.sleep(2)
     assert rows["member 001"]["state"] == "cancelled" and rows["prepare"]["state"] == "done"
-
-
-def prepare_table(spec, paths):
-    from skinhpc.data import prepare
-
-    return prepare.load_table(spec, paths)
 
 
 def test_status_of_a_job_slurm_has_never_heard_of(slurm_cluster, tmp_path, job_writer):
