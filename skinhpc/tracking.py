@@ -225,9 +225,11 @@ def _artifact_files(spec: JobSpec, paths: JobPaths) -> list[tuple[Path, str | No
     return [(f, sub) for f, sub in files if f.is_file()]
 
 
-def _finished_members(spec: JobSpec, paths: JobPaths) -> list[Member]:
-    done = paths.done_members()
-    return [m for m in plan_members(spec) if m.index in done]
+def _used_members(spec: JobSpec, record: dict[str, Any]) -> list[Member]:
+    """The members the reduce ensembled (``members_used``): a finished member it left out
+    (no loadable best.pt) gets no child run and no place in the logged model."""
+    used = {int(m["index"]) for m in record.get("members_used") or []}
+    return [m for m in plan_members(spec) if m.index in used]
 
 
 # --------------------------------------------------------------------------- runs
@@ -308,11 +310,12 @@ def log_job(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> str:
         superseded = _supersede(client, exp_id, job_dir, pid)
         if superseded:
             log.info("marked %d earlier run(s) of %s as superseded by %s", superseded, job_dir, pid)
-        members = _finished_members(spec, paths)
+        record = summary or _read_json(paths.ensemble / "metrics.json")
+        members = _used_members(spec, record)
         params = job_params(spec)
         params["members"] = str(len(members))
         _log_params(client, pid, params)
-        numbers = headline_metrics(summary or _read_json(paths.ensemble / "metrics.json"))
+        numbers = headline_metrics(record)
         _check_coverage(numbers)
         _log_metrics(client, pid, [(k, v, 0) for k, v in numbers.items()])
         for f, sub in _artifact_files(spec, paths):
