@@ -28,11 +28,12 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from skinhpc.cluster import active_slurm_ids, job_ids, read_launches  # noqa: E402
-from skinhpc.launch import launch  # noqa: E402
-from skinhpc.plan import JobPaths, write_json_atomic  # noqa: E402
-from skinhpc.spec import dump_yaml, from_dict  # noqa: E402
-from skinhpc.stages import PrepareTask  # noqa: E402
+from skinhpc.config.schema import dump_yaml, from_dict  # noqa: E402
+from skinhpc.io.atomic import write_json_atomic  # noqa: E402
+from skinhpc.io.layout import JobPaths  # noqa: E402
+from skinhpc.orchestrate.cluster import active_slurm_ids, job_ids, read_launches  # noqa: E402
+from skinhpc.orchestrate.launch import launch  # noqa: E402
+from skinhpc.orchestrate.stages import PrepareTask  # noqa: E402
 
 HAM = Path(os.environ.get("SKINHPC_SHARED", REPO.parent / "shared")) / "data" / "ham10000"
 
@@ -96,7 +97,7 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="skinhpc-bench-launch-"))
     # prepare once, in this process, so every launch below skips it (prepare is not the subject)
     first = job_file(folder, args.members, "bench0")
-    from skinhpc.spec import load_spec
+    from skinhpc.config.schema import load_spec
 
     spec0 = load_spec(first)
     JobPaths(spec0.job_dir).root.mkdir(parents=True, exist_ok=True)

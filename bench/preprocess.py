@@ -26,6 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from skinhpc.config.schema import HairSpec, PreprocessSpec  # noqa: E402
 from skinhpc.data.cache import load_cached  # noqa: E402
 from skinhpc.data.images import read_rgb  # noqa: E402
 from skinhpc.data.preprocess import (  # noqa: E402
@@ -36,7 +37,6 @@ from skinhpc.data.preprocess import (  # noqa: E402
     remove_hair,
     resize_square,
 )
-from skinhpc.spec import HairSpec, PreprocessSpec  # noqa: E402
 
 HAM = REPO.parent / "shared" / "data" / "ham10000" / "images"
 

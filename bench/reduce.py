@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skinhpc.inference import Normalized, autocast, predict_probs  # noqa: E402
-from skinhpc.model import build_model, data_config  # noqa: E402
-from skinhpc.spec import from_dict  # noqa: E402
-from skinhpc.tta import VIEWS, view  # noqa: E402
+from skinhpc.config.schema import from_dict  # noqa: E402
+from skinhpc.ensemble.inference import Normalized, autocast, predict_probs  # noqa: E402
+from skinhpc.ensemble.tta import VIEWS, view  # noqa: E402
+from skinhpc.model.net import build_model, data_config  # noqa: E402
 
 
 def members(name: str, size: int, count: int, device: torch.device) -> list[torch.nn.Module]:
@@ -106,7 +106,7 @@ def main() -> int:
     if not args.skip_onnx:
         import onnxruntime as ort
 
-        from skinhpc.export import SoftmaxModel, export_model
+        from skinhpc.outputs.export import SoftmaxModel, export_model
 
         cpu_model = SoftmaxModel(members(args.model, args.size, 1, torch.device("cpu"))[0]).eval()
         x = images[: args.batch]

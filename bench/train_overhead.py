@@ -26,12 +26,13 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from skinhpc.config.members import plan_members  # noqa: E402
+from skinhpc.config.schema import JobSpec, deep_merge, from_dict  # noqa: E402
 from skinhpc.data import prepare  # noqa: E402
 from skinhpc.data.dataset import SkinDataset  # noqa: E402
-from skinhpc.model import build_model, data_config  # noqa: E402
-from skinhpc.plan import JobPaths, plan_members  # noqa: E402
-from skinhpc.spec import JobSpec, deep_merge, from_dict  # noqa: E402
-from skinhpc.train import _LAST_RUN, train_member  # noqa: E402
+from skinhpc.io.layout import JobPaths  # noqa: E402
+from skinhpc.model.net import build_model, data_config  # noqa: E402
+from skinhpc.train.member import _LAST_RUN, train_member  # noqa: E402
 
 
 def make_job(root: Path, data: Path, args: argparse.Namespace, size: int, name: str) -> JobSpec:

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from skinhpc.plan import JobPaths, write_text_atomic
-from skinhpc.spec import JobSpec, deep_merge, dump_yaml, from_dict
+from skinhpc.config.schema import JobSpec, deep_merge, dump_yaml, from_dict
+from skinhpc.io.atomic import write_text_atomic
+from skinhpc.io.layout import JobPaths
 
 REPO = Path(__file__).resolve().parents[1]
 

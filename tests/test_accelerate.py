@@ -17,8 +17,8 @@ import pytest
 import torch
 from test_train import prepared_job
 
-from skinhpc.plan import plan_members
-from skinhpc.train import _LAST_RUN, train_member
+from skinhpc.config.members import plan_members
+from skinhpc.train.member import _LAST_RUN, train_member
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -26,9 +26,10 @@ ACCELERATE = Path(sys.executable).parent / "accelerate"
 SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
-    from skinhpc.plan import JobPaths, plan_members
-    from skinhpc.spec import from_dict
-    from skinhpc.train import _LAST_RUN, train_member
+    from skinhpc.io.layout import JobPaths
+    from skinhpc.config.members import plan_members
+    from skinhpc.config.schema import from_dict
+    from skinhpc.train.member import _LAST_RUN, train_member
 
     torch.set_num_threads(1)
     spec = from_dict(json.load(open(sys.argv[1])))

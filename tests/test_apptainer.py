@@ -66,8 +66,8 @@ def test_test_section_imports_and_runs_spec():
 
 
 def test_container_python_binds_data_cache_results(tiny_spec):
-    from skinhpc.cluster import container_python
-    from skinhpc.spec import with_overrides
+    from skinhpc.config.schema import with_overrides
+    from skinhpc.orchestrate.cluster import container_python
 
     spec = with_overrides(tiny_spec, {"cluster.container": "/images/skinhpc.sif"})
     py = container_python(spec)

@@ -14,6 +14,7 @@ import pytest
 from conftest import tiny_job
 from PIL import Image
 
+from skinhpc.config.schema import JobSpec
 from skinhpc.data.cache import (
     build_cache,
     cache_complete,
@@ -24,8 +25,7 @@ from skinhpc.data.cache import (
 )
 from skinhpc.data.images import BadImageError, read_rgb
 from skinhpc.data.preprocess import preprocess
-from skinhpc.plan import JobPaths
-from skinhpc.spec import JobSpec
+from skinhpc.io.layout import JobPaths
 
 COLUMNS = ["image_id", "path", "label", "dx", "group", "age", "sex", "site", "source"]
 

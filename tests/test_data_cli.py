@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from skinhpc.data.cli import main
+from skinhpc.cli.data import main
+from skinhpc.config.schema import from_dict
 from skinhpc.data.prepare import load_table, prepare_tables
-from skinhpc.plan import JobPaths
-from skinhpc.spec import from_dict
+from skinhpc.io.layout import JobPaths
 
 REPO = Path(__file__).resolve().parents[1]
 FRAGMENT = REPO / "configs" / "data" / "ham10000_shared.yaml"

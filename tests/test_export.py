@@ -20,8 +20,8 @@ def test_export_job_matches_pytorch(job):
     import onnxruntime as ort
 
     from skinhpc.data.prepare import load_table
-    from skinhpc.export import export_job
-    from skinhpc.inference import cached_batches, combine, load_members, predict_probs
+    from skinhpc.ensemble.inference import cached_batches, combine, load_members, predict_probs
+    from skinhpc.outputs.export import export_job
 
     spec, paths = job
     rec = export_job(spec, paths)

@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from skinhpc import launch as launch_mod
-from skinhpc.cluster import local_driver_alive, plan_submission, read_launches
-from skinhpc.plan import JobPaths
-from skinhpc.spec import load_spec
-from skinhpc.stages import read_state
-from skinhpc.status import collect
+from skinhpc.config.schema import load_spec
+from skinhpc.io.layout import JobPaths
+from skinhpc.orchestrate import launch as launch_mod
+from skinhpc.orchestrate.cluster import local_driver_alive, plan_submission, read_launches
+from skinhpc.orchestrate.stages import read_state
+from skinhpc.orchestrate.status import collect
 
 pytest_plugins = ["slurm_cluster"]  # fixtures slurm_cluster, job_writer
 PY = sys.executable
@@ -119,7 +119,7 @@ def test_local_executor_returns_at_once_then_relaunch_skips(tmp_path, job_writer
 def test_max_array_size_read_from_slurm_conf(tmp_path, monkeypatch):
     """MaxArraySize comes from slurm.conf (no scontrol round trip at every launch); a file that
     includes others may hold it elsewhere, so then the caller must ask scontrol."""
-    from skinhpc.cluster import DEFAULT_MAX_ARRAY_SIZE, conf_max_array_size
+    from skinhpc.orchestrate.cluster import DEFAULT_MAX_ARRAY_SIZE, conf_max_array_size
 
     conf = tmp_path / "slurm.conf"
     monkeypatch.setenv("SLURM_CONF", str(conf))

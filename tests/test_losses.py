@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from skinhpc.losses import FocalLoss, build_loss, inverse_frequency
-from skinhpc.spec import LossSpec
+from skinhpc.config.schema import LossSpec
+from skinhpc.train.losses import FocalLoss, build_loss, inverse_frequency
 
 LOGITS = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
 TARGET = torch.tensor([0, 0, 1])

@@ -31,7 +31,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from skinhpc import metrics as M
+from skinhpc.metrics import evaluation as M
 
 HAM7 = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 
@@ -431,7 +431,7 @@ def test_bad_input_names_the_problem() -> None:
 
 # --------------------------------------------------------------------------- binary view
 def test_binary_view_sums_malignant_classes() -> None:
-    from skinhpc.binary_view import binary_probs, to_binary, to_binary_labels
+    from skinhpc.metrics.malignant import binary_probs, to_binary, to_binary_labels
 
     malignant = ["mel", "bcc", "akiec", "scc"]  # scc is not a HAM10000 class: ignored
     y, probs = _random_preds(300, 7, seed=17)

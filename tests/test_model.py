@@ -14,8 +14,9 @@ import pytest
 import torch
 from conftest import IN_CI, WEIGHTS, tiny_job
 
+from skinhpc.config.schema import PhaseSpec
 from skinhpc.data.dataset import META_COLUMNS, META_DIM, SITES, encode_metadata
-from skinhpc.model import (
+from skinhpc.model.net import (
     ModelError,
     PriorBaseline,
     backbone_stages,
@@ -27,7 +28,6 @@ from skinhpc.model import (
     package_state_dict,
     param_groups,
 )
-from skinhpc.spec import PhaseSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,8 +191,8 @@ def test_load_checkpoint_refuses_other_model(tmp_path: Path, ham_root: Path) -> 
 
 
 def test_member_fingerprint_ignores_reduce_and_location_but_not_training(tmp_path) -> None:
-    from skinhpc.model import member_fingerprint
-    from skinhpc.spec import from_dict, with_overrides
+    from skinhpc.config.schema import from_dict, with_overrides
+    from skinhpc.model.net import member_fingerprint
 
     spec = from_dict({"name": "fp", "base_dir": str(tmp_path)})
     same = with_overrides(spec, {"reduce.gate": 0.9, "reduce.tta": ["identity"], "results_dir": "/elsewhere",

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from skinhpc.plan import JobPaths, atomic_path, plan_members, write_json_atomic
-from skinhpc.spec import SpecError, from_dict
+from skinhpc.config.members import plan_members
+from skinhpc.config.schema import SpecError, from_dict
+from skinhpc.io.atomic import atomic_path, write_json_atomic
+from skinhpc.io.layout import JobPaths
 
 
 def test_seeds_times_grid_in_stable_order(tmp_path: Path) -> None:

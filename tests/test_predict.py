@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 from conftest import prepared_job, tiny_job
 
-from skinhpc.plan import plan_members
-from skinhpc.reduce import reduce
-from skinhpc.train import train_member
+from skinhpc.config.members import plan_members
+from skinhpc.outputs.publish import reduce
+from skinhpc.train.member import train_member
 
 
 def make_job(tmp_path: Path, ham_root: Path, seeds: tuple[int, ...] = (1, 2), **over: Any):
@@ -46,7 +46,7 @@ def _shared_images(ham_root: Path, n: int) -> list[Path]:
 
 
 def test_predict_folder_reports_bad_files_and_predicts_the_rest(job, ham_root, tmp_path, capsys):
-    from skinhpc.predict import main
+    from skinhpc.outputs.predict import main
 
     spec, paths = job
     folder = tmp_path / "new"
@@ -79,7 +79,7 @@ def test_predict_folder_reports_bad_files_and_predicts_the_rest(job, ham_root, t
 def test_predict_matches_reduce_on_cached_test_images(job):
     """New-image path (read + preprocess + TTA + temperature) reproduces the reduce's test probabilities."""
     from skinhpc.data.prepare import load_table
-    from skinhpc.predict import EnsemblePredictor
+    from skinhpc.outputs.predict import EnsemblePredictor
 
     spec, paths = job
     ref_csv = paths.ensemble / "predictions_test.csv"
@@ -92,7 +92,7 @@ def test_predict_matches_reduce_on_cached_test_images(job):
 
 
 def test_predict_all_failed_exit_code_and_refer_gate(job, tmp_path):
-    from skinhpc.predict import EnsemblePredictor, main
+    from skinhpc.outputs.predict import EnsemblePredictor, main
 
     spec, paths = job
     (tmp_path / "a.txt").write_text("x")
@@ -105,7 +105,7 @@ def test_predict_all_failed_exit_code_and_refer_gate(job, tmp_path):
 
 
 def test_evaluate_on_folder_per_class(job, ham_root, tmp_path, capsys):
-    from skinhpc.predict import evaluate_main
+    from skinhpc.outputs.predict import evaluate_main
 
     spec, paths = job
     meta = pd.read_csv(ham_root / "metadata.csv")
@@ -157,8 +157,8 @@ def _assert_self_contained(html: str, min_images: int) -> None:
 def test_evaluation_report_multiclass_with_malignant_view_and_subgroups(tmp_path, ham_root):
     """The multiclass dict shape of predict._metrics (class metrics + ``malignant`` view), rendered
     without a trained job: per-class tables, the malignant view's gate section and subgroups."""
-    from skinhpc import metrics as mx
-    from skinhpc.report import write_evaluation_report
+    from skinhpc.metrics import evaluation as mx
+    from skinhpc.outputs.report import write_evaluation_report
 
     classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     spec = tiny_job(tmp_path, ham_root, data={"task": "multiclass", "classes": classes}, reduce={"gate": 0.5})

@@ -9,6 +9,13 @@ import cv2
 import numpy as np
 import pytest
 
+from skinhpc.config.schema import (
+    ClaheSpec,
+    ColorConstancySpec,
+    CornersSpec,
+    HairSpec,
+    PreprocessSpec,
+)
 from skinhpc.data.images import read_rgb
 from skinhpc.data.preprocess import (
     clahe_l,
@@ -21,7 +28,6 @@ from skinhpc.data.preprocess import (
     shades_of_gray,
     smooth_fill,
 )
-from skinhpc.spec import ClaheSpec, ColorConstancySpec, CornersSpec, HairSpec, PreprocessSpec
 
 SKIN = (205, 150, 130)
 

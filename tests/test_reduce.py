@@ -13,10 +13,12 @@ import pandas as pd
 import pytest
 from conftest import prepared_job, tiny_job
 
-from skinhpc.inference import MembersMissing
-from skinhpc.plan import JobPaths, plan_members
-from skinhpc.reduce import Split, evaluate, reduce
-from skinhpc.spec import JobSpec, load_spec
+from skinhpc.config.members import plan_members
+from skinhpc.config.schema import JobSpec, load_spec
+from skinhpc.ensemble.inference import MembersMissing
+from skinhpc.ensemble.reduce import Split, evaluate
+from skinhpc.io.layout import JobPaths
+from skinhpc.outputs.publish import reduce
 
 pytestmark = pytest.mark.slow  # two members are trained for real (about a minute on 2 cores)
 
@@ -32,7 +34,7 @@ THRESHOLD_KEYS = {"threshold", "method", "target", "gate", "temperature", "class
 
 def build_job(root: Path, ham_root: Path, **over) -> tuple[JobSpec, JobPaths]:
     """Prepare + train with the real stage functions, as the cluster would run them."""
-    from skinhpc.train import train_member
+    from skinhpc.train.member import train_member
 
     over = {"seeds": [1, 2],
             "train": {"phases": [{"name": "all", "epochs": 1, "train": "all", "lr": 3e-3}],
@@ -146,8 +148,8 @@ def test_thresholds_ignore_test_labels(trained: tuple[JobSpec, JobPaths], tmp_pa
 
 def test_multiclass_evaluation_has_malignant_view(tmp_path: Path, ham_root: Path) -> None:
     """Multiclass numbers and plots from real metrics code on fixed probabilities (no training)."""
-    from skinhpc.plan import Member
-    from skinhpc.report import make_plots, render
+    from skinhpc.config.members import Member
+    from skinhpc.outputs.report import make_plots, render
 
     classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     spec = tiny_job(tmp_path, ham_root, data={"task": "multiclass", "classes": classes},

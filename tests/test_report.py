@@ -12,9 +12,11 @@ import pytest
 import torch
 from conftest import IN_CI, prepared_job, tiny_job
 
-from skinhpc.plan import JobPaths, plan_members, write_json_atomic
-from skinhpc.reduce import reduce
-from skinhpc.spec import JobSpec
+from skinhpc.config.members import plan_members
+from skinhpc.config.schema import JobSpec
+from skinhpc.io.atomic import write_json_atomic
+from skinhpc.io.layout import JobPaths
+from skinhpc.outputs.publish import reduce
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -25,7 +27,7 @@ def reduced(tmp_path_factory: pytest.TempPathFactory, ham_root: Path) -> tuple[J
     """A real prepared job whose two members are freshly initialised networks saved in the
     checkpoint contract (the report does not need trained weights; training is covered in
     test_reduce.py), then reduced."""
-    from skinhpc.model import build_model, checkpoint_meta
+    from skinhpc.model.net import build_model, checkpoint_meta
 
     root = tmp_path_factory.mktemp("report")
     uri = f"sqlite:///{root / 'mlflow.db'}"

@@ -16,9 +16,10 @@ import pytest
 import torch
 from test_train import prepared_job
 
-from skinhpc.plan import JobPaths, plan_members
-from skinhpc.spec import JobSpec, from_dict
-from skinhpc.train import train_member
+from skinhpc.config.members import plan_members
+from skinhpc.config.schema import JobSpec, from_dict
+from skinhpc.io.layout import JobPaths
+from skinhpc.train.member import train_member
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,8 +27,9 @@ SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     import torch
     import skinhpc.train as T
-    from skinhpc.plan import JobPaths, plan_members
-    from skinhpc.spec import from_dict
+    from skinhpc.io.layout import JobPaths
+    from skinhpc.config.members import plan_members
+    from skinhpc.config.schema import from_dict
 
     def on_usr1(*_):
         # the preemption hook: write last.pt now and die; if an optimiser step is in

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from skinhpc.spec_cli import schema_markdown
+from skinhpc.cli.spec import schema_markdown
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "JOB_SCHEMA.md"
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import submitit
 
-from skinhpc.cluster import active_slurm_ids, job_ids, read_launches
 from skinhpc.data import prepare
-from skinhpc.launch import launch
-from skinhpc.plan import JobPaths
-from skinhpc.stages import read_state
-from skinhpc.status import collect
+from skinhpc.io.layout import JobPaths
+from skinhpc.orchestrate.cluster import active_slurm_ids, job_ids, read_launches
+from skinhpc.orchestrate.launch import launch
+from skinhpc.orchestrate.stages import read_state
+from skinhpc.orchestrate.status import collect
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 pytest_plugins = ["slurm_cluster"]  # fixtures slurm_cluster, job_writer
@@ -103,7 +103,7 @@ def test_preempted_member_is_requeued_and_resumes(slurm_cluster, tmp_path, job_w
 
 
 def test_job_above_max_array_size_is_split(slurm_cluster, tmp_path, job_writer):
-    from skinhpc.cluster import conf_max_array_size
+    from skinhpc.orchestrate.cluster import conf_max_array_size
 
     limit = slurm_cluster.max_array_size  # from scontrol
     assert conf_max_array_size() == limit  # what launch reads from slurm.conf agrees
@@ -173,8 +173,8 @@ def test_sharded_prepare_then_cancel(slurm_cluster, tmp_path, job_writer):
 
 def test_status_of_a_job_slurm_has_never_heard_of(slurm_cluster, tmp_path, job_writer):
     """A recorded job id that is neither queued nor in accounting is `unknown`, not `pending`."""
-    from skinhpc.cluster import append_launch
-    from skinhpc.spec import dump_yaml, load_spec
+    from skinhpc.config.schema import dump_yaml, load_spec
+    from skinhpc.orchestrate.cluster import append_launch
 
     spec = load_spec(job_writer(seeds=[1]), ["cluster.executor=slurm"])
     paths = JobPaths(spec.job_dir)

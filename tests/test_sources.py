@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from skinhpc.config.schema import from_dict
 from skinhpc.data.sources import COLUMNS, DataError, build_manifest, subsample
-from skinhpc.spec import from_dict
 
 
 def job(tmp_path: Path, sources: list[dict], **data) -> object:

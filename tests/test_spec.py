@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from skinhpc.spec import SpecError, load_spec
+from skinhpc.config.schema import SpecError, load_spec
 
 
 def write(path: Path, text: str) -> Path:

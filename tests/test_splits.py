@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
+from skinhpc.config.schema import SplitSpec, from_dict
 from skinhpc.data.sources import DataError, build_manifest
 from skinhpc.data.splits import class_table, make_splits
-from skinhpc.spec import SplitSpec, from_dict
 
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 

@@ -11,7 +11,7 @@ from test_predict import make_job
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, ham_root):
-    from skinhpc.tracking import log_job, tracking_uri
+    from skinhpc.outputs.tracking import log_job, tracking_uri
 
     spec, paths = make_job(tmp_path_factory.mktemp("tracking"), ham_root)
     import json
@@ -78,7 +78,7 @@ def test_pyfunc_loads_and_predicts_shared_images(tracked, ham_root, tmp_path):
 def test_rerun_supersedes_previous_parent(tracked):
     from mlflow import MlflowClient
 
-    from skinhpc.tracking import log_job
+    from skinhpc.outputs.tracking import log_job
 
     spec, paths, run_id, uri, summary = tracked
     new_id = log_job(spec, paths, {"test": {"auc": 0.7, "gated": {"coverage": 0.5}}})

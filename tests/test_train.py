@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 from conftest import tiny_job
 
+from skinhpc.config.members import plan_members
+from skinhpc.config.schema import JobSpec
 from skinhpc.data import prepare
-from skinhpc.model import load_checkpoint_model
-from skinhpc.plan import JobPaths, plan_members
-from skinhpc.spec import JobSpec
-from skinhpc.train import HISTORY_COLUMNS, auc_score, train_member
+from skinhpc.io.layout import JobPaths
+from skinhpc.model.net import load_checkpoint_model
+from skinhpc.train.member import HISTORY_COLUMNS, auc_score, train_member
 
 FAST_PREPROCESS = {"size": 40, "hair": {"enabled": False}, "clahe": {"enabled": False},
                    "corners": {"enabled": False}}
@@ -196,7 +197,7 @@ def test_multiclass_member_picked_by_malignant_auc(tmp_path: Path, ham_root: Pat
 
 
 def test_malignant_auc_needs_a_malignant_class(tmp_path: Path, ham_root: Path) -> None:
-    from skinhpc.spec import SpecError
+    from skinhpc.config.schema import SpecError
 
     with pytest.raises(SpecError, match=r"train\.early_stopping\.metric.*malignant"):
         tiny_job(tmp_path, ham_root, data={"task": "multiclass", "classes": ["bkl", "nv"]},
@@ -204,8 +205,8 @@ def test_malignant_auc_needs_a_malignant_class(tmp_path: Path, ham_root: Path) -
 
 
 def test_schedules() -> None:
-    from skinhpc.spec import SchedulerSpec
-    from skinhpc.train import lr_lambda
+    from skinhpc.config.schema import SchedulerSpec
+    from skinhpc.train.member import lr_lambda
 
     warm = lr_lambda(SchedulerSpec(name="cosine_warmup", warmup_epochs=1.0, eta_min=0.0), 10, 3, 1e-3)
     assert [warm(t) for t in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from skinhpc.inference import Normalized, combine, predict_probs
-from skinhpc.tta import VIEWS, apply_views, split_views, view
+from skinhpc.ensemble.inference import Normalized, combine, predict_probs
+from skinhpc.ensemble.tta import VIEWS, apply_views, split_views, view
 
 
 def grid(n: int = 1, c: int = 3, h: int = 4, w: int = 4) -> torch.Tensor:

@@ -6,6 +6,6 @@ without paying for imagehash, OpenCV or the download code.
 
 from __future__ import annotations
 
-from .sources import COLUMNS, DataError
+from skinhpc.data.sources import COLUMNS, DataError
 
 __all__ = ["COLUMNS", "DataError"]

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..spec import JobSpec
-from .sources import DataError
+from skinhpc.config.schema import JobSpec
+from skinhpc.data.sources import DataError
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def audit(spec: JobSpec, manifest: pd.DataFrame, splits: pd.DataFrame) -> dict[s
 
 def run_audit(spec: JobSpec, manifest: pd.DataFrame, splits: pd.DataFrame, out: Path) -> dict[str, Any]:
     """Write audit.json (atomically), log the summary, and fail the job if asked to."""
-    from ..plan import write_json_atomic
+    from skinhpc.io.atomic import write_json_atomic
 
     report = audit(spec, manifest, splits)
     write_json_atomic(out, report)

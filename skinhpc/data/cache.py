@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..plan import JobPaths, atomic_path, write_json_atomic
-from ..spec import JobSpec, PreprocessSpec
-from .images import BadImageError
+from skinhpc.config.schema import JobSpec, PreprocessSpec
+from skinhpc.data.images import BadImageError
+from skinhpc.io.atomic import atomic_path, write_json_atomic
+from skinhpc.io.layout import JobPaths
 
 __all__ = [
     "build_cache",
@@ -163,8 +164,8 @@ def _init_worker(cfg: PreprocessSpec) -> None:
 
 def _process(task: _Task) -> tuple[str, str, str | None]:
     """(image_id, src, None) when written, or the reason the image is bad."""
-    from .images import read_rgb
-    from .preprocess import preprocess
+    from skinhpc.data.images import read_rgb
+    from skinhpc.data.preprocess import preprocess
 
     assert _CFG is not None
     try:

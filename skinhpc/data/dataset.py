@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
-from .cache import load_cached
+from skinhpc.data.cache import load_cached
 
 # Anatomical sites of HAM10000 (`localization`) and ISIC 2019/2020
 # (`anatom_site_general[_challenge]`), lower-case. Anything else is `other`;

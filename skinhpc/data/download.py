@@ -26,7 +26,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sources import IMAGE_EXTS, DataError
+from skinhpc.data.sources import IMAGE_EXTS, DataError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,13 @@ import math
 import cv2
 import numpy as np
 
-from ..spec import ClaheSpec, ColorConstancySpec, CornersSpec, HairSpec, PreprocessSpec
+from skinhpc.config.schema import (
+    ClaheSpec,
+    ColorConstancySpec,
+    CornersSpec,
+    HairSpec,
+    PreprocessSpec,
+)
 
 __all__ = [
     "clahe_l",

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..spec import DataSpec, JobSpec, SourceSpec
+from skinhpc.config.schema import DataSpec, JobSpec, SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -398,7 +398,7 @@ def build_manifest(spec: JobSpec) -> pd.DataFrame:
 
 
 def write_manifest(df: pd.DataFrame, path: Path) -> None:
-    from ..plan import atomic_path
+    from skinhpc.io.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         df[COLUMNS].to_csv(tmp, index=False)

@@ -14,8 +14,8 @@ import logging
 import numpy as np
 import pandas as pd
 
-from ..spec import SplitSpec
-from .sources import DataError
+from skinhpc.config.schema import SplitSpec
+from skinhpc.data.sources import DataError
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .plan import JobPaths, Member, atomic_path, write_text_atomic
-from .spec import JobSpec, dump_yaml
+from skinhpc.config.members import Member
+from skinhpc.config.schema import JobSpec, dump_yaml
+from skinhpc.io.atomic import atomic_path, write_text_atomic
+from skinhpc.io.layout import JobPaths
 
 if TYPE_CHECKING:
-    from .reduce import Split
+    from skinhpc.ensemble.reduce import Split
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ DISCLAIMER = (
 # --------------------------------------------------------------------------- plots
 def _binary_scores(spec: JobSpec, split: Split) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """(y, ensemble score, member scores) of the malignant question."""
-    from .reduce import malignant_view
+    from skinhpc.ensemble.reduce import malignant_view
 
     if spec.data.task == "binary":
         return split.y, split.ensemble[:, 1], [m[:, 1] for m in split.members]
@@ -74,7 +76,7 @@ def make_plots(spec: JobSpec, summary: dict[str, Any], val: Split, test: Split,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from . import metrics
+    from skinhpc.metrics import evaluation as metrics
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -461,7 +463,7 @@ def make_evaluation_plots(spec: JobSpec, metrics: dict[str, Any], table: Any) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from . import metrics as mx
+    from skinhpc.metrics import evaluation as mx
 
     a = _eval_arrays(spec, metrics, table)
     y, probs, names, binary = a["y"], a["probs"], a["names"], a["binary"]
@@ -573,7 +575,7 @@ def _eval_multiclass_headline(m: dict[str, Any], scope: str) -> str:
 
 
 def _eval_subgroups(spec: JobSpec, a: dict[str, Any], table: Any) -> str:
-    from . import metrics as mx
+    from skinhpc.metrics import evaluation as mx
 
     cols = ("age", "sex", "site")
     if table is None or any(c not in table for c in cols):

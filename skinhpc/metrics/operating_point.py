@@ -19,7 +19,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from .metrics import _as_labels, _as_scores, _both_classes, roc_operating_points
+from skinhpc.metrics.evaluation import _as_labels, _as_scores, _both_classes, roc_operating_points
 
 METHODS = ("youden", "max_f1", "sens_at_spec", "spec_at_sens")
 

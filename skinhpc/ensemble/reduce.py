@@ -23,7 +23,6 @@ Files written to ``results/<job>/ensemble/`` (atomically; a rerun overwrites cle
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .inference import (
+from skinhpc.config.members import Member
+from skinhpc.config.schema import JobSpec
+from skinhpc.ensemble.inference import (
     MissingMember,
     cached_batches,
     combine,
@@ -42,8 +43,8 @@ from .inference import (
     predict_probs,
     require_members,
 )
-from .plan import JobPaths, Member, atomic_path, write_json_atomic
-from .spec import JobSpec, load_spec
+from skinhpc.io.atomic import atomic_path
+from skinhpc.io.layout import JobPaths
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def split_probs(
     """TTA probabilities ``(M, N, C)`` of every member for the rows of ``frame``."""
     meta = None
     if any(getattr(m, "uses_meta", False) for m in models):
-        from .data.dataset import encode_metadata
+        from skinhpc.data.dataset import encode_metadata
 
         meta = np.asarray(encode_metadata(frame), dtype=np.float32)
     ids = frame["image_id"].astype(str).tolist()
@@ -123,7 +124,7 @@ def decide(probs: np.ndarray, class_names: Sequence[str], threshold: float | Non
 
 def operating_point(spec: JobSpec, y_val: np.ndarray, p_val: np.ndarray) -> dict[str, Any]:
     """Threshold on the positive probability, chosen on VALIDATION labels only."""
-    from . import thresholds
+    from skinhpc.metrics import operating_point as thresholds
 
     chosen = dict(thresholds.choose(y_val, p_val, spec.reduce.threshold, spec.reduce.target))
     chosen["threshold"] = float(chosen["threshold"])
@@ -132,7 +133,7 @@ def operating_point(spec: JobSpec, y_val: np.ndarray, p_val: np.ndarray) -> dict
 
 def calibrate(spec: JobSpec, val: Split, test: Split) -> float:
     """Temperature fitted on val (mean ensembles only: rank scores are not probabilities)."""
-    from . import thresholds
+    from skinhpc.metrics import operating_point as thresholds
 
     ens_val = combine(val.members, spec.reduce.ensemble)
     ens_test = combine(test.members, spec.reduce.ensemble)
@@ -150,7 +151,7 @@ def calibrate(spec: JobSpec, val: Split, test: Split) -> float:
 # --------------------------------------------------------------------------- evaluation
 def _evaluate(spec: JobSpec, y: np.ndarray, probs: np.ndarray, names: Sequence[str], threshold: float | None,
               groups: np.ndarray | None, bootstrap: int) -> dict[str, Any]:
-    from . import metrics
+    from skinhpc.metrics import evaluation as metrics
 
     return metrics.evaluate(
         y, probs, class_names=list(names), threshold=threshold, gate=spec.reduce.gate,
@@ -180,7 +181,7 @@ def evaluate_binary_view(spec: JobSpec, names: Sequence[str], val: Split, test: 
                          y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray,
                          member_val: np.ndarray, member_test: np.ndarray) -> dict[str, Any]:
     """Everything for one binary question (benign vs malignant): threshold on val, metrics, members."""
-    from . import metrics
+    from skinhpc.metrics import evaluation as metrics
 
     point = operating_point(spec, y_val, p_val[:, 1])
     thr = point["threshold"]
@@ -225,7 +226,7 @@ def evaluate(spec: JobSpec, members: list[Member], val: Split, test: Split,
 
     ``prior``: training class frequencies for the majority baseline (None: test's own).
     """
-    from . import metrics
+    from skinhpc.metrics import evaluation as metrics
 
     names = spec.class_names
     binary = spec.data.task == "binary"
@@ -318,9 +319,24 @@ def write_csv_atomic(path: Path, df: pd.DataFrame) -> None:
         df.to_csv(tmp, index=False)
 
 
-def reduce(spec: JobSpec, paths: JobPaths) -> dict[str, Any]:
-    """Run the whole reduce stage; returns the summary also written to metrics.json."""
-    from .data.prepare import load_table
+def missing_record(m: MissingMember) -> dict[str, Any]:
+    return {**m.member.to_dict(), "reason": m.reason, "error_txt": m.error_txt}
+
+
+@dataclass
+class Reduced:
+    """What the reduce computed, handed to the outputs layer to write."""
+
+    summary: dict[str, Any]
+    val: Split
+    test: Split
+    models: list[torch.nn.Module]
+    members: list[Member]
+
+
+def compute(spec: JobSpec, paths: JobPaths) -> Reduced:
+    """Members -> calibrated ensemble -> operating point on val -> metrics; writes nothing."""
+    from skinhpc.data.prepare import load_table
 
     device = device_for()
     loaded, missing = gather_members(spec, paths, device)
@@ -354,61 +370,6 @@ def reduce(spec: JobSpec, paths: JobPaths) -> dict[str, Any]:
         "n_val": len(val.frame),
         "n_test": len(test.frame),
     })
-    write_outputs(spec, paths, summary, val, test, models, members)
-    return summary
+    return Reduced(summary, val, test, models, members)
 
 
-def missing_record(m: MissingMember) -> dict[str, Any]:
-    return {**m.member.to_dict(), "reason": m.reason, "error_txt": m.error_txt}
-
-
-def write_outputs(spec: JobSpec, paths: JobPaths, summary: dict[str, Any], val: Split, test: Split,
-                  models: Sequence[torch.nn.Module], members: list[Member]) -> None:
-    from . import gradcam, report
-
-    out = paths.ensemble
-    out.mkdir(parents=True, exist_ok=True)
-    for split in (val, test):
-        write_csv_atomic(out / f"predictions_{split.name}.csv", predictions_frame(spec, split, summary))
-    write_json_atomic(out / "thresholds.json", summary["thresholds"])
-
-    plots = report.make_plots(spec, summary, val, test, members, out / "plots")
-    summary["plots"] = {k: str(Path(v).relative_to(out)) for k, v in plots.items()}
-    gallery = gradcam.gallery(spec, models, test.frame, test.ensemble, out / "gradcam",
-                              threshold=summary["thresholds"]["threshold"], device=device_for())
-    summary["gradcam"] = _jsonable(gallery)
-    write_json_atomic(out / "metrics.json", summary)
-    report.write_report(spec, paths, summary)
-
-    if spec.reduce.onnx:
-        from .export import export_job
-
-        summary["onnx"] = _jsonable(export_job(spec, paths))
-    if spec.reduce.mlflow.enabled:
-        from .tracking import log_job
-
-        summary["mlflow_run_id"] = log_job(spec, paths, summary)
-    write_json_atomic(out / "metrics.json", summary)
-
-
-# --------------------------------------------------------------------------- CLI
-def main(argv: Sequence[str] | None = None) -> int:
-    """`skinhpc reduce results/<job>`: run the reduce stage in this process."""
-    parser = argparse.ArgumentParser(prog="skinhpc reduce", description=main.__doc__)
-    parser.add_argument("job", help="results/<job> folder (with job.yaml) or a job YAML file")
-    parser.add_argument("overrides", nargs="*", help="key.path=value overrides (e.g. reduce.gate=0.9)")
-    args = parser.parse_intermixed_args(list(argv) if argv is not None else None)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    target = Path(args.job)
-    job_yaml = target / "job.yaml" if target.is_dir() else target
-    spec = load_spec(job_yaml, args.overrides)
-    paths = JobPaths(target if target.is_dir() else spec.job_dir)
-    summary = reduce(spec, paths)
-    test = summary.get("test", {})
-    log.info("reduce done: %s; test %s", paths.ensemble / "report.html",
-             {k: test.get(k) for k in ("auc", "auc_macro", "balanced_accuracy") if k in test})
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

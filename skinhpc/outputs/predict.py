@@ -27,10 +27,11 @@ import pandas as pd
 import torch
 import yaml
 
-from . import binary_view
-from .plan import JobPaths, atomic_path, write_json_atomic
-from .reduce import decide  # the reduce's rule, so predictions match its report
-from .spec import JobSpec, SpecError, from_dict
+from skinhpc.config.schema import JobSpec, SpecError, from_dict
+from skinhpc.ensemble.reduce import decide  # the reduce's rule, so predictions match its report
+from skinhpc.io.atomic import atomic_path, write_json_atomic
+from skinhpc.io.layout import JobPaths
+from skinhpc.metrics import malignant as binary_view
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def load_job_spec(job_yaml: str | Path) -> JobSpec:
     except SpecError as e:
         if "data.sources" not in str(e) or "does not exist" not in str(e):
             raise
-        from . import spec as spec_mod
+        from skinhpc.config import schema as spec_mod
 
         log.info("%s: training data not present here (%s); fine for prediction", path, e)
         return spec_mod._build(JobSpec, raw, "")
@@ -89,7 +90,7 @@ class EnsemblePredictor:
 
     def __init__(self, job_dir: str | Path, device: str | torch.device | None = None,
                  batch_size: int | None = None):
-        from .inference import load_members
+        from skinhpc.ensemble.inference import load_members
 
         self.paths = JobPaths(Path(job_dir))
         self.spec = load_job_spec(self.paths.job_yaml)
@@ -111,15 +112,15 @@ class EnsemblePredictor:
     # -- images
     def load_image(self, path: str | Path) -> np.ndarray:
         """Read and preprocess exactly as the job's cache did; BadImageError names the file."""
-        from .data.images import read_rgb
-        from .data.preprocess import preprocess
+        from skinhpc.data.images import read_rgb
+        from skinhpc.data.preprocess import preprocess
 
         return preprocess(read_rgb(path), self.spec.preprocess)
 
     def _meta(self, table: pd.DataFrame | None, n: int) -> np.ndarray | None:
         if not self.uses_meta:
             return None
-        from .data.dataset import encode_metadata
+        from skinhpc.data.dataset import encode_metadata
 
         t = pd.DataFrame(index=range(n))
         for col, empty in (("age", np.nan), ("sex", ""), ("site", "")):
@@ -130,7 +131,7 @@ class EnsemblePredictor:
     # -- scores
     def probabilities(self, images: np.ndarray, table: pd.DataFrame | None = None) -> np.ndarray:
         """Calibrated ensemble class probabilities (N, C) of preprocessed uint8 images (N, S, S, 3)."""
-        from .inference import combine, predict_probs, to_unit_tensor
+        from skinhpc.ensemble.inference import combine, predict_probs, to_unit_tensor
 
         bs = self.batch_size
 
@@ -143,7 +144,7 @@ class EnsemblePredictor:
         probs = combine(member_probs, self.spec.reduce.ensemble)
         temperature = float(self.thresholds.get("temperature") or 1.0)
         if self.spec.reduce.ensemble == "mean" and abs(temperature - 1.0) > 1e-12:
-            from .thresholds import apply_temperature
+            from skinhpc.metrics.operating_point import apply_temperature
 
             probs = np.asarray(apply_temperature(probs, temperature))
         return probs
@@ -177,7 +178,7 @@ class EnsemblePredictor:
 
     def predict_files(self, files: Sequence[str | Path], table: pd.DataFrame | None = None) -> pd.DataFrame:
         """One row per file, in order; unreadable files get ``decision=error`` and the reason."""
-        from .data.images import BadImageError
+        from skinhpc.data.images import BadImageError
 
         images, ok_rows, errors = [], [], {}
         for i, f in enumerate(files):
@@ -234,8 +235,8 @@ def write_gradcams(predictor: EnsemblePredictor, files: Sequence[str], out_dir: 
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from .gradcam import find_target_layer
-    from .inference import to_unit_tensor
+    from skinhpc.ensemble.inference import to_unit_tensor
+    from skinhpc.outputs.gradcam import find_target_layer
 
     model = predictor.models[0]
     layer = find_target_layer(model, predictor.spec.preprocess.size, None)
@@ -347,8 +348,8 @@ def evaluate(job_dir: str | Path, data: str | Path, out_dir: str | Path,
     """Score a trained job on another labelled dataset (every image is test); writes
     ``predictions.csv``, ``metrics.json`` and ``report.html``.  Returns the metrics plus
     ``report``, the report's path."""
-    from .data.sources import build_manifest
-    from .spec import with_overrides
+    from skinhpc.config.schema import with_overrides
+    from skinhpc.data.sources import build_manifest
 
     predictor = EnsemblePredictor(job_dir, device)
     spec = predictor.spec
@@ -389,7 +390,7 @@ def _metrics(spec: JobSpec, predictor: EnsemblePredictor, labels: np.ndarray, pr
     Multiclass jobs add ``malignant``: the binary malignant-vs-benign view at the
     malignant threshold chosen on validation.
     """
-    from . import metrics
+    from skinhpc.metrics import evaluation as metrics
 
     th = predictor.thresholds
     gate = float(th.get("gate", spec.reduce.gate) or 0.0)
@@ -410,7 +411,7 @@ def _metrics(spec: JobSpec, predictor: EnsemblePredictor, labels: np.ndarray, pr
 
 def _report(spec: JobSpec, metrics: dict[str, Any], table: pd.DataFrame, out_dir: Path) -> Path:
     """``out_dir/report.html``: the self-contained evaluation report (see :mod:`skinhpc.report`)."""
-    from . import report
+    from skinhpc.outputs import report
 
     return report.write_evaluation_report(spec, metrics, table, out_dir)
 

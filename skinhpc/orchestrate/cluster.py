@@ -8,7 +8,7 @@ plan into submissions:
   one reduce task ``afterany`` on every train array, so it runs even when members fail
   and decides itself with ``reduce.min_members``. Submission returns at once.
 - local: submitit's local executor has no dependencies, so a detached driver process
-  (``python -m skinhpc.stages drive``) runs the stages in order; launch returns at once.
+  (``python -m skinhpc.orchestrate.worker drive``) runs the stages in order; launch returns at once.
 - debug: everything in this process, in order (breakpoints work).
 
 Every submission is appended to ``launches.jsonl`` (job ids, member indices), which is
@@ -29,9 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .plan import JobPaths, Member, plan_members
-from .spec import JobSpec
-from .stages import MemberTask, PrepareTask, ReduceTask, load_job, prepare_complete, record
+from skinhpc.config.members import Member, plan_members
+from skinhpc.config.schema import JobSpec
+from skinhpc.io.layout import JobPaths
+from skinhpc.orchestrate.stages import (
+    MemberTask,
+    PrepareTask,
+    ReduceTask,
+    load_job,
+    prepare_complete,
+    record,
+)
 
 log = logging.getLogger("skinhpc.cluster")
 
@@ -227,7 +235,7 @@ def submit_array(ex: Any, task: Any, n: int, folder: Path) -> str:
     delayed = DelayedSubmission(task)
     delayed.set_timeout(slurm.parameters.get("time", 5), slurm.max_num_timeout)
     delayed.dump(template)
-    command = " ".join([slurm.python, "-u -m skinhpc.stages array-task",
+    command = " ".join([slurm.python, "-u -m skinhpc.orchestrate.worker array-task",
                         shlex.quote(str(folder)), shlex.quote(str(template))])
     slurm.parameters["map_count"] = n  # submitit's own --array=0-(n-1)%parallelism line
     try:
@@ -309,7 +317,7 @@ def start_local_driver(spec: JobSpec, paths: JobPaths) -> list[dict[str, Any]]:
     logfile = paths.submitit / "driver.log"
     with open(logfile, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "skinhpc.stages", "drive", str(paths.root)],
+            [sys.executable, "-m", "skinhpc.orchestrate.worker", "drive", str(paths.root)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=str(paths.root),
         )

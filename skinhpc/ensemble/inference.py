@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .plan import JobPaths, Member, plan_members
-from .spec import JobSpec
-from .tta import apply_views, check_views, split_views
+from skinhpc.config.members import Member, plan_members
+from skinhpc.config.schema import JobSpec
+from skinhpc.ensemble.tta import apply_views, check_views, split_views
+from skinhpc.io.layout import JobPaths
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def gather_members(
     spec: JobSpec, paths: JobPaths, device: str | torch.device = "cpu"
 ) -> tuple[list[tuple[Member, nn.Module]], list[MissingMember]]:
     """Load every finished member; the unusable ones are logged and returned, not raised."""
-    from .model import data_config, load_checkpoint_model
+    from skinhpc.model.net import data_config, load_checkpoint_model
 
     loaded: list[tuple[Member, nn.Module]] = []
     missing: list[MissingMember] = []
@@ -131,7 +132,7 @@ def to_unit_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def cached_batches(cache_dir: Path, image_ids: Sequence[str], batch_size: int) -> Iterator[torch.Tensor]:
     """Batches of cached images in [0, 1], in ``image_ids`` order."""
-    from .data.cache import load_cached
+    from skinhpc.data.cache import load_cached
 
     for start in range(0, len(image_ids), batch_size):
         chunk = image_ids[start : start + batch_size]

@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cluster import job_ids, local_driver_alive, read_launches
-from .plan import JobPaths, plan_members
-from .stages import error_file, load_job, prepare_complete, read_state
+from skinhpc.config.members import plan_members
+from skinhpc.io.layout import JobPaths
+from skinhpc.orchestrate.cluster import job_ids, local_driver_alive, read_launches
+from skinhpc.orchestrate.stages import error_file, load_job, prepare_complete, read_state
 
 
 def slurm_states(ids: list[str]) -> tuple[dict[str, str], bool]:

@@ -24,8 +24,8 @@ import timm
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .spec import JobSpec
+from skinhpc.config.schema import JobSpec
+from skinhpc.io.checkpoint import CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def _timm_pretrained(name: str, **kw: Any) -> nn.Module:
 def meta_dim(spec: JobSpec) -> int:
     if not spec.model.metadata.enabled:
         return 0
-    from .data.dataset import META_DIM
+    from skinhpc.data.dataset import META_DIM
 
     return META_DIM
 
@@ -386,8 +386,8 @@ def prefetch_main(argv: list[str] | None = None) -> int:
     args = ap.parse_intermixed_args(argv)
     names = list(args.model)
     if args.job:
-        from .plan import plan_members
-        from .spec import load_spec
+        from skinhpc.config.members import plan_members
+        from skinhpc.config.schema import load_spec
 
         job = load_spec(args.job, args.overrides)
         for member in plan_members(job):

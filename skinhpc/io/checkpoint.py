@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .plan import atomic_path
+from skinhpc.io.atomic import atomic_path
 
 
 class CheckpointError(ValueError):

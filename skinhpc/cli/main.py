@@ -7,16 +7,16 @@ import sys
 
 # command -> (module, function taking argv and returning an exit code, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "launch": ("skinhpc.launch", "main", "plan and submit a job (same as python -m skinhpc.launch)"),
-    "status": ("skinhpc.status", "main", "show each stage and member of a job's results folder"),
-    "cancel": ("skinhpc.status", "cancel_main", "cancel a job's SLURM/local jobs"),
-    "data": ("skinhpc.data.cli", "main", "summary | split | audit | cache | download"),
-    "train": ("skinhpc.train", "main", "train one member in this process (debug entry)"),
-    "reduce": ("skinhpc.reduce", "main", "run the reduce stage of a job in this process"),
-    "predict": ("skinhpc.predict", "main", "predict new images with a trained job"),
-    "evaluate": ("skinhpc.predict", "evaluate_main", "score a trained job on another labelled dataset"),
-    "prefetch": ("skinhpc.model", "prefetch_main", "fill timm's cache on the login node before submission"),
-    "spec": ("skinhpc.spec_cli", "main", "document every job key, or print a resolved job"),
+    "launch": ("skinhpc.orchestrate.launch", "main", "plan and submit a job (same as python -m skinhpc.launch)"),
+    "status": ("skinhpc.orchestrate.status", "main", "show each stage and member of a job's results folder"),
+    "cancel": ("skinhpc.orchestrate.status", "cancel_main", "cancel a job's SLURM/local jobs"),
+    "data": ("skinhpc.cli.data", "main", "summary | split | audit | cache | download"),
+    "train": ("skinhpc.train.member", "main", "train one member in this process (debug entry)"),
+    "reduce": ("skinhpc.outputs.publish", "main", "run the reduce stage of a job in this process"),
+    "predict": ("skinhpc.outputs.predict", "main", "predict new images with a trained job"),
+    "evaluate": ("skinhpc.outputs.predict", "evaluate_main", "score a trained job on another labelled dataset"),
+    "prefetch": ("skinhpc.model.net", "prefetch_main", "fill timm's cache on the login node before submission"),
+    "spec": ("skinhpc.cli.spec", "main", "document every job key, or print a resolved job"),
 }
 
 

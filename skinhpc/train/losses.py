@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import LossSpec
+from skinhpc.config.schema import LossSpec
 
 
 def inverse_frequency(counts: Sequence[int] | np.ndarray) -> torch.Tensor:

@@ -41,8 +41,9 @@ from typing import Any
 
 import pandas as pd
 
-from .plan import JobPaths, Member, plan_members
-from .spec import JobSpec
+from skinhpc.config.members import Member, plan_members
+from skinhpc.config.schema import JobSpec
+from skinhpc.io.layout import JobPaths
 
 log = logging.getLogger(__name__)
 
@@ -413,7 +414,7 @@ class EnsembleModel(PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        from .predict import EnsemblePredictor
+        from skinhpc.outputs.predict import EnsemblePredictor
 
         self.predictor = EnsemblePredictor(context.artifacts["job"])
 

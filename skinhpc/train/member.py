@@ -29,11 +29,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .binary_view import to_binary, to_binary_labels
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .data.dataset import EpochSampler, SkinDataset, balanced_weights, class_counts
-from .losses import build_loss
-from .model import (
+from skinhpc.config.members import Member, plan_members
+from skinhpc.config.schema import JobSpec, PhaseSpec
+from skinhpc.data.dataset import EpochSampler, SkinDataset, balanced_weights, class_counts
+from skinhpc.io.atomic import atomic_path, write_json_atomic
+from skinhpc.io.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from skinhpc.io.layout import JobPaths, MemberPaths
+from skinhpc.metrics.malignant import to_binary, to_binary_labels
+from skinhpc.model.net import (
     PriorBaseline,
     build_model,
     checkpoint_meta,
@@ -43,8 +46,7 @@ from .model import (
     member_fingerprint,
     param_groups,
 )
-from .plan import JobPaths, Member, MemberPaths, atomic_path, plan_members, write_json_atomic
-from .spec import JobSpec, PhaseSpec
+from skinhpc.train.losses import build_loss
 
 log = logging.getLogger("skinhpc.train")
 
@@ -114,7 +116,7 @@ def lr_lambda(sched: Any, steps_per_epoch: int, epochs: int, base_lr: float):
 
 
 def _load_table(spec: JobSpec, paths: JobPaths) -> pd.DataFrame:
-    from .data.prepare import load_table
+    from skinhpc.data.prepare import load_table
 
     table = load_table(spec, paths)
     n = len(spec.class_names)
@@ -617,7 +619,7 @@ def _ensure_prepared(spec: JobSpec, paths: JobPaths) -> None:
     """The debug entry point may run on a fresh job: build tables and cache first."""
     if paths.manifest.exists() and paths.splits.exists() and paths.prepare_done.exists():
         return
-    from .data import prepare
+    from skinhpc.data import prepare
 
     prepare.prepare_tables(spec, paths)
     prepare.build_cache(spec, paths)
@@ -627,7 +629,7 @@ def _ensure_prepared(spec: JobSpec, paths: JobPaths) -> None:
 def main(argv: list[str] | None = None) -> int:
     """`skinhpc train JOB.yaml --member K [key=value ...]`: one member in this process
     (or under `accelerate launch`)."""
-    from .spec import load_spec
+    from skinhpc.config.schema import load_spec
 
     ap = argparse.ArgumentParser(prog="skinhpc train", description=main.__doc__)
     ap.add_argument("job", help="job YAML")

@@ -9,8 +9,8 @@ failed, requeues) and, on failure, the traceback (``members/<k>/error.txt`` for 
 member, ``state/<stage>.error.txt`` otherwise) before re-raising: ``skinhpc status``
 reads these the same way whatever executor ran the task.
 
-``python -m skinhpc.stages drive JOB_DIR`` is the local executor's detached driver;
-``python -m skinhpc.stages member JOB_DIR INDEX`` is what ``accelerate launch`` runs
+``python -m skinhpc.orchestrate.worker drive JOB_DIR`` is the local executor's detached driver;
+``python -m skinhpc.orchestrate.worker member JOB_DIR INDEX`` is what ``accelerate launch`` runs
 in every process of a multi-GPU member.
 """
 
@@ -23,7 +23,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -31,10 +30,12 @@ from typing import Any
 
 import submitit
 
-from .plan import JobPaths, Member, plan_members, write_json_atomic, write_text_atomic
-from .spec import JobSpec, load_spec
+from skinhpc.config.members import Member, plan_members
+from skinhpc.config.schema import JobSpec, load_spec
+from skinhpc.io.atomic import write_json_atomic, write_text_atomic
+from skinhpc.io.layout import JobPaths
 
-log = logging.getLogger("skinhpc.stages")
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- job folder
@@ -146,7 +147,7 @@ class PrepareTask:
             record(paths, "prepare", "done", skipped=True)
             log.info("prepare: already complete, skipped")
             return "skipped"
-        from .data import prepare as prep
+        from skinhpc.data import prepare as prep
 
         stage = "prepare" if self.step != "shard" else f"prepare-shard-{shard}"
 
@@ -206,7 +207,7 @@ class MemberTask(submitit.helpers.Checkpointable):
         try:
             index = self._index(index)
             _, paths, member = self._member(index)
-            from .train import checkpoint_now
+            from skinhpc.train.member import checkpoint_now
 
             # same process as the training loop: last.pt is written before the requeue
             checkpoint_now()
@@ -231,12 +232,12 @@ def _train(spec: JobSpec, paths: JobPaths, member: Member) -> None:
         accelerate = shutil.which("accelerate") or "accelerate"
         cmd = [
             accelerate, "launch", "--num_processes", str(gpus), "--num_machines", "1",
-            "--multi_gpu", "-m", "skinhpc.stages", "member", str(paths.root), str(member.index),
+            "--multi_gpu", "-m", "skinhpc.orchestrate.worker", "member", str(paths.root), str(member.index),
         ]
         log.info("member %s: %s", member.index, " ".join(cmd))
         subprocess.run(cmd, check=True)
         return
-    from .train import train_member
+    from skinhpc.train.member import train_member
 
     train_member(spec, paths, member)
 
@@ -250,33 +251,7 @@ class ReduceTask:
 
     def __call__(self) -> str:
         spec, paths = load_job(self.job_dir)
-        from .reduce import reduce
+        from skinhpc.outputs.publish import reduce
 
         _run_recorded(paths, "reduce", reduce, spec, paths)
         return "done"
-
-
-# --------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    batch_logging()
-    if len(argv) == 2 and argv[0] == "drive":
-        from .cluster import drive_local
-
-        return drive_local(Path(argv[1]))
-    if len(argv) == 3 and argv[0] == "array-task":
-        from .cluster import run_array_task
-
-        run_array_task(Path(argv[1]), Path(argv[2]))
-        return 0
-    if len(argv) == 3 and argv[0] == "member":
-        spec, paths = load_job(argv[1])
-        _train(spec, paths, plan_members(spec)[int(argv[2])])
-        return 0
-    print("usage: python -m skinhpc.stages drive JOB_DIR | member JOB_DIR INDEX | "
-          "array-task SUBMITIT_DIR TEMPLATE", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Members of a job: seeds x sweep points, each with its own spec."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from skinhpc.config.schema import JobSpec, with_overrides
+
+
+@dataclass(frozen=True)
+class Member:
+    """One seeded ensemble member at one sweep point; ``index`` names its folder."""
+
+    index: int
+    seed: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:03d}"
+
+    def spec(self, job: JobSpec) -> JobSpec:
+        """The member's own spec: the job with its sweep point applied."""
+        return with_overrides(job, self.overrides) if self.overrides else job
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "seed": self.seed, "overrides": self.overrides, "name": self.name}
+
+
+def _sweep_points(spec: JobSpec) -> list[dict[str, Any]]:
+    sw = spec.sweep
+    points: list[dict[str, Any]] = [{}]
+    if sw.grid:
+        keys = list(sw.grid)
+        points = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(sw.grid[k] for k in keys))]
+    if sw.random and sw.count:
+        rng = random.Random(sw.seed)
+        sampled = []
+        for _ in range(sw.count):
+            point = {}
+            for key, space in sw.random.items():
+                is_range = len(space) == 2 and all(isinstance(v, float) for v in space)
+                if is_range:
+                    lo, hi = space
+                    if lo > 0 and hi > 0 and key.rsplit(".", 1)[-1] in ("lr", "weight_decay"):
+                        point[key] = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+                    else:
+                        point[key] = rng.uniform(lo, hi)
+                else:
+                    point[key] = rng.choice(space)
+            sampled.append(point)
+        points = [dict(p, **s) for p in points for s in sampled]
+    return points
+
+
+def plan_members(spec: JobSpec) -> list[Member]:
+    """Members in a stable order: sweep point major, seed minor; indices never depend on state."""
+    members = []
+    for point in _sweep_points(spec):
+        for seed in spec.seeds:
+            members.append(Member(index=len(members), seed=seed, overrides=point))
+    # every member's spec must validate before anything is submitted
+    for m in members:
+        m.spec(spec)
+    return members

@@ -1,0 +1,56 @@
+"""The results-folder layout every stage reads and writes.
+
+The layout is the contract between stages: each arrow of the pipeline is a file
+here, so any stage can be rerun, resumed or inspected on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from skinhpc.config.members import Member
+
+
+class JobPaths:
+    """Where each stage's files live inside ``results/<job>/``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    job_yaml = property(lambda self: self.root / "job.yaml")
+    manifest = property(lambda self: self.root / "manifest.csv")
+    splits = property(lambda self: self.root / "splits.csv")
+    audit = property(lambda self: self.root / "audit.json")
+    prepare_done = property(lambda self: self.root / "prepare.done.json")
+    members_dir = property(lambda self: self.root / "members")
+    ensemble = property(lambda self: self.root / "ensemble")
+    submitit = property(lambda self: self.root / "submitit")
+    launches = property(lambda self: self.root / "launches.jsonl")
+
+    def member(self, member: Member | int) -> MemberPaths:
+        index = member.index if isinstance(member, Member) else member
+        return MemberPaths(self.members_dir / f"{index:03d}")
+
+    def done_members(self) -> set[int]:
+        """Indices of the members with a done.json (one listing, for planning large jobs)."""
+        root = str(self.members_dir)
+        try:
+            names = os.listdir(root)
+        except OSError:
+            return set()
+        return {int(n) for n in names if n.isdigit() and os.path.exists(os.path.join(root, n, "done.json"))}
+
+
+class MemberPaths:
+    def __init__(self, root: Path):
+        self.root = root
+
+    spec_json = property(lambda self: self.root / "spec.json")
+    best = property(lambda self: self.root / "best.pt")
+    last = property(lambda self: self.root / "last.pt")
+    history = property(lambda self: self.root / "history.csv")
+    val = property(lambda self: self.root / "val.csv")
+    test = property(lambda self: self.root / "test.csv")
+    done = property(lambda self: self.root / "done.json")
+    error = property(lambda self: self.root / "error.txt")
