@@ -22,7 +22,11 @@ from skinhpc.config.schema import (
     parse_override,
     set_dotted,
 )
-from skinhpc.data.sources import DataError
+from skinhpc.data.download import main as download_main
+from skinhpc.data.prepare import build_cache, finalize, load_table, prepare_tables
+from skinhpc.data.sources import DataError, build_manifest, read_manifest_csv
+from skinhpc.data.splits import class_table
+from skinhpc.io.layout import JobPaths
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,6 @@ def _print_table(title: str, table) -> None:
 def cmd_summary(spec: JobSpec, args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from skinhpc.data.sources import build_manifest
 
     df = build_manifest(spec)
     print(f"{len(df)} images, {df['group'].nunique()} groups, sources: "
@@ -66,10 +69,6 @@ def cmd_summary(spec: JobSpec, args: argparse.Namespace) -> int:
 
 
 def cmd_split(spec: JobSpec, args: argparse.Namespace, audit: bool = False) -> int:
-    from skinhpc.data.prepare import load_table, prepare_tables
-    from skinhpc.data.sources import read_manifest_csv
-    from skinhpc.data.splits import class_table
-    from skinhpc.io.layout import JobPaths
 
     paths = JobPaths(spec.job_dir)
     meta = prepare_tables(spec, paths, audit=audit, force=args.force)
@@ -89,7 +88,6 @@ def cmd_split(spec: JobSpec, args: argparse.Namespace, audit: bool = False) -> i
 
 
 def cmd_audit(spec: JobSpec, args: argparse.Namespace) -> int:
-    from skinhpc.io.layout import JobPaths
 
     cmd_split(spec, args, audit=True)
     report = json.loads(JobPaths(spec.job_dir).audit.read_text())
@@ -101,8 +99,6 @@ def cmd_audit(spec: JobSpec, args: argparse.Namespace) -> int:
 
 
 def cmd_cache(spec: JobSpec, args: argparse.Namespace) -> int:
-    from skinhpc.data.prepare import build_cache, finalize, prepare_tables
-    from skinhpc.io.layout import JobPaths
 
     paths = JobPaths(spec.job_dir)
     prepare_tables(spec, paths)
@@ -116,7 +112,6 @@ def cmd_cache(spec: JobSpec, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "download":
-        from skinhpc.data.download import main as download_main
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         return download_main(argv[1:])

@@ -27,6 +27,7 @@ import pandas as pd
 
 from skinhpc.config.schema import JobSpec
 from skinhpc.data.sources import DataError
+from skinhpc.io.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,6 @@ def audit(spec: JobSpec, manifest: pd.DataFrame, splits: pd.DataFrame) -> dict[s
 
 def run_audit(spec: JobSpec, manifest: pd.DataFrame, splits: pd.DataFrame, out: Path) -> dict[str, Any]:
     """Write audit.json (atomically), log the summary, and fail the job if asked to."""
-    from skinhpc.io.atomic import write_json_atomic
 
     report = audit(spec, manifest, splits)
     write_json_atomic(out, report)

@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from skinhpc.config.schema import JobSpec, PreprocessSpec
-from skinhpc.data.images import BadImageError
+from skinhpc.data.images import BadImageError, read_rgb
+from skinhpc.data.preprocess import preprocess
 from skinhpc.io.atomic import atomic_path, write_json_atomic
 from skinhpc.io.layout import JobPaths
 
@@ -164,8 +165,6 @@ def _init_worker(cfg: PreprocessSpec) -> None:
 
 def _process(task: _Task) -> tuple[str, str, str | None]:
     """(image_id, src, None) when written, or the reason the image is bad."""
-    from skinhpc.data.images import read_rgb
-    from skinhpc.data.preprocess import preprocess
 
     assert _CFG is not None
     try:

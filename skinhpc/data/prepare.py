@@ -19,6 +19,9 @@ from typing import Any
 import pandas as pd
 
 from skinhpc.config.schema import JobSpec
+from skinhpc.data.audit import run_audit
+from skinhpc.data.cache import build_cache as _build_cache
+from skinhpc.data.cache import finalize as _finalize
 from skinhpc.data.sources import (
     DataError,
     build_manifest,
@@ -26,6 +29,7 @@ from skinhpc.data.sources import (
     read_manifest_csv,
     write_manifest,
 )
+from skinhpc.data.splits import make_splits
 from skinhpc.io.atomic import atomic_path, write_json_atomic
 from skinhpc.io.layout import JobPaths
 
@@ -63,7 +67,6 @@ def prepare_tables(spec: JobSpec, paths: JobPaths, audit: bool = True, force: bo
 
     Returns the metadata written to prepare.tables.json (``skipped: True`` when nothing ran).
     """
-    from skinhpc.data.splits import make_splits
 
     if not force and tables_current(spec, paths, audit):
         log.info("prepare: tables in %s are current (data hash %s)", paths.root, data_hash(spec))
@@ -76,7 +79,6 @@ def prepare_tables(spec: JobSpec, paths: JobPaths, audit: bool = True, force: bo
         splits.to_csv(tmp, index=False)
     report = None
     if audit:
-        from skinhpc.data.audit import run_audit
 
         report = run_audit(spec, manifest, splits, paths.audit)
     meta = {
@@ -115,12 +117,10 @@ def load_table(spec: JobSpec, paths: JobPaths) -> pd.DataFrame:
 # docs/ARCHITECTURE.md has a single module per stage.  Imported lazily: OpenCV stays out of the
 # processes that only need the tables.
 def build_cache(spec: JobSpec, paths: JobPaths, shard: int = 0, num_shards: int = 1) -> Any:
-    from skinhpc.data.cache import build_cache as _build_cache
 
     return _build_cache(spec, paths, shard=shard, num_shards=num_shards)
 
 
 def finalize(spec: JobSpec, paths: JobPaths) -> Any:
-    from skinhpc.data.cache import finalize as _finalize
 
     return _finalize(spec, paths)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from skinhpc.config.schema import DataSpec, JobSpec, SourceSpec
+from skinhpc.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -398,7 +399,6 @@ def build_manifest(spec: JobSpec) -> pd.DataFrame:
 
 
 def write_manifest(df: pd.DataFrame, path: Path) -> None:
-    from skinhpc.io.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         df[COLUMNS].to_csv(tmp, index=False)

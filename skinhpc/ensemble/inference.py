@@ -21,8 +21,10 @@ from torch import nn
 
 from skinhpc.config.members import Member, plan_members
 from skinhpc.config.schema import JobSpec
+from skinhpc.data.cache import load_cached
 from skinhpc.ensemble.tta import apply_views, check_views, split_views
 from skinhpc.io.layout import JobPaths
+from skinhpc.model.net import data_config, load_checkpoint_model
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,6 @@ def gather_members(
     spec: JobSpec, paths: JobPaths, device: str | torch.device = "cpu"
 ) -> tuple[list[tuple[Member, nn.Module]], list[MissingMember]]:
     """Load every finished member; the unusable ones are logged and returned, not raised."""
-    from skinhpc.model.net import data_config, load_checkpoint_model
 
     loaded: list[tuple[Member, nn.Module]] = []
     missing: list[MissingMember] = []
@@ -132,7 +133,6 @@ def to_unit_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def cached_batches(cache_dir: Path, image_ids: Sequence[str], batch_size: int) -> Iterator[torch.Tensor]:
     """Batches of cached images in [0, 1], in ``image_ids`` order."""
-    from skinhpc.data.cache import load_cached
 
     for start in range(0, len(image_ids), batch_size):
         chunk = image_ids[start : start + batch_size]

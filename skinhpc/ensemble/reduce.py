@@ -35,6 +35,8 @@ import torch
 
 from skinhpc.config.members import Member
 from skinhpc.config.schema import JobSpec
+from skinhpc.data.dataset import encode_metadata
+from skinhpc.data.prepare import load_table
 from skinhpc.ensemble.inference import (
     MissingMember,
     cached_batches,
@@ -45,6 +47,8 @@ from skinhpc.ensemble.inference import (
 )
 from skinhpc.io.atomic import atomic_path
 from skinhpc.io.layout import JobPaths
+from skinhpc.metrics import evaluation as metrics
+from skinhpc.metrics import operating_point as thresholds
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +84,6 @@ def split_probs(
     """TTA probabilities ``(M, N, C)`` of every member for the rows of ``frame``."""
     meta = None
     if any(getattr(m, "uses_meta", False) for m in models):
-        from skinhpc.data.dataset import encode_metadata
 
         meta = np.asarray(encode_metadata(frame), dtype=np.float32)
     ids = frame["image_id"].astype(str).tolist()
@@ -124,7 +127,6 @@ def decide(probs: np.ndarray, class_names: Sequence[str], threshold: float | Non
 
 def operating_point(spec: JobSpec, y_val: np.ndarray, p_val: np.ndarray) -> dict[str, Any]:
     """Threshold on the positive probability, chosen on VALIDATION labels only."""
-    from skinhpc.metrics import operating_point as thresholds
 
     chosen = dict(thresholds.choose(y_val, p_val, spec.reduce.threshold, spec.reduce.target))
     chosen["threshold"] = float(chosen["threshold"])
@@ -133,7 +135,6 @@ def operating_point(spec: JobSpec, y_val: np.ndarray, p_val: np.ndarray) -> dict
 
 def calibrate(spec: JobSpec, val: Split, test: Split) -> float:
     """Temperature fitted on val (mean ensembles only: rank scores are not probabilities)."""
-    from skinhpc.metrics import operating_point as thresholds
 
     ens_val = combine(val.members, spec.reduce.ensemble)
     ens_test = combine(test.members, spec.reduce.ensemble)
@@ -151,7 +152,6 @@ def calibrate(spec: JobSpec, val: Split, test: Split) -> float:
 # --------------------------------------------------------------------------- evaluation
 def _evaluate(spec: JobSpec, y: np.ndarray, probs: np.ndarray, names: Sequence[str], threshold: float | None,
               groups: np.ndarray | None, bootstrap: int) -> dict[str, Any]:
-    from skinhpc.metrics import evaluation as metrics
 
     return metrics.evaluate(
         y, probs, class_names=list(names), threshold=threshold, gate=spec.reduce.gate,
@@ -181,7 +181,6 @@ def evaluate_binary_view(spec: JobSpec, names: Sequence[str], val: Split, test: 
                          y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray,
                          member_val: np.ndarray, member_test: np.ndarray) -> dict[str, Any]:
     """Everything for one binary question (benign vs malignant): threshold on val, metrics, members."""
-    from skinhpc.metrics import evaluation as metrics
 
     point = operating_point(spec, y_val, p_val[:, 1])
     thr = point["threshold"]
@@ -226,7 +225,6 @@ def evaluate(spec: JobSpec, members: list[Member], val: Split, test: Split,
 
     ``prior``: training class frequencies for the majority baseline (None: test's own).
     """
-    from skinhpc.metrics import evaluation as metrics
 
     names = spec.class_names
     binary = spec.data.task == "binary"
@@ -336,7 +334,6 @@ class Reduced:
 
 def compute(spec: JobSpec, paths: JobPaths) -> Reduced:
     """Members -> calibrated ensemble -> operating point on val -> metrics; writes nothing."""
-    from skinhpc.data.prepare import load_table
 
     device = device_for()
     loaded, missing = gather_members(spec, paths, device)

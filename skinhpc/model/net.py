@@ -24,7 +24,9 @@ import timm
 import torch
 from torch import nn
 
-from skinhpc.config.schema import JobSpec
+from skinhpc.config.members import plan_members
+from skinhpc.config.schema import JobSpec, load_spec
+from skinhpc.data.dataset import META_DIM
 from skinhpc.io.checkpoint import CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -193,7 +195,6 @@ def _timm_pretrained(name: str, **kw: Any) -> nn.Module:
 def meta_dim(spec: JobSpec) -> int:
     if not spec.model.metadata.enabled:
         return 0
-    from skinhpc.data.dataset import META_DIM
 
     return META_DIM
 
@@ -386,8 +387,6 @@ def prefetch_main(argv: list[str] | None = None) -> int:
     args = ap.parse_intermixed_args(argv)
     names = list(args.model)
     if args.job:
-        from skinhpc.config.members import plan_members
-        from skinhpc.config.schema import load_spec
 
         job = load_spec(args.job, args.overrides)
         for member in plan_members(job):

@@ -30,6 +30,7 @@ from skinhpc.orchestrate.cluster import (
     submit,
 )
 from skinhpc.orchestrate.stages import batch_logging
+from skinhpc.orchestrate.status import main as status_main
 
 
 class LaunchError(RuntimeError):
@@ -198,7 +199,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # --wait (make demo): block, then say how it ended and where to look
     wait_for(spec, JobPaths(spec.job_dir))
-    from skinhpc.orchestrate.status import main as status_main
 
     failed = status_main([str(spec.job_dir)])
     report = JobPaths(spec.job_dir).ensemble / "report.html"

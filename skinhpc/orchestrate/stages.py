@@ -30,7 +30,7 @@ from typing import Any
 
 import submitit
 
-from skinhpc.config.members import Member, plan_members
+from skinhpc.config.members import Member, plan_members  # deferred: keeps torch out of launch
 from skinhpc.config.schema import JobSpec, load_spec
 from skinhpc.io.atomic import write_json_atomic, write_text_atomic
 from skinhpc.io.layout import JobPaths
@@ -147,7 +147,7 @@ class PrepareTask:
             record(paths, "prepare", "done", skipped=True)
             log.info("prepare: already complete, skipped")
             return "skipped"
-        from skinhpc.data import prepare as prep
+        from skinhpc.data import prepare as prep  # deferred: keeps torch out of launch
 
         stage = "prepare" if self.step != "shard" else f"prepare-shard-{shard}"
 
@@ -207,7 +207,7 @@ class MemberTask(submitit.helpers.Checkpointable):
         try:
             index = self._index(index)
             _, paths, member = self._member(index)
-            from skinhpc.train.member import checkpoint_now
+            from skinhpc.train.member import checkpoint_now  # deferred: keeps torch out of launch
 
             # same process as the training loop: last.pt is written before the requeue
             checkpoint_now()
@@ -237,7 +237,7 @@ def _train(spec: JobSpec, paths: JobPaths, member: Member) -> None:
         log.info("member %s: %s", member.index, " ".join(cmd))
         subprocess.run(cmd, check=True)
         return
-    from skinhpc.train.member import train_member
+    from skinhpc.train.member import train_member  # deferred: keeps torch out of launch
 
     train_member(spec, paths, member)
 
@@ -251,7 +251,7 @@ class ReduceTask:
 
     def __call__(self) -> str:
         spec, paths = load_job(self.job_dir)
-        from skinhpc.outputs.publish import reduce
+        from skinhpc.outputs.publish import reduce  # deferred: keeps torch out of launch
 
         _run_recorded(paths, "reduce", reduce, spec, paths)
         return "done"

@@ -33,6 +33,12 @@ import torch
 from torch import nn
 
 from skinhpc.config.schema import JobSpec
+from skinhpc.data.cache import load_cached
+from skinhpc.data.dataset import encode_metadata
+from skinhpc.data.images import read_rgb
+from skinhpc.data.prepare import load_table
+from skinhpc.data.preprocess import preprocess
+from skinhpc.ensemble.inference import load_members, to_unit_tensor
 from skinhpc.io.atomic import atomic_path, write_json_atomic
 from skinhpc.io.layout import JobPaths
 
@@ -76,7 +82,6 @@ def sample_inputs(spec: JobSpec, paths: JobPaths, n: int = 8,
     The cache holds exactly what the models saw; when it is gone, the same
     preprocessing is applied to the manifest's files.
     """
-    from skinhpc.data.prepare import load_table
 
     table = load_table(spec, paths)
     order = {"test": 0, "val": 1, "train": 2}
@@ -85,19 +90,15 @@ def sample_inputs(spec: JobSpec, paths: JobPaths, n: int = 8,
     for _, row in table.iterrows():
         cached = spec.cache_dir / f"{row['image_id']}.npy"
         if cached.is_file():
-            from skinhpc.data.cache import load_cached
 
             images.append(load_cached(spec.cache_dir, row["image_id"]))
         else:
-            from skinhpc.data.images import read_rgb
-            from skinhpc.data.preprocess import preprocess
 
             images.append(preprocess(read_rgb(row["path"]), spec.preprocess))
     if not images:
         raise ValueError(f"{paths.root}: no images in the job's table to verify the ONNX export on")
     meta = None
     if uses_meta:
-        from skinhpc.data.dataset import encode_metadata
 
         meta = np.asarray(encode_metadata(table.reset_index(drop=True)), dtype=np.float32)
     return np.stack(images), meta
@@ -142,7 +143,6 @@ def verify(model: nn.Module, path: Path, image: torch.Tensor, meta: torch.Tensor
 
 def export_job(spec: JobSpec, paths: JobPaths, n_images: int = 8) -> dict[str, Any]:
     """Export members + ensemble to ``ensemble/onnx/``, verify each; returns the verify record."""
-    from skinhpc.ensemble.inference import load_members, to_unit_tensor
 
     t0 = time.perf_counter()
     loaded = load_members(spec, paths, "cpu")

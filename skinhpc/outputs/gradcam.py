@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from skinhpc.config.schema import JobSpec
+from skinhpc.data.dataset import META_DIM, encode_metadata
+from skinhpc.ensemble.inference import cached_batches
 from skinhpc.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,6 @@ def gallery(spec: JobSpec, models: Sequence[nn.Module], frame: pd.DataFrame, pro
         model = models[0]
         meta_dim = None
         if getattr(model, "uses_meta", False):
-            from skinhpc.data.dataset import META_DIM
 
             meta_dim = META_DIM
         layer = find_target_layer(model, spec.preprocess.size, meta_dim)
@@ -134,7 +135,6 @@ def _render(spec: JobSpec, model: nn.Module, layer: nn.Module, frame: pd.DataFra
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from skinhpc.ensemble.inference import cached_batches
 
     if not cases:
         return []
@@ -142,7 +142,6 @@ def _render(spec: JobSpec, model: nn.Module, layer: nn.Module, frame: pd.DataFra
     images = torch.cat(list(cached_batches(spec.cache_dir, sub["image_id"].astype(str).tolist(), 64)))
     meta = None
     if with_meta:
-        from skinhpc.data.dataset import encode_metadata
 
         meta = torch.from_numpy(encode_metadata(sub)).to(_device_of(model))
     names = list(spec.class_names)

@@ -27,11 +27,21 @@ import pandas as pd
 import torch
 import yaml
 
-from skinhpc.config.schema import JobSpec, SpecError, from_dict
+from skinhpc.config import schema as spec_mod
+from skinhpc.config.schema import JobSpec, SpecError, from_dict, with_overrides
+from skinhpc.data.dataset import encode_metadata
+from skinhpc.data.images import BadImageError, read_rgb
+from skinhpc.data.preprocess import preprocess
+from skinhpc.data.sources import build_manifest
+from skinhpc.ensemble.inference import combine, load_members, predict_probs, to_unit_tensor
 from skinhpc.ensemble.reduce import decide  # the reduce's rule, so predictions match its report
 from skinhpc.io.atomic import atomic_path, write_json_atomic
 from skinhpc.io.layout import JobPaths
+from skinhpc.metrics import evaluation as metrics
 from skinhpc.metrics import malignant as binary_view
+from skinhpc.metrics.operating_point import apply_temperature
+from skinhpc.outputs import report
+from skinhpc.outputs.gradcam import find_target_layer
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +67,6 @@ def load_job_spec(job_yaml: str | Path) -> JobSpec:
     except SpecError as e:
         if "data.sources" not in str(e) or "does not exist" not in str(e):
             raise
-        from skinhpc.config import schema as spec_mod
 
         log.info("%s: training data not present here (%s); fine for prediction", path, e)
         return spec_mod._build(JobSpec, raw, "")
@@ -90,7 +99,6 @@ class EnsemblePredictor:
 
     def __init__(self, job_dir: str | Path, device: str | torch.device | None = None,
                  batch_size: int | None = None):
-        from skinhpc.ensemble.inference import load_members
 
         self.paths = JobPaths(Path(job_dir))
         self.spec = load_job_spec(self.paths.job_yaml)
@@ -112,15 +120,12 @@ class EnsemblePredictor:
     # -- images
     def load_image(self, path: str | Path) -> np.ndarray:
         """Read and preprocess exactly as the job's cache did; BadImageError names the file."""
-        from skinhpc.data.images import read_rgb
-        from skinhpc.data.preprocess import preprocess
 
         return preprocess(read_rgb(path), self.spec.preprocess)
 
     def _meta(self, table: pd.DataFrame | None, n: int) -> np.ndarray | None:
         if not self.uses_meta:
             return None
-        from skinhpc.data.dataset import encode_metadata
 
         t = pd.DataFrame(index=range(n))
         for col, empty in (("age", np.nan), ("sex", ""), ("site", "")):
@@ -131,7 +136,6 @@ class EnsemblePredictor:
     # -- scores
     def probabilities(self, images: np.ndarray, table: pd.DataFrame | None = None) -> np.ndarray:
         """Calibrated ensemble class probabilities (N, C) of preprocessed uint8 images (N, S, S, 3)."""
-        from skinhpc.ensemble.inference import combine, predict_probs, to_unit_tensor
 
         bs = self.batch_size
 
@@ -144,7 +148,6 @@ class EnsemblePredictor:
         probs = combine(member_probs, self.spec.reduce.ensemble)
         temperature = float(self.thresholds.get("temperature") or 1.0)
         if self.spec.reduce.ensemble == "mean" and abs(temperature - 1.0) > 1e-12:
-            from skinhpc.metrics.operating_point import apply_temperature
 
             probs = np.asarray(apply_temperature(probs, temperature))
         return probs
@@ -178,7 +181,6 @@ class EnsemblePredictor:
 
     def predict_files(self, files: Sequence[str | Path], table: pd.DataFrame | None = None) -> pd.DataFrame:
         """One row per file, in order; unreadable files get ``decision=error`` and the reason."""
-        from skinhpc.data.images import BadImageError
 
         images, ok_rows, errors = [], [], {}
         for i, f in enumerate(files):
@@ -235,8 +237,6 @@ def write_gradcams(predictor: EnsemblePredictor, files: Sequence[str], out_dir: 
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from skinhpc.ensemble.inference import to_unit_tensor
-    from skinhpc.outputs.gradcam import find_target_layer
 
     model = predictor.models[0]
     layer = find_target_layer(model, predictor.spec.preprocess.size, None)
@@ -348,8 +348,6 @@ def evaluate(job_dir: str | Path, data: str | Path, out_dir: str | Path,
     """Score a trained job on another labelled dataset (every image is test); writes
     ``predictions.csv``, ``metrics.json`` and ``report.html``.  Returns the metrics plus
     ``report``, the report's path."""
-    from skinhpc.config.schema import with_overrides
-    from skinhpc.data.sources import build_manifest
 
     predictor = EnsemblePredictor(job_dir, device)
     spec = predictor.spec
@@ -390,7 +388,6 @@ def _metrics(spec: JobSpec, predictor: EnsemblePredictor, labels: np.ndarray, pr
     Multiclass jobs add ``malignant``: the binary malignant-vs-benign view at the
     malignant threshold chosen on validation.
     """
-    from skinhpc.metrics import evaluation as metrics
 
     th = predictor.thresholds
     gate = float(th.get("gate", spec.reduce.gate) or 0.0)
@@ -411,7 +408,6 @@ def _metrics(spec: JobSpec, predictor: EnsemblePredictor, labels: np.ndarray, pr
 
 def _report(spec: JobSpec, metrics: dict[str, Any], table: pd.DataFrame, out_dir: Path) -> Path:
     """``out_dir/report.html``: the self-contained evaluation report (see :mod:`skinhpc.report`)."""
-    from skinhpc.outputs import report
 
     return report.write_evaluation_report(spec, metrics, table, out_dir)
 

@@ -21,8 +21,11 @@ import numpy as np
 
 from skinhpc.config.members import Member
 from skinhpc.config.schema import JobSpec, dump_yaml
+from skinhpc.ensemble.reduce import malignant_view
 from skinhpc.io.atomic import atomic_path, write_text_atomic
 from skinhpc.io.layout import JobPaths
+from skinhpc.metrics import evaluation as metrics
+from skinhpc.metrics import evaluation as mx
 
 if TYPE_CHECKING:
     from skinhpc.ensemble.reduce import Split
@@ -39,7 +42,6 @@ DISCLAIMER = (
 # --------------------------------------------------------------------------- plots
 def _binary_scores(spec: JobSpec, split: Split) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """(y, ensemble score, member scores) of the malignant question."""
-    from skinhpc.ensemble.reduce import malignant_view
 
     if spec.data.task == "binary":
         return split.y, split.ensemble[:, 1], [m[:, 1] for m in split.members]
@@ -76,7 +78,6 @@ def make_plots(spec: JobSpec, summary: dict[str, Any], val: Split, test: Split,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from skinhpc.metrics import evaluation as metrics
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -463,7 +464,6 @@ def make_evaluation_plots(spec: JobSpec, metrics: dict[str, Any], table: Any) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from skinhpc.metrics import evaluation as mx
 
     a = _eval_arrays(spec, metrics, table)
     y, probs, names, binary = a["y"], a["probs"], a["names"], a["binary"]
@@ -575,7 +575,6 @@ def _eval_multiclass_headline(m: dict[str, Any], scope: str) -> str:
 
 
 def _eval_subgroups(spec: JobSpec, a: dict[str, Any], table: Any) -> str:
-    from skinhpc.metrics import evaluation as mx
 
     cols = ("age", "sex", "site")
     if table is None or any(c not in table for c in cols):

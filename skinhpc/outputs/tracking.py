@@ -44,6 +44,7 @@ import pandas as pd
 from skinhpc.config.members import Member, plan_members
 from skinhpc.config.schema import JobSpec
 from skinhpc.io.layout import JobPaths
+from skinhpc.outputs.predict import EnsemblePredictor
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +415,6 @@ class EnsembleModel(PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        from skinhpc.outputs.predict import EnsemblePredictor
 
         self.predictor = EnsemblePredictor(context.artifacts["job"])
 

@@ -30,8 +30,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from skinhpc.config.members import Member, plan_members
-from skinhpc.config.schema import JobSpec, PhaseSpec
+from skinhpc.config.schema import JobSpec, PhaseSpec, load_spec
+from skinhpc.data import prepare
 from skinhpc.data.dataset import EpochSampler, SkinDataset, balanced_weights, class_counts
+from skinhpc.data.prepare import load_table
 from skinhpc.io.atomic import atomic_path, write_json_atomic
 from skinhpc.io.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from skinhpc.io.layout import JobPaths, MemberPaths
@@ -116,7 +118,6 @@ def lr_lambda(sched: Any, steps_per_epoch: int, epochs: int, base_lr: float):
 
 
 def _load_table(spec: JobSpec, paths: JobPaths) -> pd.DataFrame:
-    from skinhpc.data.prepare import load_table
 
     table = load_table(spec, paths)
     n = len(spec.class_names)
@@ -619,7 +620,6 @@ def _ensure_prepared(spec: JobSpec, paths: JobPaths) -> None:
     """The debug entry point may run on a fresh job: build tables and cache first."""
     if paths.manifest.exists() and paths.splits.exists() and paths.prepare_done.exists():
         return
-    from skinhpc.data import prepare
 
     prepare.prepare_tables(spec, paths)
     prepare.build_cache(spec, paths)
@@ -629,7 +629,6 @@ def _ensure_prepared(spec: JobSpec, paths: JobPaths) -> None:
 def main(argv: list[str] | None = None) -> int:
     """`skinhpc train JOB.yaml --member K [key=value ...]`: one member in this process
     (or under `accelerate launch`)."""
-    from skinhpc.config.schema import load_spec
 
     ap = argparse.ArgumentParser(prog="skinhpc train", description=main.__doc__)
     ap.add_argument("job", help="job YAML")
