@@ -20,10 +20,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check skinhpc tests bench
+	$(VENV)/bin/lint-imports --config setup.cfg
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check skinhpc tests bench
+	$(VENV)/bin/lint-imports --config setup.cfg
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from skinhpc.config.schema import dump_yaml, from_dict  # noqa: E402
+from skinhpc.config import dump_yaml, from_dict  # noqa: E402
 from skinhpc.io.atomic import write_json_atomic  # noqa: E402
 from skinhpc.io.layout import JobPaths  # noqa: E402
 from skinhpc.orchestrate.cluster import active_slurm_ids, job_ids, read_launches  # noqa: E402
@@ -97,7 +97,7 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="skinhpc-bench-launch-"))
     # prepare once, in this process, so every launch below skips it (prepare is not the subject)
     first = job_file(folder, args.members, "bench0")
-    from skinhpc.config.schema import load_spec
+    from skinhpc.config import load_spec
 
     spec0 = load_spec(first)
     JobPaths(spec0.job_dir).root.mkdir(parents=True, exist_ok=True)

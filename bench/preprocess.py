@@ -26,7 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from skinhpc.config.schema import HairSpec, PreprocessSpec  # noqa: E402
+from skinhpc.config import HairSpec, PreprocessSpec  # noqa: E402
 from skinhpc.data.cache import load_cached  # noqa: E402
 from skinhpc.data.images import read_rgb  # noqa: E402
 from skinhpc.data.preprocess import (  # noqa: E402

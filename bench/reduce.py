@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skinhpc.config.schema import from_dict  # noqa: E402
+from skinhpc.config import from_dict  # noqa: E402
 from skinhpc.ensemble.inference import Normalized, autocast, predict_probs  # noqa: E402
 from skinhpc.ensemble.tta import VIEWS, view  # noqa: E402
 from skinhpc.model.net import build_model, data_config  # noqa: E402

@@ -26,8 +26,12 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from skinhpc.config.members import plan_members  # noqa: E402
-from skinhpc.config.schema import JobSpec, deep_merge, from_dict  # noqa: E402
+from skinhpc.config import (  # noqa: E402
+    JobSpec,
+    deep_merge,
+    from_dict,
+    plan_members,  # noqa: E402
+)
 from skinhpc.data import prepare  # noqa: E402
 from skinhpc.data.dataset import SkinDataset  # noqa: E402
 from skinhpc.io.layout import JobPaths  # noqa: E402

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from skinhpc.config.schema import JobSpec, deep_merge, dump_yaml, from_dict
+from skinhpc.config import JobSpec, deep_merge, dump_yaml, from_dict
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
 

@@ -71,7 +71,7 @@ def slurm_cluster() -> SlurmCluster:
 def fast_overrides(cache_dir: Path, **over):
     """tiny_job made quicker still: 1 epoch of 2 steps at 32 px, no bootstrap/ONNX/MLflow,
     and a cache shared by the session so only the first job pays for preprocessing."""
-    from skinhpc.config.schema import deep_merge
+    from skinhpc.config import deep_merge
 
     base = {
         "data": {"subset": 120},
@@ -90,7 +90,7 @@ def write_job(tmp_path: Path, ham_root: Path, cache_dir: Path, name: str = "tiny
     """A real job file (resolved, no includes) for launch's command line."""
     from conftest import tiny_job
 
-    from skinhpc.config.schema import dump_yaml
+    from skinhpc.config import dump_yaml
 
     spec = tiny_job(tmp_path, ham_root, **fast_overrides(cache_dir, name=name, **over))
     path = tmp_path / f"{name}.yaml"

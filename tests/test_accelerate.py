@@ -17,7 +17,7 @@ import pytest
 import torch
 from test_train import prepared_job
 
-from skinhpc.config.members import plan_members
+from skinhpc.config import plan_members
 from skinhpc.train.member import _LAST_RUN, train_member
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,8 +27,8 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
     from skinhpc.io.layout import JobPaths
-    from skinhpc.config.members import plan_members
-    from skinhpc.config.schema import from_dict
+    from skinhpc.config import plan_members
+    from skinhpc.config import from_dict
     from skinhpc.train.member import _LAST_RUN, train_member
 
     torch.set_num_threads(1)

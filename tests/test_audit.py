@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skinhpc.config.schema import from_dict
+from skinhpc.config import from_dict
 from skinhpc.data.audit import AuditError, near_pairs, run_audit
 from skinhpc.data.sources import build_manifest
 from skinhpc.data.splits import make_splits

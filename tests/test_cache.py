@@ -14,7 +14,7 @@ import pytest
 from conftest import tiny_job
 from PIL import Image
 
-from skinhpc.config.schema import JobSpec
+from skinhpc.config import JobSpec
 from skinhpc.data.cache import (
     build_cache,
     cache_complete,

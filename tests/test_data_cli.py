@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from skinhpc.cli.data import main
-from skinhpc.config.schema import from_dict
+from skinhpc.config import from_dict
 from skinhpc.data.prepare import load_table, prepare_tables
 from skinhpc.io.layout import JobPaths
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from skinhpc.config.schema import from_dict
+from skinhpc.config import from_dict
 from skinhpc.data.download import RemoteFile, download
 from skinhpc.data.sources import DataError, build_manifest
 

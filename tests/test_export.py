@@ -43,7 +43,7 @@ def test_export_job_matches_pytorch(job):
 
 def test_export_fails_loudly_on_mismatch(job, monkeypatch):
     """A graph that computes something else than PyTorch must fail, naming the file."""
-    import skinhpc.export as ex
+    import skinhpc.outputs.export as ex
 
     spec, paths = job
     real = ex.onnx_probs

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from skinhpc.config.members import plan_members
-from skinhpc.config.schema import load_spec
+from skinhpc.config import load_spec, plan_members
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = sorted(p.name for p in (REPO / "jobs").glob("*.yaml"))

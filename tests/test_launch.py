@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from skinhpc.config.schema import load_spec
+from skinhpc.config import load_spec
 from skinhpc.io.layout import JobPaths
 from skinhpc.orchestrate import launch as launch_mod
 from skinhpc.orchestrate.cluster import local_driver_alive, plan_submission, read_launches

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from skinhpc.config.schema import LossSpec
+from skinhpc.config import LossSpec
 from skinhpc.train.losses import FocalLoss, build_loss, inverse_frequency
 
 LOGITS = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])

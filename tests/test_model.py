@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import IN_CI, WEIGHTS, tiny_job
 
-from skinhpc.config.schema import PhaseSpec
+from skinhpc.config import PhaseSpec
 from skinhpc.data.dataset import META_COLUMNS, META_DIM, SITES, encode_metadata
 from skinhpc.model.net import (
     ModelError,
@@ -71,7 +71,7 @@ def test_build_lite0_from_package_and_from_file(tmp_path: Path, ham_root: Path) 
 
 def test_timm_weights_offline_error_tells_to_prefetch(tmp_path: Path) -> None:
     code = (
-        "from skinhpc.model import _timm_pretrained, ModelError\n"
+        "from skinhpc.model.net import _timm_pretrained, ModelError\n"
         "try:\n    _timm_pretrained('resnet10t', num_classes=0)\n"
         "except ModelError as e:\n    print('ERR', e)\n"
     )
@@ -191,7 +191,7 @@ def test_load_checkpoint_refuses_other_model(tmp_path: Path, ham_root: Path) -> 
 
 
 def test_member_fingerprint_ignores_reduce_and_location_but_not_training(tmp_path) -> None:
-    from skinhpc.config.schema import from_dict, with_overrides
+    from skinhpc.config import from_dict, with_overrides
     from skinhpc.model.net import member_fingerprint
 
     spec = from_dict({"name": "fp", "base_dir": str(tmp_path)})

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from skinhpc.config.members import plan_members
-from skinhpc.config.schema import SpecError, from_dict
+from skinhpc.config import SpecError, from_dict, plan_members
 from skinhpc.io.atomic import atomic_path, write_json_atomic
 from skinhpc.io.layout import JobPaths
 

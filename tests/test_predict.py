@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from conftest import prepared_job, tiny_job
 
-from skinhpc.config.members import plan_members
+from skinhpc.config import plan_members
 from skinhpc.outputs.publish import reduce
 from skinhpc.train.member import train_member
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from skinhpc.config.schema import (
+from skinhpc.config import (
     ClaheSpec,
     ColorConstancySpec,
     CornersSpec,

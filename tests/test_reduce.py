@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 from conftest import prepared_job, tiny_job
 
-from skinhpc.config.members import plan_members
-from skinhpc.config.schema import JobSpec, load_spec
+from skinhpc.config import JobSpec, load_spec, plan_members
 from skinhpc.ensemble.inference import MembersMissing
 from skinhpc.ensemble.reduce import Split, evaluate
 from skinhpc.io.layout import JobPaths
@@ -148,7 +147,7 @@ def test_thresholds_ignore_test_labels(trained: tuple[JobSpec, JobPaths], tmp_pa
 
 def test_multiclass_evaluation_has_malignant_view(tmp_path: Path, ham_root: Path) -> None:
     """Multiclass numbers and plots from real metrics code on fixed probabilities (no training)."""
-    from skinhpc.config.members import Member
+    from skinhpc.config import Member
     from skinhpc.outputs.report import make_plots, render
 
     classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]

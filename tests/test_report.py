@@ -12,8 +12,7 @@ import pytest
 import torch
 from conftest import IN_CI, prepared_job, tiny_job
 
-from skinhpc.config.members import plan_members
-from skinhpc.config.schema import JobSpec
+from skinhpc.config import JobSpec, plan_members
 from skinhpc.io.atomic import write_json_atomic
 from skinhpc.io.layout import JobPaths
 from skinhpc.outputs.publish import reduce

@@ -16,8 +16,7 @@ import pytest
 import torch
 from test_train import prepared_job
 
-from skinhpc.config.members import plan_members
-from skinhpc.config.schema import JobSpec, from_dict
+from skinhpc.config import JobSpec, from_dict, plan_members
 from skinhpc.io.layout import JobPaths
 from skinhpc.train.member import train_member
 
@@ -26,10 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     import torch
-    import skinhpc.train as T
+    import skinhpc.train.member as T
     from skinhpc.io.layout import JobPaths
-    from skinhpc.config.members import plan_members
-    from skinhpc.config.schema import from_dict
+    from skinhpc.config import plan_members
+    from skinhpc.config import from_dict
 
     def on_usr1(*_):
         # the preemption hook: write last.pt now and die; if an optimiser step is in

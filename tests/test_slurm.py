@@ -173,7 +173,7 @@ def test_sharded_prepare_then_cancel(slurm_cluster, tmp_path, job_writer):
 
 def test_status_of_a_job_slurm_has_never_heard_of(slurm_cluster, tmp_path, job_writer):
     """A recorded job id that is neither queued nor in accounting is `unknown`, not `pending`."""
-    from skinhpc.config.schema import dump_yaml, load_spec
+    from skinhpc.config import dump_yaml, load_spec
     from skinhpc.orchestrate.cluster import append_launch
 
     spec = load_spec(job_writer(seeds=[1]), ["cluster.executor=slurm"])

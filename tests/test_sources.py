@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from skinhpc.config.schema import from_dict
+from skinhpc.config import from_dict
 from skinhpc.data.sources import COLUMNS, DataError, build_manifest, subsample
 
 

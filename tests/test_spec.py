@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from skinhpc.config.schema import SpecError, load_spec
+from skinhpc.config import SpecError, load_spec
 
 
 def write(path: Path, text: str) -> Path:

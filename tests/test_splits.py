@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from skinhpc.config.schema import SplitSpec, from_dict
+from skinhpc.config import SplitSpec, from_dict
 from skinhpc.data.sources import DataError, build_manifest
 from skinhpc.data.splits import class_table, make_splits
 

@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 from conftest import tiny_job
 
-from skinhpc.config.members import plan_members
-from skinhpc.config.schema import JobSpec
+from skinhpc.config import JobSpec, plan_members
 from skinhpc.data import prepare
 from skinhpc.io.layout import JobPaths
 from skinhpc.model.net import load_checkpoint_model
@@ -197,7 +196,7 @@ def test_multiclass_member_picked_by_malignant_auc(tmp_path: Path, ham_root: Pat
 
 
 def test_malignant_auc_needs_a_malignant_class(tmp_path: Path, ham_root: Path) -> None:
-    from skinhpc.config.schema import SpecError
+    from skinhpc.config import SpecError
 
     with pytest.raises(SpecError, match=r"train\.early_stopping\.metric.*malignant"):
         tiny_job(tmp_path, ham_root, data={"task": "multiclass", "classes": ["bkl", "nv"]},
@@ -205,7 +204,7 @@ def test_malignant_auc_needs_a_malignant_class(tmp_path: Path, ham_root: Path) -
 
 
 def test_schedules() -> None:
-    from skinhpc.config.schema import SchedulerSpec
+    from skinhpc.config import SchedulerSpec
     from skinhpc.train.member import lr_lambda
 
     warm = lr_lambda(SchedulerSpec(name="cosine_warmup", warmup_epochs=1.0, eta_min=0.0), 10, 3, 1e-3)

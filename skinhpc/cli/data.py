@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from skinhpc.config.schema import (
+from skinhpc.config import (
     JobSpec,
     SpecError,
     deep_merge,

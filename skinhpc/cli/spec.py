@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from skinhpc.config.schema import SpecError, describe, dump_yaml, load_spec
+from skinhpc.config import SpecError, describe, dump_yaml, load_spec
 
 
 def main(argv: list[str]) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinhpc.config.schema import JobSpec
+from skinhpc.config import JobSpec
 from skinhpc.data.sources import DataError
 from skinhpc.io.atomic import write_json_atomic
 

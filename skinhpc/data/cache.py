@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinhpc.config.schema import JobSpec, PreprocessSpec
+from skinhpc.config import JobSpec, PreprocessSpec
 from skinhpc.data.images import BadImageError, read_rgb
 from skinhpc.data.preprocess import preprocess
 from skinhpc.io.atomic import atomic_path, write_json_atomic

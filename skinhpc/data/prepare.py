@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from skinhpc.config.schema import JobSpec
+from skinhpc.config import JobSpec
 from skinhpc.data.audit import run_audit
 from skinhpc.data.cache import build_cache as _build_cache
 from skinhpc.data.cache import finalize as _finalize

@@ -23,7 +23,7 @@ import math
 import cv2
 import numpy as np
 
-from skinhpc.config.schema import (
+from skinhpc.config import (
     ClaheSpec,
     ColorConstancySpec,
     CornersSpec,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinhpc.config.schema import DataSpec, JobSpec, SourceSpec
+from skinhpc.config import DataSpec, JobSpec, SourceSpec
 from skinhpc.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)

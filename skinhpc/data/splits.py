@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from skinhpc.config.schema import SplitSpec
+from skinhpc.config import SplitSpec
 from skinhpc.data.sources import DataError
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from skinhpc.config.members import Member, plan_members
-from skinhpc.config.schema import JobSpec
+from skinhpc.config import JobSpec, Member, plan_members
 from skinhpc.data.cache import load_cached
 from skinhpc.ensemble.tta import apply_views, check_views, split_views
 from skinhpc.io.layout import JobPaths

@@ -33,8 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from skinhpc.config.members import Member
-from skinhpc.config.schema import JobSpec
+from skinhpc.config import JobSpec, Member
 from skinhpc.data.dataset import encode_metadata
 from skinhpc.data.prepare import load_table
 from skinhpc.ensemble.inference import (

@@ -40,3 +40,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_csv_atomic(path: str | Path, frame: Any) -> None:
+    """A pandas DataFrame as CSV (no index), renamed into place only when complete."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)

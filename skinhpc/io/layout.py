@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from skinhpc.config.members import Member
+from skinhpc.config import Member
 
 
 class JobPaths:

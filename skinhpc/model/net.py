@@ -24,8 +24,7 @@ import timm
 import torch
 from torch import nn
 
-from skinhpc.config.members import plan_members
-from skinhpc.config.schema import JobSpec, load_spec
+from skinhpc.config import JobSpec, load_spec, plan_members
 from skinhpc.data.dataset import META_DIM
 from skinhpc.io.checkpoint import CheckpointError, load_checkpoint
 

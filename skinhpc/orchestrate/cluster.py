@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from skinhpc.config.members import Member, plan_members
-from skinhpc.config.schema import JobSpec
+from skinhpc.config import JobSpec, Member, plan_members
 from skinhpc.io.layout import JobPaths
 from skinhpc.orchestrate.stages import (
     MemberTask,

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from skinhpc.config.schema import JobSpec, SpecError, dump_yaml, load_spec
+from skinhpc.config import JobSpec, SpecError, dump_yaml, load_spec
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
 from skinhpc.orchestrate.cluster import (

@@ -30,8 +30,7 @@ from typing import Any
 
 import submitit
 
-from skinhpc.config.members import Member, plan_members  # deferred: keeps torch out of launch
-from skinhpc.config.schema import JobSpec, load_spec
+from skinhpc.config import JobSpec, Member, load_spec, plan_members
 from skinhpc.io.atomic import write_json_atomic, write_text_atomic
 from skinhpc.io.layout import JobPaths
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from skinhpc.config.members import plan_members
+from skinhpc.config import plan_members
 from skinhpc.io.layout import JobPaths
 from skinhpc.orchestrate.cluster import job_ids, local_driver_alive, read_launches
 from skinhpc.orchestrate.stages import error_file, load_job, prepare_complete, read_state

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from skinhpc.config.members import plan_members
+from skinhpc.config import plan_members
 from skinhpc.orchestrate.cluster import drive_local, run_array_task
 from skinhpc.orchestrate.stages import _train, batch_logging, load_job
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from skinhpc.config.schema import JobSpec
+from skinhpc.config import JobSpec
 from skinhpc.data.cache import load_cached
 from skinhpc.data.dataset import encode_metadata
 from skinhpc.data.images import read_rgb

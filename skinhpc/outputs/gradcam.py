@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from skinhpc.config.schema import JobSpec
+from skinhpc.config import JobSpec
 from skinhpc.data.dataset import META_DIM, encode_metadata
 from skinhpc.ensemble.inference import cached_batches
 from skinhpc.io.atomic import atomic_path

@@ -27,8 +27,8 @@ import pandas as pd
 import torch
 import yaml
 
+from skinhpc.config import JobSpec, SpecError, from_dict, with_overrides
 from skinhpc.config import schema as spec_mod
-from skinhpc.config.schema import JobSpec, SpecError, from_dict, with_overrides
 from skinhpc.data.dataset import encode_metadata
 from skinhpc.data.images import BadImageError, read_rgb
 from skinhpc.data.preprocess import preprocess

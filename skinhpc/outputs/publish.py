@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from skinhpc.config.members import Member
-from skinhpc.config.schema import JobSpec, load_spec
+from skinhpc.config import JobSpec, Member, load_spec
 from skinhpc.ensemble.reduce import (
     Split,
     _jsonable,

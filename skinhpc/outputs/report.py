@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from skinhpc.config.members import Member
-from skinhpc.config.schema import JobSpec, dump_yaml
+from skinhpc.config import JobSpec, Member, dump_yaml
 from skinhpc.ensemble.reduce import malignant_view
 from skinhpc.io.atomic import atomic_path, write_text_atomic
 from skinhpc.io.layout import JobPaths

@@ -41,8 +41,7 @@ from typing import Any
 
 import pandas as pd
 
-from skinhpc.config.members import Member, plan_members
-from skinhpc.config.schema import JobSpec
+from skinhpc.config import JobSpec, Member, plan_members
 from skinhpc.io.layout import JobPaths
 from skinhpc.outputs.predict import EnsemblePredictor
 

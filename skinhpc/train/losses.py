@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skinhpc.config.schema import LossSpec
+from skinhpc.config import LossSpec
 
 
 def inverse_frequency(counts: Sequence[int] | np.ndarray) -> torch.Tensor:

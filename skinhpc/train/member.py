@@ -29,8 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from skinhpc.config.members import Member, plan_members
-from skinhpc.config.schema import JobSpec, PhaseSpec, load_spec
+from skinhpc.config import JobSpec, Member, PhaseSpec, load_spec, plan_members
 from skinhpc.data import prepare
 from skinhpc.data.dataset import EpochSampler, SkinDataset, balanced_weights, class_counts
 from skinhpc.data.prepare import load_table

@@ -1,0 +1,80 @@
+"""The layering contract: imports point one way, no circles, no hidden imports inside functions.
+
+docs/ARCHITECTURE.md draws the layers; setup.cfg's [importlinter] section is the machine-checked copy.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "skinhpc"
+
+
+def test_layers_contract_is_kept():
+    lint = Path(sys.executable).with_name("lint-imports")
+    r = subprocess.run([str(lint), "--config", str(REPO / "setup.cfg")], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "0 broken" in r.stdout
+
+
+def test_no_import_cycles():
+    """Counted over every module of the package (function-level imports included): each strongly
+    connected component of the import graph must be a single module."""
+    graph = grimp.build_graph("skinhpc", include_external_packages=False)
+    modules = sorted(graph.modules)
+    index = {m: i for i, m in enumerate(modules)}
+    edges = {m: sorted(graph.find_modules_directly_imported_by(m)) for m in modules}
+    # Tarjan's strongly connected components
+    counter, stack, on_stack, low, num, cycles = [0], [], set(), {}, {}, []
+
+    def visit(v: str) -> None:
+        num[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges[v]:
+            if w not in num:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], num[w])
+        if low[v] == num[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    sys.setrecursionlimit(10_000)
+    for m in modules:
+        if m not in num:
+            visit(m)
+    assert len(index) > 30, "the graph should hold the whole package"
+    assert cycles == [], f"import cycles: {cycles}"
+
+
+def test_internal_imports_inside_functions_say_why():
+    """A package-internal import inside a function hides the graph; allowed only to defer a heavy
+    dependency, with a `# deferred: reason` comment on the line."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.ImportFrom) and (sub.module or "").startswith("skinhpc"):
+                    if "# deferred:" not in lines[sub.lineno - 1]:
+                        offenders.append(f"{path.relative_to(REPO)}:{sub.lineno}")
+    assert offenders == [], f"internal imports inside functions without a reason: {offenders}"
