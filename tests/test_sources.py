@@ -128,10 +128,14 @@ def test_folder_per_class_layout_and_manifest_roundtrip(ham_root, meta, tmp_path
     again = build_manifest(job(tmp_path, [{"kind": "manifest", "root": str(store)}]))
     assert again["path"].tolist() == df["path"].tolist()
     assert again["source"].tolist() == df["source"].tolist()
-    # two sources with the same ids: refused, both places named
-    with pytest.raises(DataError, match="duplicate image_id"):
-        build_manifest(job(tmp_path, [{"kind": "folder", "root": str(root)},
-                                      {"kind": "manifest", "root": str(store)}]))
+    # two sources listing the same files: one image each, the first listed source's row kept
+    both = build_manifest(job(tmp_path, [{"kind": "folder", "root": str(root)},
+                                         {"kind": "manifest", "root": str(store), "name": "stored"}]))
+    assert both["image_id"].tolist() == df["image_id"].tolist() and (both["source"] == "folder").all()
+    # one source listing an id twice: refused, both lines named
+    m.iloc[[0, 0]].to_csv(store / "manifest.csv", index=False)
+    with pytest.raises(DataError, match=r"duplicate image_id .*manifest.csv:2 and .*manifest.csv:3"):
+        build_manifest(job(tmp_path, [{"kind": "manifest", "root": str(store)}]))
 
 
 @pytest.fixture

@@ -140,6 +140,12 @@ class DataSpec:
         "Keep about this many images, sampled by group and stratified (tests, demos). null: all.",
         default=None,
     )
+    max_ungrouped: float = doc(
+        "Largest share of images without a lesion or patient id (split one by one, so views of "
+        "one lesion can leak across splits) that preparing accepts with split.group_by=auto; "
+        "above it preparing refuses, naming the rows and why, unless split.group_by is image.",
+        default=0.1,
+    )
     split: SplitSpec = doc("Grouped split.", default_factory=SplitSpec)
     audit: AuditSpec = doc("Leakage and duplicate audit.", default_factory=AuditSpec)
 

@@ -24,7 +24,7 @@ from skinhpc.data.cache import build_cache as _build_cache
 from skinhpc.data.cache import finalize as _finalize
 from skinhpc.data.sources import (
     DataError,
-    build_manifest,
+    prepare_manifest,
     read_csv,
     read_manifest_csv,
     write_manifest,
@@ -36,6 +36,7 @@ from skinhpc.io.layout import JobPaths
 log = logging.getLogger(__name__)
 
 TABLES_META = "prepare.tables.json"
+DUPLICATES = "duplicates.json"  # images dropped as copies of others, label disagreements
 
 
 def data_hash(spec: JobSpec) -> str:
@@ -72,9 +73,11 @@ def prepare_tables(spec: JobSpec, paths: JobPaths, audit: bool = True, force: bo
         log.info("prepare: tables in %s are current (data hash %s)", paths.root, data_hash(spec))
         meta = json.loads(tables_meta_path(paths).read_text())
         return {**meta, "skipped": True}
-    manifest = build_manifest(spec)
+    gathered = prepare_manifest(spec)  # refuses a silently image-level split
+    manifest = gathered.table
     splits = make_splits(manifest, spec.data.split)
     write_manifest(manifest, paths.manifest)
+    write_json_atomic(paths.root / DUPLICATES, gathered.record())
     with atomic_path(paths.splits) as tmp:
         splits.to_csv(tmp, index=False)
     report = None

@@ -1,0 +1,278 @@
+"""Sources -> one manifest: labels, cross-source duplicates, the grouping check, subsampling.
+
+The label map is applied in one place (:func:`apply_labels`) so that it is explicit and
+identical for every source: the peer project silently mapped ``akiec`` to benign, which is
+exactly what this module refuses to do.
+
+Public datasets overlap: all 10,015 HAM10000 images are in ISIC 2019 under the same ids, and
+ISIC ids are unique across the whole ISIC archive.  So rows of different sources with the same
+ISIC id (or pointing at the same file) are one image: the row of the source listed first is
+kept, the others are dropped and named in the record, their groups are merged into the kept
+row's (so a lesion id from one source and a patient id from another cannot put one person on
+two sides of a split), and every disagreement of dx or binary label is reported.  Any other
+repeated id is two different images under one name and is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from skinhpc.config import DataSpec, JobSpec, SourceSpec
+from skinhpc.data.sources.adapters import ADAPTERS
+from skinhpc.data.sources.common import COLUMNS, KNOWN_DX, DataError, read_csv
+from skinhpc.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+ISIC_ID = re.compile(r"ISIC_\d{7}")
+GROUP_RANK = {"patient": 0, "lesion": 1}  # which key names a merged group; image: comes last
+
+
+@dataclass
+class Manifest:
+    """The manifest rows and what was decided on the way (for the log and duplicates.json)."""
+
+    table: pd.DataFrame
+    layouts: dict[str, str] = field(default_factory=dict)
+    dropped: list[dict] = field(default_factory=list)
+    disagreements: list[dict] = field(default_factory=list)
+    ungrouped: dict[str, dict] = field(default_factory=dict)
+    n_rows: int = 0  # images before data.subset (the grouping check counts these)
+
+    def record(self) -> dict[str, Any]:
+        """What ``duplicates.json`` holds: every dropped image and every label disagreement."""
+        return {"n_images": len(self.table), "layouts": self.layouts,
+                "ungrouped": self.ungrouped, "dropped": self.dropped,
+                "disagreements": self.disagreements}
+
+
+# --------------------------------------------------------------------------- labels
+def binary_of(df: pd.DataFrame, data: DataSpec) -> pd.Series:
+    """Malignant (1) or benign (0) per row: ISIC 2020's target where given, else the dx."""
+    label = df["dx"].isin(set(data.malignant) | {"malignant"}).astype(int)
+    if "_binary" in df:
+        # ISIC 2020's target is the histopathology-backed binary truth: it wins over dx.
+        label = df["_binary"].where(df["_binary"].notna(), label).astype(int)
+    return label
+
+
+def apply_labels(df: pd.DataFrame, data: DataSpec) -> pd.DataFrame:
+    """dx -> label with the job's explicit map; unknown dx handled by ``data.unknown_dx``."""
+    df = df.copy()
+    if data.task == "binary":
+        known = KNOWN_DX | set(data.malignant) | set(data.classes)
+    else:
+        known = set(data.classes)
+    unknown = ~df["dx"].isin(known)
+    if unknown.any():
+        policy = data.unknown_dx
+        if policy == "fail" or (policy == "benign" and data.task == "multiclass"):
+            i = unknown.idxmax()
+            why = " (unknown_dx=benign has no meaning for task=multiclass)" if policy == "benign" else ""
+            raise DataError(
+                f"{df['_line'][i]}: unknown dx {df['dx'][i]!r} for task={data.task} "
+                f"(known: {', '.join(sorted(known))}); {int(unknown.sum())} such rows{why}. "
+                "Set data.unknown_dx to benign or drop, or add it to data.malignant/data.classes."
+            )
+        if policy == "drop":
+            log.warning("dropping %d rows with unknown dx %s", int(unknown.sum()),
+                        sorted(df.loc[unknown, "dx"].unique()))
+            df = df[~unknown].copy()
+        else:
+            log.warning("counting %d rows with unknown dx %s as benign", int(unknown.sum()),
+                        sorted(df.loc[unknown, "dx"].unique()))
+    if data.task == "binary":
+        df["label"] = binary_of(df, data)
+    else:
+        order = {c: i for i, c in enumerate(data.classes)}
+        df["label"] = df["dx"].map(order).astype(int)
+    return df
+
+
+# --------------------------------------------------------------------------- combining
+def _refuse_repeats(df: pd.DataFrame) -> None:
+    """The same id twice within one source, or for two different files: refused."""
+    dup = df["image_id"].duplicated(keep=False)
+    if not dup.any():
+        return
+    rows = df.loc[dup]
+    same_source = rows.duplicated(["_src", "image_id"], keep=False)
+    real = os.path.realpath
+    for image_id, part in rows.groupby("image_id", sort=True):
+        one_image = bool(ISIC_ID.fullmatch(str(image_id))) or part["path"].map(real).nunique() == 1
+        if same_source[part.index].any() or not one_image:
+            lines = part["_line"].tolist()
+            what = ("listed twice in one source" if same_source[part.index].any()
+                    else "names different files in two sources (not an ISIC id)")
+            raise DataError(
+                f"duplicate image_id {image_id!r} in {lines[0]} and {lines[1]}: {what} "
+                f"({int(dup.sum())} rows share an id); ids must name one image"
+            )
+
+
+def _merge_groups(df: pd.DataFrame) -> pd.Series:
+    """Groups linked by a shared image become one (union-find), named by the strongest key."""
+    parent: dict[str, str] = {}
+
+    def find(g: str) -> str:
+        while parent.get(g, g) != g:
+            g = parent[g]
+        return g
+
+    def rank(g: str) -> tuple[int, str]:
+        return (GROUP_RANK.get(g.split(":", 1)[0], 2), g)
+
+    for _, part in df[df["image_id"].duplicated(keep=False)].groupby("image_id", sort=False):
+        roots = sorted({find(g) for g in part["group"]}, key=rank)
+        for r in roots[1:]:
+            parent[r] = roots[0]
+    if not parent:
+        return df["group"]
+    return df["group"].map(find)
+
+
+def deduplicate(df: pd.DataFrame, data: DataSpec) -> tuple[pd.DataFrame, list[dict], list[dict]]:
+    """Drop later copies of an image (first listed source wins); merge groups; report label
+    disagreements.  ``df`` holds every source's labelled rows in source order."""
+    _refuse_repeats(df)
+    first = ~df["image_id"].duplicated(keep="first")
+    if first.all():
+        return df, [], []
+    df = df.assign(group=_merge_groups(df))
+    binary = binary_of(df, data)
+    kept = df[first].set_index("image_id")
+    dropped, disagree = [], []
+    for i in np.flatnonzero(~first.to_numpy()):
+        row = df.iloc[i]
+        k = kept.loc[row["image_id"]]
+        dropped.append({"image_id": row["image_id"], "source": row["source"], "kept": row["image_id"],
+                        "kept_source": k["source"], "reason": f"{row['_line']}: same ISIC id or file as {k['_line']}"})
+        kb = int(binary[first].to_numpy()[kept.index.get_loc(row["image_id"])])
+        if kb != int(binary.iloc[i]) or k["dx"] != row["dx"]:
+            disagree.append({"image_ids": [row["image_id"]] * 2, "sources": [k["source"], row["source"]],
+                             "dx": [k["dx"], row["dx"]], "binary": [kb, int(binary.iloc[i])],
+                             "kept": row["image_id"]})
+    return df[first].reset_index(drop=True), dropped, disagree
+
+
+def _label(i: int, src: SourceSpec) -> str:
+    return f"data.sources[{i}] {src.name or src.kind}"
+
+
+def read_source(spec: JobSpec, src: SourceSpec) -> pd.DataFrame:
+    """One source, labelled, with the private ``_line`` column kept for error messages."""
+    return _read(spec, src)[0]
+
+
+def _read(spec: JobSpec, src: SourceSpec):
+    root = spec.resolve(src.root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found (source {src.name or src.kind})")
+    got = ADAPTERS[src.kind](src, root)
+    return apply_labels(got.table, spec.data), got
+
+
+def gather(spec: JobSpec) -> Manifest:
+    """Every source of the job, labelled, deduplicated, combined, optionally subsampled."""
+    if not spec.data.sources:
+        raise DataError(f"job {spec.name}: data.sources is empty")
+    parts, m = [], Manifest(pd.DataFrame())
+    for i, src in enumerate(spec.data.sources):
+        table, got = _read(spec, src)
+        name = _label(i, src)
+        m.layouts[name] = f"{spec.resolve(src.root)}: {got.layout}"
+        log.info("%s: %d images; %s", name, len(table), m.layouts[name])
+        m.dropped += got.dropped
+        m.disagreements += got.disagreements
+        parts.append(table.assign(_src=i, _why=got.ungrouped_why))
+    df = pd.concat(parts, ignore_index=True)
+    df, dropped, disagree = deduplicate(df, spec.data)
+    m.dropped += dropped
+    m.disagreements += disagree
+    if m.dropped:
+        log.warning("%d duplicate image(s) dropped (first listed source kept), e.g. %s",
+                    len(m.dropped), [d["image_id"] for d in m.dropped[:5]])
+    if m.disagreements:
+        log.warning("%d duplicate pair(s) disagree on the label: %s", len(m.disagreements),
+                    "; ".join(f"{d['image_ids']} {d['sources']} dx {d['dx']} binary {d['binary']}"
+                              for d in m.disagreements[:10]))
+    image = df["group"].astype(str).str.startswith("image:")
+    for i, part in df[image].groupby("_src", sort=True):
+        m.ungrouped[_label(int(i), spec.data.sources[int(i)])] = {
+            "images": len(part), "of": int((df["_src"] == i).sum()), "why": part["_why"].iloc[0]}
+    m.n_rows = len(df)
+    if spec.data.subset:
+        df = subsample(df, spec.data.subset, spec.data.split.seed)
+    df = df[COLUMNS].reset_index(drop=True)
+    df["label"] = df["label"].astype(int)
+    m.table = df
+    return m
+
+
+def check_grouping(m: Manifest, data: DataSpec) -> None:
+    """Refuse a split that would silently be image-level: more than ``data.max_ungrouped`` of
+    the images without a lesion or patient id, unless the job says ``group_by: image``."""
+    if data.split.group_by == "image" or not m.ungrouped:
+        return
+    n_image = sum(u["images"] for u in m.ungrouped.values())
+    share = n_image / max(m.n_rows, 1)
+    per = "; ".join(f"{k}: {u['images']} of {u['of']} ({u['why'] or 'no id in these rows'})"
+                    for k, u in m.ungrouped.items())
+    if share > data.max_ungrouped:
+        raise DataError(
+            f"{n_image} of {m.n_rows} images ({share:.1%}) have no lesion or patient id, above "
+            f"data.max_ungrouped={data.max_ungrouped:g}: {per}. Split one by one, views of one "
+            "lesion would sit in train and test. Supply the ids, or accept an image-level split "
+            "with data.split.group_by: image."
+        )
+    log.warning("%d of %d images (%.1f%%) have no lesion or patient id and are split one by one: %s",
+                n_image, m.n_rows, 100 * share, per)
+
+
+def prepare_manifest(spec: JobSpec) -> Manifest:
+    """The manifest the prepare stage splits: :func:`gather`, then :func:`check_grouping`."""
+    m = gather(spec)
+    check_grouping(m, spec.data)
+    return m
+
+
+def build_manifest(spec: JobSpec) -> pd.DataFrame:
+    """The manifest rows of :func:`gather` (no grouping check: evaluation needs no split)."""
+    return gather(spec).table
+
+
+def subsample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """About ``n`` images, drawn by whole groups and stratified by label, so a small demo keeps
+    the class mix and never splits a lesion."""
+    if n >= len(df):
+        return df
+    rng = np.random.default_rng(seed)
+    g = df.groupby("group", sort=True).agg(label=("label", "max"), n=("label", "size"))
+    keep: list[str] = []
+    for _, part in g.groupby("label", sort=True):
+        target = n * part["n"].sum() / len(df)
+        order = part.iloc[rng.permutation(len(part))]
+        before = order["n"].cumsum() - order["n"]
+        keep.extend(order.index[before < target].tolist())
+    return df[df["group"].isin(set(keep))]
+
+
+def write_manifest(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df[COLUMNS].to_csv(tmp, index=False)
+
+
+def read_manifest_csv(path: Path) -> pd.DataFrame:
+    """A manifest written by :func:`write_manifest`, with its types restored."""
+    df = read_csv(Path(path), COLUMNS).drop(columns="_line")
+    df["label"] = df["label"].astype(int)
+    df["age"] = pd.to_numeric(df["age"].replace("", np.nan)).astype(float)
+    return df
