@@ -1,12 +1,17 @@
 """`skinhpc data download ham10000 --to DIR`: fetch, verify, resume, unpack.
 
-The file table is data, not code paths: Dataverse file ids, target names, md5 (None where it is
-not known offline; then it is read from the dataset's own Dataverse file listing, which carries
-each file's md5, before anything is trusted).  A download goes to ``<name>.part``; an interrupted
-one is resumed with an HTTP Range request; the ``.part`` is renamed to its final name only after
-the checksum matches, so a file under its final name is always complete and verified.  Zips are
-unpacked into a temporary folder renamed into place, in the layout ``configs/data/ham10000.yaml``
-(the ham10000 adapter) reads.
+The file table is data, not code paths: which files of the dataset to fetch, by the names
+Dataverse lists them under.  Their ids and md5s are read from the dataset's own current
+Dataverse record (``/api/datasets/:persistentId/?persistentId=<doi>``: files[].dataFile.{id,
+filename, originalFileName, md5}), so a new dataset version changes nothing here and every
+checksum is the one Dataverse publishes, never one copied from a mirror.  A tabular file that
+Dataverse ingested (the metadata CSV, listed as ``.tab``) is fetched as the uploaded original
+(``format=original``), whose md5 is the listed one.
+
+A download goes to ``<name>.part``; an interrupted one is resumed with an HTTP Range request;
+the ``.part`` is renamed to its final name only after the checksum matches, so a file under its
+final name is always complete and verified.  Zips are unpacked into a temporary folder renamed
+into place, in the layout the ham10000 adapter finds by itself (docs/DATA.md).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import shutil
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -38,10 +44,17 @@ CHUNK = 1 << 20
 @dataclass(frozen=True)
 class RemoteFile:
     name: str  # file name written under --to
-    file_id: int  # Dataverse datafile id (api/access/datafile/<id>)
-    md5: str | None  # None: look it up in the Dataverse file listing
+    listed: tuple[str, ...]  # names Dataverse may list it under (filename or originalFileName)
     unzip_to: str | None = None  # folder the zip's images go to
-    query: str = ""  # e.g. format=original: the uploaded CSV, not Dataverse's ingested .tab
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One file of the dataset's current version as Dataverse describes it."""
+
+    file_id: int
+    md5: str
+    original: bool  # an ingested tabular file: fetch the uploaded original
 
 
 @dataclass(frozen=True)
@@ -51,18 +64,18 @@ class Dataset:
     licence: str
 
 
-# Ids as used by many public HAM10000 download scripts; the metadata md5 is the official
-# HAM10000_metadata.csv's (see ../shared/data/README.md).  The zips' md5s were not known offline:
-# they are fetched from Dataverse's listing of the dataset at download time.
 DATASETS: dict[str, Dataset] = {
     "ham10000": Dataset(
         doi="doi:10.7910/DVN/DBW86T",
         licence="CC BY-NC 4.0 (Tschandl et al., Sci. Data 5, 180161, 2018); cite the paper",
         files=(
-            RemoteFile("HAM10000_images_part_1.zip", 3172585, None, "HAM10000_images_part_1"),
-            RemoteFile("HAM10000_images_part_2.zip", 3172584, None, "HAM10000_images_part_2"),
-            RemoteFile("HAM10000_metadata.csv", 3172582, "70bb67f71bd23dde0bd2eda4bdcc98e5",
-                       query="format=original"),
+            RemoteFile("HAM10000_images_part_1.zip",
+                       ("HAM10000_images_part_1.zip", "HAM10000_images_part1.zip"),
+                       "HAM10000_images_part_1"),
+            RemoteFile("HAM10000_images_part_2.zip",
+                       ("HAM10000_images_part_2.zip", "HAM10000_images_part2.zip"),
+                       "HAM10000_images_part_2"),
+            RemoteFile("HAM10000_metadata.csv", ("HAM10000_metadata.csv", "HAM10000_metadata.tab")),
         ),
     ),
 }
@@ -85,24 +98,31 @@ def _progress(total: int | None, initial: int, name: str):
     return None
 
 
-def file_url(base: str, f: RemoteFile) -> str:
-    return f"{base.rstrip('/')}/api/access/datafile/{f.file_id}" + (f"?{f.query}" if f.query else "")
+def file_url(base: str, file_id: int, original: bool) -> str:
+    return f"{base.rstrip('/')}/api/access/datafile/{file_id}" + ("?format=original" if original else "")
 
 
-def listed_md5s(base: str, doi: str, timeout: float = 60) -> dict[int, str]:
-    """Dataverse's own md5 of every file of the dataset: the checksum source of last resort."""
-    url = f"{base.rstrip('/')}/api/datasets/:persistentId/versions/:latest/files?persistentId={doi}"
+def dataset_files(base: str, doi: str, timeout: float = 60) -> dict[str, Listed]:
+    """The current version's files by filename and by original name, with Dataverse's md5s."""
+    url = f"{base.rstrip('/')}/api/datasets/:persistentId/?persistentId={urllib.parse.quote(doi, safe=':/')}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             data = json.load(r)
-    except (urllib.error.URLError, OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{url}: cannot read the file listing for checksums: {e}") from None
-    out = {}
-    for item in data.get("data", []):
-        df = item.get("dataFile", {})
-        md5 = df.get("md5") or (df.get("checksum") or {}).get("value")
-        if "id" in df and md5:
-            out[int(df["id"])] = str(md5)
+        files = data["data"]["latestVersion"]["files"]
+    except (urllib.error.URLError, OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"{url}: cannot read the dataset's file list: {e!r}") from None
+    out: dict[str, Listed] = {}
+    for item in files:
+        df = item.get("dataFile") or {}
+        md5 = df.get("md5") or ((df.get("checksum") or {}).get("value")
+                                if (df.get("checksum") or {}).get("type", "").upper() == "MD5" else None)
+        if "id" not in df or not md5:
+            continue
+        original = bool(df.get("originalFileName")) and df.get("originalFileName") != df.get("filename")
+        entry = Listed(int(df["id"]), str(md5), original)
+        for key in (df.get("filename"), df.get("originalFileName")):
+            if key:
+                out.setdefault(str(key), entry)
     return out
 
 
@@ -201,18 +221,19 @@ def download(
     to = Path(to)
     to.mkdir(parents=True, exist_ok=True)
     log.info("%s (%s) -> %s; licence: %s", dataset, ds.doi, to, ds.licence)
-    listed: dict[int, str] | None = None
+    listing: dict[str, Listed] | None = None
     out = []
     for f in files:
         dest = to / f.name
         if not dest.exists():
-            md5 = f.md5
-            if md5 is None:
-                listed = listed if listed is not None else listed_md5s(base, ds.doi)
-                if f.file_id not in listed:
-                    raise DataError(f"{f.name}: no md5 for file id {f.file_id} in the listing of {ds.doi}")
-                md5 = listed[f.file_id]
-            fetch(file_url(base, f), dest, md5, retries=retries)
+            listing = listing if listing is not None else dataset_files(base, ds.doi)
+            hit = next((listing[n] for n in f.listed if n in listing), None)
+            if hit is None:
+                raise DataError(
+                    f"{f.name}: not in the current file list of {ds.doi} (looked for "
+                    f"{', '.join(f.listed)}; listed: {', '.join(sorted(listing)) or 'nothing'})"
+                )
+            fetch(file_url(base, hit.file_id, hit.original), dest, hit.md5, retries=retries)
         else:
             log.info("%s: present, skipped", dest)
         if f.unzip_to:
