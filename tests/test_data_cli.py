@@ -73,3 +73,23 @@ def test_prepare_tables_and_load_table_minus_skipped(ham_root, tmp_path):
         {"image_id": gone, "path": table["path"].iloc[0], "reason": "corrupt"}]}))
     after = load_table(spec, paths)
     assert len(after) == len(table) - 1 and gone not in set(after["image_id"])
+
+
+def test_summary_two_ham10000_sources_shared_and_more(ham_root, tmp_path, capsys):
+    """The shared 3,333 images plus the 4,701 more as two sources (docs/DATA.md shows this)."""
+    more = ham_root.parent / "ham10000_more"
+    frag = tmp_path / "two.yaml"
+    frag.write_text(
+        "data:\n  sources:\n"
+        f"    - {{kind: ham10000, root: {ham_root}, name: ham10000}}\n"
+        f"    - {{kind: ham10000, root: {more}, name: ham10000_more}}\n"
+        "  task: binary\n"
+    )
+    assert main(["summary", str(frag)]) == 0
+    out = capsys.readouterr().out
+    assert "8034 images, 6089 groups, sources: ham10000_more 4701, ham10000 3333" in out
+    assert "data.sources[1] ham10000_more:" in out and "images images (flat)" in out
+    assert "duplicates dropped: 0; label disagreements: 0" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()}
+    assert rows["All"] == ["6860", "1174", "8034"] and rows["nv"] == ["5905", "0", "5905"]
+    assert "preparing would refuse" not in out

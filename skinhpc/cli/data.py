@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from skinhpc.config import (
     JobSpec,
     SpecError,
@@ -24,7 +26,7 @@ from skinhpc.config import (
 )
 from skinhpc.data.download import main as download_main
 from skinhpc.data.prepare import build_cache, finalize, load_table, prepare_tables
-from skinhpc.data.sources import DataError, build_manifest, read_manifest_csv
+from skinhpc.data.sources import DataError, check_grouping, gather, read_manifest_csv
 from skinhpc.data.splits import class_table
 from skinhpc.io.layout import JobPaths
 
@@ -54,10 +56,11 @@ def _print_table(title: str, table) -> None:
 
 
 def cmd_summary(spec: JobSpec, args: argparse.Namespace) -> int:
-    import pandas as pd
-
-
-    df = build_manifest(spec)
+    """What the sources hold and what preparing will make of them; reports, never refuses."""
+    m = gather(spec)
+    df = m.table
+    for name, layout in m.layouts.items():
+        print(f"{name}: {layout}")
     print(f"{len(df)} images, {df['group'].nunique()} groups, sources: "
           f"{', '.join(f'{k} {v}' for k, v in df['source'].value_counts().items())}")
     t = pd.crosstab(df["dx"], df["label"].map(lambda k: spec.class_names[k]), margins=True)
@@ -65,6 +68,15 @@ def cmd_summary(spec: JobSpec, args: argparse.Namespace) -> int:
     print(f"\nmissing: age {int(df['age'].isna().sum())}, sex {int((df['sex'] == '').sum())}, "
           f"site {int((df['site'] == '').sum())}; image-level groups "
           f"{int(df['group'].str.startswith('image:').sum())}")
+    print(f"duplicates dropped: {len(m.dropped)}; label disagreements: {len(m.disagreements)}")
+    for d in m.disagreements[: args.show]:
+        print(f"  {d['image_ids']} {d['sources']} dx {d['dx']} binary {d['binary']}")
+    for name, u in m.ungrouped.items():
+        print(f"no lesion/patient id: {name}: {u['images']} of {u['of']} ({u['why']})")
+    try:
+        check_grouping(m, spec.data)
+    except DataError as e:
+        print(f"preparing would refuse: {e}")
     return 0
 
 
@@ -121,14 +133,14 @@ def main(argv: list[str] | None = None) -> int:
                         ("split", "write manifest.csv + splits.csv, show class mix per split"),
                         ("audit", "split + leakage/duplicate audit (exit 1 on cross-split findings)"),
                         ("cache", "tables + preprocessing cache"),
-                        ("download", "download ham10000 --to DIR [--base-url URL]")]:
+                        ("download", "download ham10000 --to DIR [--base-url URL] (Dataverse's current files, md5-checked)")]:
         p = sub.add_parser(name, help=help_)
         if name == "download":
             continue
         p.add_argument("fragments", nargs="+", help="YAML fragment(s) or job(s), then key=value overrides")
         p.add_argument("--out", help="folder for manifest.csv, splits.csv, audit.json (default ./results/data)")
         p.add_argument("--force", action="store_true", help="rebuild tables even when current")
-        p.add_argument("--show", type=int, default=20, help="audit: findings to print")
+        p.add_argument("--show", type=int, default=20, help="audit findings / summary disagreements to print")
         p.add_argument("--shards", type=int, default=1, help="cache: shards to build in turn")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
