@@ -59,8 +59,7 @@ ISIC2020_DX = {
 }
 
 # Known layouts, first match wins; a folder without images is skipped (see common.find_images).
-HAM10000_METADATA = ["metadata.csv", "HAM10000_metadata.csv", "HAM10000_metadata.tab",
-                     "HAM10000_metadata"]
+HAM10000_METADATA = ["metadata.csv", "HAM10000_metadata.csv", "HAM10000_metadata.tab"]
 HAM10000_IMAGES = [
     ("flat", ["images"]),
     ("Dataverse / ISIC archive parts", ["HAM10000_images_part_1", "HAM10000_images_part_2"]),

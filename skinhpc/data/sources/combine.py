@@ -27,7 +27,7 @@ import pandas as pd
 
 from skinhpc.config import DataSpec, JobSpec, SourceSpec
 from skinhpc.data.sources.adapters import ADAPTERS
-from skinhpc.data.sources.common import COLUMNS, KNOWN_DX, DataError, read_csv
+from skinhpc.data.sources.common import COLUMNS, KNOWN_DX, DataError, SourceRead, read_csv
 from skinhpc.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -99,23 +99,26 @@ def apply_labels(df: pd.DataFrame, data: DataSpec) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- combining
 def _refuse_repeats(df: pd.DataFrame) -> None:
-    """The same id twice within one source, or for two different files: refused."""
+    """The same id twice within one source, or naming two different files: refused."""
     dup = df["image_id"].duplicated(keep=False)
     if not dup.any():
         return
     rows = df.loc[dup]
-    same_source = rows.duplicated(["_src", "image_id"], keep=False)
-    real = os.path.realpath
-    for image_id, part in rows.groupby("image_id", sort=True):
-        one_image = bool(ISIC_ID.fullmatch(str(image_id))) or part["path"].map(real).nunique() == 1
-        if same_source[part.index].any() or not one_image:
-            lines = part["_line"].tolist()
-            what = ("listed twice in one source" if same_source[part.index].any()
-                    else "names different files in two sources (not an ISIC id)")
-            raise DataError(
-                f"duplicate image_id {image_id!r} in {lines[0]} and {lines[1]}: {what} "
-                f"({int(dup.sum())} rows share an id); ids must name one image"
-            )
+    twice = rows.duplicated(["_src", "image_id"], keep=False)
+    isic = rows["image_id"].astype(str).str.fullmatch(ISIC_ID.pattern)
+    other = rows[~isic & ~twice]
+    files = other["path"].map(os.path.realpath).groupby(other["image_id"]).nunique()
+    bad = rows[twice | rows["image_id"].isin(files.index[files > 1])]
+    if bad.empty:
+        return
+    image_id = bad["image_id"].iloc[0]
+    lines = bad.loc[bad["image_id"] == image_id, "_line"].tolist()
+    what = ("listed twice in one source" if twice[bad.index[0]]
+            else "names different files in two sources (not an ISIC id)")
+    raise DataError(
+        f"duplicate image_id {image_id!r} in {lines[0]} and {lines[1]}: {what} "
+        f"({bad['image_id'].nunique()} such ids); an id must name one image"
+    )
 
 
 def _merge_groups(df: pd.DataFrame) -> pd.Series:
@@ -146,21 +149,18 @@ def deduplicate(df: pd.DataFrame, data: DataSpec) -> tuple[pd.DataFrame, list[di
     first = ~df["image_id"].duplicated(keep="first")
     if first.all():
         return df, [], []
-    df = df.assign(group=_merge_groups(df))
-    binary = binary_of(df, data)
-    kept = df[first].set_index("image_id")
+    df = df.assign(group=_merge_groups(df), _bin=binary_of(df, data))
+    kept = df[first].set_index("image_id").loc[df.loc[~first, "image_id"]]
     dropped, disagree = [], []
-    for i in np.flatnonzero(~first.to_numpy()):
-        row = df.iloc[i]
-        k = kept.loc[row["image_id"]]
+    for (_, row), (_, k) in zip(df[~first].iterrows(), kept.iterrows(), strict=True):
         dropped.append({"image_id": row["image_id"], "source": row["source"], "kept": row["image_id"],
-                        "kept_source": k["source"], "reason": f"{row['_line']}: same ISIC id or file as {k['_line']}"})
-        kb = int(binary[first].to_numpy()[kept.index.get_loc(row["image_id"])])
-        if kb != int(binary.iloc[i]) or k["dx"] != row["dx"]:
+                        "kept_source": k["source"],
+                        "reason": f"{row['_line']}: same ISIC id or file as {k['_line']}"})
+        if k["_bin"] != row["_bin"] or k["dx"] != row["dx"]:
             disagree.append({"image_ids": [row["image_id"]] * 2, "sources": [k["source"], row["source"]],
-                             "dx": [k["dx"], row["dx"]], "binary": [kb, int(binary.iloc[i])],
+                             "dx": [k["dx"], row["dx"]], "binary": [int(k["_bin"]), int(row["_bin"])],
                              "kept": row["image_id"]})
-    return df[first].reset_index(drop=True), dropped, disagree
+    return df[first].drop(columns="_bin").reset_index(drop=True), dropped, disagree
 
 
 def _label(i: int, src: SourceSpec) -> str:
@@ -172,7 +172,7 @@ def read_source(spec: JobSpec, src: SourceSpec) -> pd.DataFrame:
     return _read(spec, src)[0]
 
 
-def _read(spec: JobSpec, src: SourceSpec):
+def _read(spec: JobSpec, src: SourceSpec) -> tuple[pd.DataFrame, SourceRead]:
     root = spec.resolve(src.root)
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found (source {src.name or src.kind})")
