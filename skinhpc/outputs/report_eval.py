@@ -144,6 +144,7 @@ def make_evaluation_plots(spec: JobSpec, metrics: dict[str, Any], table: Any) ->
 
 
 def _eval_binary_headline(t: dict[str, Any], spec: JobSpec, scope: str) -> str:
+    """Binary headline at the job's validation threshold (never refitted on this data)."""
     rows = rh.binary_rows(t, t.get("threshold"), spec.reduce.threshold, spec.reduce.target,
                         f"<b>{EVAL_PROVENANCE}</b>")
     rows += [
@@ -155,6 +156,7 @@ def _eval_binary_headline(t: dict[str, Any], spec: JobSpec, scope: str) -> str:
 
 
 def _eval_multiclass_headline(m: dict[str, Any], scope: str) -> str:
+    """Macro figures, then per-class counts, AUCs and precision/recall."""
     rows = [["macro ROC-AUC (one-vs-rest)", rh.fmt(m.get("auc_macro")) + rh.ci(m, "auc_macro")],
             ["macro PR-AUC", rh.fmt(m.get("pr_auc_macro"))],
             ["balanced accuracy (argmax)", rh.fmt(m.get("balanced_accuracy")) + rh.ci(m, "balanced_accuracy")],
@@ -172,6 +174,7 @@ def _eval_multiclass_headline(m: dict[str, Any], scope: str) -> str:
 
 
 def _eval_subgroups(spec: JobSpec, a: dict[str, Any], table: Any) -> str:
+    """Subgroup tables from :func:`skinhpc.metrics.subgroups`, or why there are none."""
     cols = ("age", "sex", "site")
     if table is None or any(c not in table for c in cols):
         return "<p>The evaluation data has no sex/age/site columns: no subgroup analysis.</p>"

@@ -26,6 +26,8 @@ DISCLAIMER = (
 
 
 def fmt(v: Any, pct: bool = False) -> str:
+    """A number as the reports print it (3 decimals or a percentage; "n/a" for missing or
+    non-finite, never a blank a reader could take for zero); other values escaped."""
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "n/a"
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
@@ -36,6 +38,7 @@ def fmt(v: Any, pct: bool = False) -> str:
 
 
 def ci(ev: dict[str, Any], key: str) -> str:
+    """The bootstrap interval of ``key`` beside its value, or nothing when there is none."""
     iv = ((ev.get("bootstrap") or {}).get("intervals") or {}).get(key)
     if not iv or iv.get("lo") is None:
         return ""
@@ -43,12 +46,14 @@ def ci(ev: dict[str, Any], key: str) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
+    """An HTML table; headers are escaped, cells are HTML already (callers format them)."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def img(path: Path, alt: str, width: int | None = None) -> str:
+    """A PNG file inlined as a data URI: the report stays one self-contained file."""
     data = base64.b64encode(Path(path).read_bytes()).decode()
     w = f" width={width}" if width else ""
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'{w}>"

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def _binary_headline(view: dict[str, Any], thr: dict[str, Any]) -> str:
+    """The malignant question's test headline with the validation threshold's provenance."""
     t = view["test"]
     rows = rh.binary_rows(t, thr.get("threshold"), thr.get("method"), thr.get("target"),
                         "<b>chosen on the validation split</b> (never on test)")
@@ -32,6 +33,7 @@ def _binary_headline(view: dict[str, Any], thr: dict[str, Any]) -> str:
 
 
 def _model_rows(summary: dict[str, Any], view: dict[str, Any], binary: bool) -> str:
+    """Ensemble, each member and (top-level view) the image-blind baselines in one table."""
     keys = (["auc", "pr_auc", "sensitivity", "specificity", "balanced_accuracy"] if binary
             else ["auc_macro", "accuracy", "balanced_accuracy"])
     rows = [["<b>ensemble</b>", rh.fmt(view["threshold_value"])] + [rh.fmt(view["test"].get(k)) for k in keys]]
@@ -50,6 +52,7 @@ def _model_rows(summary: dict[str, Any], view: dict[str, Any], binary: bool) -> 
 
 
 def _audit(paths: JobPaths) -> str:
+    """The data audit's findings, shortened: the full audit.json is beside the report."""
     if not paths.audit.exists():
         return "<p>No audit.json in the job folder.</p>"
     try:
