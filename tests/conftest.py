@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from skinhpc.config import JobSpec, deep_merge, dump_yaml, from_dict
+from skinhpc.config import JobSpec, deep_merge, dump_yaml, from_dict, plan_members
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
 
@@ -76,3 +76,21 @@ def prepared_job(spec: JobSpec) -> JobPaths:
     build_cache(spec, paths)
     finalize(spec, paths)
     return paths
+
+
+def finished_job(tmp_path: Path, ham_root: Path, seeds: tuple[int, ...] = (1, 2), **over: Any):
+    """A trained and reduced tiny job (prepare, every member trained in-process, reduce); the
+    reduce's extras (ONNX, MLflow, Grad-CAM, bootstrap) are off unless ``reduce=`` turns them on.
+    Returns (spec, paths)."""
+    from skinhpc.outputs.publish import reduce  # deferred: torch, not needed by most tests
+    from skinhpc.train.member import train_member  # deferred: torch, not needed by most tests
+
+    over.setdefault("reduce", {})
+    over["reduce"] = {"gate": 0.0, "onnx": False, "mlflow": {"enabled": False}, "bootstrap": 0,
+                      "gradcam": 0, **over["reduce"]}
+    spec = tiny_job(tmp_path, ham_root, seeds=list(seeds), **over)
+    paths = prepared_job(spec)
+    for m in plan_members(spec):
+        train_member(spec, paths, m)
+    reduce(spec, paths)
+    return spec, paths

@@ -6,14 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from test_predict import make_job
+from conftest import finished_job
 
 pytestmark = pytest.mark.slow  # two ONNX exports of two members on a shared 2-core CPU
 
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, ham_root):
-    return make_job(tmp_path_factory.mktemp("export"), ham_root)
+    return finished_job(tmp_path_factory.mktemp("export"), ham_root)
 
 
 def test_export_job_matches_pytorch(job):
@@ -51,3 +51,28 @@ def test_export_fails_loudly_on_mismatch(job, monkeypatch):
     with pytest.raises(ex.ExportMismatch, match="member_000.onnx"):
         ex.export_job(spec, paths)
     assert not json.loads((paths.ensemble / "onnx" / "verify.json").read_text())["ok"]
+
+
+def test_export_takes_the_reduces_loaded_models_and_table(job):
+    """The reduce hands over what it holds; the export is the same and the caller's models are
+    neither moved nor re-typed (here float64: the export traces float32 copies)."""
+    import torch
+
+    from skinhpc.data.prepare import load_table
+    from skinhpc.ensemble.inference import load_members
+    from skinhpc.outputs.export import export_job
+
+    spec, paths = job
+    alone = export_job(spec, paths)
+    loaded = load_members(spec, paths)
+    models = [m.double() for _, m in loaded]
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
+    table = load_table(spec, paths)
+    given = export_job(spec, paths, members=[m for m, _ in loaded], models=models,
+                       table=table[table["split"].isin(["test", "val"])])
+    assert given["files"] == alone["files"] and given["ok"]
+    for m, state in zip(models, before, strict=True):
+        assert all(p.dtype == torch.float64 for p in m.parameters())
+        assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())
+    with pytest.raises(ValueError, match="both members and models"):
+        export_job(spec, paths, models=models)

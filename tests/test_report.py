@@ -113,3 +113,26 @@ def test_report_renders_in_headless_chromium(reduced: tuple[JobSpec, JobPaths], 
                            (paths.ensemble / "report.html").as_uri()],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and shot.stat().st_size > 10_000, proc.stderr[-2000:]
+
+
+def test_gradcam_render_is_the_input_beside_its_heat_map(reduced: tuple[JobSpec, JobPaths]) -> None:
+    """The one Grad-CAM drawing (gallery and predict): [input | overlay], one per image and target."""
+    import numpy as np
+
+    from skinhpc.data.prepare import load_table
+    from skinhpc.ensemble.inference import cached_batches, load_members
+    from skinhpc.outputs.gradcam import find_target_layer, render
+
+    spec, paths = reduced
+    model = load_members(spec, paths)[0][1]
+    layer = find_target_layer(model, spec.preprocess.size)
+    ids = load_table(spec, paths)["image_id"].tolist()[:3]
+    images = next(cached_batches(spec.cache_dir, ids, 3))
+    pairs = render(model, layer, images, [0, 1, 1])
+    s = spec.preprocess.size
+    assert [p.shape for p in pairs] == [(s, 2 * s, 3)] * 3 and all(p.dtype == np.uint8 for p in pairs)
+    for img, pair in zip(images, pairs, strict=True):
+        assert np.array_equal(pair[:, :s], (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        assert not np.array_equal(pair[:, s:], pair[:, :s])  # the overlay is drawn on top
+    with pytest.raises(ValueError, match="Grad-CAM target"):
+        render(model, layer, images, [0])

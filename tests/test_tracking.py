@@ -1,31 +1,48 @@
-"""MLflow tracking of a real tiny job into a real SQLite store in tmp_path."""
+"""MLflow tracking of a real tiny job into a real SQLite store in tmp_path, read back as a reviewer
+sees it: the experiment's kind, the runs' real times, full params, per-epoch curves, and the
+ensemble beside each member under the same metric keys."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 
 import pandas as pd
 import pytest
-from test_predict import make_job
+from conftest import finished_job
+
+from skinhpc.config import plan_members, with_overrides
+from skinhpc.outputs.tracking import log_job, tracking_uri
+from skinhpc.outputs.tracking_members import EpochLogger, live_logger
+from skinhpc.outputs.tracking_store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, ham_root):
-    from skinhpc.outputs.tracking import log_job, tracking_uri
+    """Two members (one seed x a two-point sweep).  Member 001 logs its epochs live, as it would
+    against a tracking server, before the reduce logs the job (the reduce adopts that run)."""
+    spec, paths = finished_job(tmp_path_factory.mktemp("tracking"), ham_root, seeds=(1,),
+                               sweep={"grid": {"train.weight_decay": [0.0, 0.01]}})
+    summary = json.loads((paths.ensemble / "metrics.json").read_text())  # the real reduce summary
+    live_member = plan_members(spec)[1]
+    logger = EpochLogger(spec, paths, live_member, uri=tracking_uri(spec))
+    for row in pd.read_csv(paths.member(live_member).history).to_dict("records"):
+        logger(row)
+    logger.close()
+    started = time.time() - 5.0
+    run_id = log_job(spec, paths, summary, started=started)
+    return spec, paths, run_id, tracking_uri(spec), summary, started, logger.run_id
 
-    spec, paths = make_job(tmp_path_factory.mktemp("tracking"), ham_root)
-    import json
 
-    summary = json.loads((paths.ensemble / "metrics.json").read_text()) if (
-        paths.ensemble / "metrics.json").exists() else {"test": {"auc": 0.5, "gated": {"coverage": 1.0}}}
-    run_id = log_job(spec, paths, summary)
-    return spec, paths, run_id, tracking_uri(spec), summary
+def _children(client, exp_id, run_id):
+    return client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
 
 
 def test_parent_with_one_child_per_member(tracked):
     from mlflow import MlflowClient
 
-    spec, paths, run_id, uri, summary = tracked
+    spec, paths, run_id, uri, summary, started, _ = tracked
     assert uri == f"sqlite:///{spec.resolve(spec.results_dir) / 'mlflow.db'}"
     client = MlflowClient(uri)
     parent = client.get_run(run_id)
@@ -40,14 +57,86 @@ def test_parent_with_one_child_per_member(tracked):
     exp = client.get_experiment(parent.info.experiment_id)
     assert exp.name == spec.reduce.mlflow.experiment
     assert exp.artifact_location.startswith((spec.resolve(spec.results_dir) / "mlartifacts").as_uri())
-    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
-    assert sorted(c.data.params["seed"] for c in children) == ["1", "2"]
+    children = _children(client, exp.experiment_id, run_id)
+    assert sorted(c.data.tags["skinhpc.member"] for c in children) == ["000", "001"]
     for child in children:
         hist = pd.read_csv(paths.member(int(child.data.tags["skinhpc.member"])).history)
         col = next(c for c in hist.columns if c not in ("epoch", "phase") and pd.api.types.is_numeric_dtype(hist[c]))
         series = client.get_metric_history(child.info.run_id, col)
-        assert sorted(x.step for x in series) == sorted(hist["epoch"].astype(int))
+        assert sorted(x.step for x in series) == sorted(hist["epoch"].astype(int))  # once per epoch
         assert child.data.tags["checkpoint"].endswith("best.pt")
+
+
+def test_experiment_opens_in_the_model_training_view(tracked):
+    from mlflow import MlflowClient
+
+    spec, paths, run_id, uri, summary, _, _ = tracked
+    client = MlflowClient(uri)
+    exp = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    assert exp.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+
+
+def test_runs_carry_the_real_training_and_reduce_times(tracked):
+    from mlflow import MlflowClient
+
+    spec, paths, run_id, uri, summary, started, live_id = tracked
+    client = MlflowClient(uri)
+    parent = client.get_run(run_id)
+    assert parent.info.start_time == int(started * 1000)
+    assert parent.info.end_time >= parent.info.start_time
+    for child in _children(client, parent.info.experiment_id, run_id):
+        if child.info.run_id == live_id:
+            continue  # live: its clock is the logger's, checked in test_live_run_is_adopted
+        mp = paths.member(int(child.data.tags["skinhpc.member"]))
+        done = json.loads(mp.done.read_text())
+        end = mp.done.stat().st_mtime
+        assert child.data.tags["skinhpc.times_from"] == "done.json mtime minus its seconds"
+        assert child.info.end_time == int(end * 1000)
+        assert child.info.start_time == int((end - done["seconds"]) * 1000)
+        stamps = [x.timestamp for x in sorted(client.get_metric_history(child.info.run_id, "train_loss"),
+                                              key=lambda x: x.step)]
+        assert stamps == sorted(stamps) and child.info.start_time < stamps[0] <= stamps[-1] <= end * 1000 + 1
+
+
+def test_member_runs_have_full_params_and_the_parents_metric_keys(tracked):
+    from mlflow import MlflowClient
+
+    spec, paths, run_id, uri, summary, _, _ = tracked
+    client = MlflowClient(uri)
+    parent = client.get_run(run_id)
+    rows = {r["member"]: r for r in summary["members"]}
+    members = {m.name: m for m in plan_members(spec)}
+    for child in _children(client, parent.info.experiment_id, run_id):
+        name = child.data.tags["skinhpc.member"]
+        p = child.data.params
+        member = members[name]
+        assert p["seed"] == str(member.seed) and p["member"] == str(member.index)
+        assert p["model.name"] == spec.model.name
+        wd = member.overrides["train.weight_decay"]
+        assert p["sweep.train.weight_decay"] == json.dumps(wd)
+        assert float(p["train.weight_decay"]) == wd  # the member's resolved spec, not the job's
+        shared = set(child.data.metrics) & set(parent.data.metrics)
+        assert {"test.auc", "test.sensitivity", "test.specificity", "thresholds.threshold"} <= shared
+        assert child.data.metrics["test.auc"] == pytest.approx(rows[name]["test"]["auc"])
+        assert child.data.metrics["thresholds.threshold"] == pytest.approx(rows[name]["threshold"])
+    assert parent.data.metrics["test.auc"] == pytest.approx(summary["test"]["auc"])
+
+
+def test_live_run_is_adopted_not_duplicated(tracked):
+    from mlflow import MlflowClient
+
+    spec, paths, run_id, uri, summary, _, live_id = tracked
+    client = MlflowClient(uri)
+    live = client.get_run(live_id)
+    assert live.data.tags["mlflow.parentRunId"] == run_id and live.data.tags["skinhpc.live"] == "true"
+    hist = pd.read_csv(paths.member(1).history)
+    assert [x.step for x in client.get_metric_history(live_id, "train_loss")] == hist["epoch"].tolist()
+    exp_id = live.info.experiment_id
+    member_runs = client.search_runs([exp_id], "tags.`skinhpc.member` = '001'")
+    assert [r.info.run_id for r in member_runs] == [live_id]
+    # with the job's SQLite store no member may write concurrently: no live logger is made
+    on = with_overrides(spec, {"reduce.mlflow.enabled": True})
+    assert tracking_uri(on).startswith("sqlite:///") and live_logger(on, paths, plan_members(on)[1]) is None
 
 
 def test_pyfunc_loads_and_predicts_shared_images(tracked, ham_root, tmp_path):
@@ -55,7 +144,7 @@ def test_pyfunc_loads_and_predicts_shared_images(tracked, ham_root, tmp_path):
     import mlflow.pyfunc
     from mlflow import MlflowClient
 
-    spec, paths, run_id, uri, _ = tracked
+    spec, paths, run_id, uri, *_ = tracked
     images = sorted((ham_root / "images").glob("*.jpg"))[:3]
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
@@ -75,17 +164,21 @@ def test_pyfunc_loads_and_predicts_shared_images(tracked, ham_root, tmp_path):
     assert [v.run_id for v in versions] == [run_id]
 
 
-def test_rerun_supersedes_previous_parent(tracked):
+def test_rerun_supersedes_previous_parent_and_retags_the_experiment(tracked):
     from mlflow import MlflowClient
 
-    from skinhpc.outputs.tracking import log_job
-
-    spec, paths, run_id, uri, summary = tracked
-    new_id = log_job(spec, paths, {"test": {"auc": 0.7, "gated": {"coverage": 0.5}}})
+    spec, paths, run_id, uri, summary, *_ = tracked
     client = MlflowClient(uri)
+    exp_id = client.get_run(run_id).info.experiment_id
+    client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, "genai_development")  # as MLflow's UI may
+    new_id = log_job(spec, paths, summary)
     old = client.get_run(run_id)
     assert old.data.tags["skinhpc.current"] == "false"
     assert old.data.tags["skinhpc.superseded_by"] == new_id
-    exp_id = old.info.experiment_id
+    for child in _children(client, exp_id, run_id):
+        assert child.data.tags["skinhpc.current"] == "false"
     live = client.search_runs([exp_id], "tags.`skinhpc.role` = 'job' and tags.`skinhpc.current` = 'true'")
     assert [r.info.run_id for r in live] == [new_id]
+    assert client.get_run(new_id).data.metrics["test.auc"] == pytest.approx(summary["test"]["auc"])
+    assert client.get_experiment(exp_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert len(_children(client, exp_id, new_id)) == 2

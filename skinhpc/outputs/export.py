@@ -21,6 +21,7 @@ fails the job loudly and leaves the evidence.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import warnings
@@ -29,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
-from skinhpc.config import JobSpec
+from skinhpc.config import JobSpec, Member
 from skinhpc.data.cache import load_cached
 from skinhpc.data.dataset import encode_metadata
 from skinhpc.data.images import read_rgb
@@ -75,31 +77,29 @@ class MeanEnsemble(nn.Module):
 
 
 # --------------------------------------------------------------------------- sample images
-def sample_inputs(spec: JobSpec, paths: JobPaths, n: int = 8,
-                  uses_meta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def sample_inputs(spec: JobSpec, paths: JobPaths, n: int = 8, uses_meta: bool = False,
+                  table: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Real preprocessed images of the job (test split first) and their metadata rows.
 
+    ``table`` is the job's table (rows with ``split``, ``image_id``, ``path``) when the caller
+    already holds it (the reduce: its test and val frames), else it is read from the job folder.
     The cache holds exactly what the models saw; when it is gone, the same
     preprocessing is applied to the manifest's files.
     """
-
-    table = load_table(spec, paths)
+    table = load_table(spec, paths) if table is None else table
     order = {"test": 0, "val": 1, "train": 2}
     table = table.assign(_o=table["split"].map(order).fillna(3)).sort_values(["_o", "image_id"]).head(n)
     images = []
     for _, row in table.iterrows():
         cached = spec.cache_dir / f"{row['image_id']}.npy"
         if cached.is_file():
-
             images.append(load_cached(spec.cache_dir, row["image_id"]))
         else:
-
             images.append(preprocess(read_rgb(row["path"]), spec.preprocess))
     if not images:
         raise ValueError(f"{paths.root}: no images in the job's table to verify the ONNX export on")
     meta = None
     if uses_meta:
-
         meta = np.asarray(encode_metadata(table.reset_index(drop=True)), dtype=np.float32)
     return np.stack(images), meta
 
@@ -141,14 +141,33 @@ def verify(model: nn.Module, path: Path, image: torch.Tensor, meta: torch.Tensor
             "bytes": path.stat().st_size}
 
 
-def export_job(spec: JobSpec, paths: JobPaths, n_images: int = 8) -> dict[str, Any]:
-    """Export members + ensemble to ``ensemble/onnx/``, verify each; returns the verify record."""
+def _cpu_float(model: nn.Module) -> nn.Module:
+    """A float32 CPU copy in eval mode: the export traces on CPU and must not move or re-type the
+    caller's model (the reduce's members may sit on a GPU in bf16-friendly form)."""
+    return copy.deepcopy(model).to("cpu").float().eval()
 
+
+def export_job(spec: JobSpec, paths: JobPaths, n_images: int = 8, *,
+               members: Sequence[Member] | None = None, models: Sequence[nn.Module] | None = None,
+               table: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Export members + ensemble to ``ensemble/onnx/``, verify each; returns the verify record.
+
+    The reduce passes the ``members`` and ``models`` it already loaded (same order) and its
+    table (``table``) so nothing is read twice; standalone, checkpoints and the table are
+    loaded from the job folder.
+    """
     t0 = time.perf_counter()
-    loaded = load_members(spec, paths, "cpu")
-    models = [m.float().eval() for _, m in loaded]
+    if (members is None) != (models is None):
+        raise ValueError("export_job: pass both members and models (same order), or neither")
+    if members is not None and models is not None:
+        if len(members) != len(models):
+            raise ValueError(f"export_job: {len(members)} member(s) but {len(models)} model(s)")
+        loaded = [(m, _cpu_float(net)) for m, net in zip(members, models, strict=True)]
+    else:
+        loaded = [(m, net.float().eval()) for m, net in load_members(spec, paths, "cpu")]
+    models = [m for _, m in loaded]
     uses_meta = any(getattr(m, "uses_meta", False) for m in models)
-    imgs, meta_np = sample_inputs(spec, paths, n_images, uses_meta)
+    imgs, meta_np = sample_inputs(spec, paths, n_images, uses_meta, table)
     image = to_unit_tensor(imgs)
     meta = None if meta_np is None else torch.from_numpy(meta_np)
     example = (image[:2],) if meta is None else (image[:2], meta[:2])

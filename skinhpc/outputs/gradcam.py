@@ -107,10 +107,7 @@ def gallery(spec: JobSpec, models: Sequence[nn.Module], frame: pd.DataFrame, pro
             result["note"] = "no member model to explain."
             return result
         model = models[0]
-        meta_dim = None
-        if getattr(model, "uses_meta", False):
-
-            meta_dim = META_DIM
+        meta_dim = META_DIM if getattr(model, "uses_meta", False) else None
         layer = find_target_layer(model, spec.preprocess.size, meta_dim)
         if layer is None:
             result["note"] = f"{spec.model.name} has no convolutional feature map: Grad-CAM skipped."
@@ -128,24 +125,22 @@ def gallery(spec: JobSpec, models: Sequence[nn.Module], frame: pd.DataFrame, pro
             stale.unlink(missing_ok=True)
 
 
-def _render(spec: JobSpec, model: nn.Module, layer: nn.Module, frame: pd.DataFrame,
-            cases: list[dict[str, Any]], out_dir: Path, with_meta: bool) -> list[dict[str, Any]]:
-    from PIL import Image
+def render(model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: Sequence[int],
+           meta: torch.Tensor | None = None) -> list[np.ndarray]:
+    """``[input | Grad-CAM overlay]`` uint8 RGB pairs, one per image, for class ``targets[k]``.
+
+    ``images`` is float (N, 3, S, S) in [0, 1] as the model saw it (after preprocessing);
+    ``meta`` the metadata rows of a metadata model, else None.  The one drawing of a heat map:
+    the reduce's gallery and ``skinhpc predict --gradcam`` both call it.
+    """
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-
-    if not cases:
+    if len(targets) != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} image(s) but {len(targets)} Grad-CAM target(s)")
+    if images.shape[0] == 0:
         return []
-    sub = frame.iloc[[c["row"] for c in cases]].reset_index(drop=True)
-    images = torch.cat(list(cached_batches(spec.cache_dir, sub["image_id"].astype(str).tolist(), 64)))
-    meta = None
-    if with_meta:
-
-        meta = torch.from_numpy(encode_metadata(sub)).to(_device_of(model))
-    names = list(spec.class_names)
-    targets = [ClassifierOutputTarget(names.index(c["pred"])) for c in cases]
     wrapped = _ImagesOnly(model, meta).eval()
     # training may have switched deterministic algorithms on in this process (debug executor);
     # some CUDA backward kernels refuse then, and a heat map needs no bitwise reproducibility
@@ -153,22 +148,46 @@ def _render(spec: JobSpec, model: nn.Module, layer: nn.Module, frame: pd.DataFra
     torch.use_deterministic_algorithms(False)
     try:
         with torch.enable_grad(), GradCAM(model=wrapped, target_layers=[layer]) as cam:
-            maps = cam(input_tensor=images.to(_device_of(model)), targets=targets)
+            maps = cam(input_tensor=images.to(_device_of(model)),
+                       targets=[ClassifierOutputTarget(int(t)) for t in targets])
     finally:
         torch.use_deterministic_algorithms(deterministic)
+    pairs = []
+    for k in range(images.shape[0]):
+        rgb = images[k].permute(1, 2, 0).cpu().numpy().astype(np.float32)
+        overlay = show_cam_on_image(rgb, maps[k], use_rgb=True, image_weight=0.6)
+        pairs.append(np.concatenate([(rgb * 255).round().astype(np.uint8), overlay], axis=1))
+    return pairs
+
+
+def save_png(pair: np.ndarray, path: Path, scale: int = 1) -> Path:
+    """One rendered pair as a PNG (upscaled ``scale`` times, bicubic), written atomically."""
+    from PIL import Image
+
+    img = Image.fromarray(pair)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.BICUBIC)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return path
+
+
+def _render(spec: JobSpec, model: nn.Module, layer: nn.Module, frame: pd.DataFrame,
+            cases: list[dict[str, Any]], out_dir: Path, with_meta: bool) -> list[dict[str, Any]]:
+    """The gallery's overlays of ``cases``, upscaled so that a 48-pixel input stays readable."""
+    if not cases:
+        return []
+    sub = frame.iloc[[c["row"] for c in cases]].reset_index(drop=True)
+    images = torch.cat(list(cached_batches(spec.cache_dir, sub["image_id"].astype(str).tolist(), 64)))
+    meta = torch.from_numpy(encode_metadata(sub)).to(_device_of(model)) if with_meta else None
+    names = list(spec.class_names)
+    pairs = render(model, layer, images, [names.index(c["pred"]) for c in cases], meta)
     out_dir.mkdir(parents=True, exist_ok=True)
     items = []
     scale = max(1, 192 // max(1, images.shape[-1]))
-    for k, case in enumerate(cases):
-        rgb = images[k].permute(1, 2, 0).cpu().numpy().astype(np.float32)
-        overlay = show_cam_on_image(rgb, maps[k], use_rgb=True, image_weight=0.6)
-        pair = np.concatenate([(rgb * 255).round().astype(np.uint8), overlay], axis=1)
-        img = Image.fromarray(pair)
-        if scale > 1:
-            img = img.resize((img.width * scale, img.height * scale), Image.Resampling.BICUBIC)
+    for k, (case, pair) in enumerate(zip(cases, pairs, strict=True)):
         image_id = str(sub["image_id"].iloc[k])
         name = f"{case['true']}_{case['kind']}_{k:02d}_{image_id}.png".replace("/", "_")
-        with atomic_path(out_dir / name) as tmp:
-            img.save(tmp, format="PNG")
+        save_png(pair, out_dir / name, scale)
         items.append({**case, "image_id": image_id, "file": name})
     return items

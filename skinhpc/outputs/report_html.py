@@ -1,0 +1,146 @@
+"""HTML pieces both reports share: number formatting, tables, inline images, the gate and
+subgroup tables, the label map, the CSS and the disclaimer.
+
+They present numbers the reduce or ``skinhpc evaluate`` already computed; nothing here computes
+a metric.  Every image is a base64 data URI so that a report is one file that can be mailed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skinhpc.config import JobSpec
+
+DISCLAIMER = (
+    "Research use only. This report describes a machine-learning model evaluated on a retrospective "
+    "dataset; it is not a medical device, has not been clinically validated, and must not be used to "
+    "diagnose, treat or rule out skin cancer. Any suspicious lesion needs a clinician."
+)
+
+
+def fmt(v: Any, pct: bool = False) -> str:
+    """A number as the reports print it (3 decimals or a percentage; "n/a" for missing or
+    non-finite, never a blank a reader could take for zero); other values escaped."""
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return str(v)
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.1%}" if pct else f"{v:.3f}"
+    return html.escape(str(v))
+
+
+def ci(ev: dict[str, Any], key: str) -> str:
+    """The bootstrap interval of ``key`` beside its value, or nothing when there is none."""
+    iv = ((ev.get("bootstrap") or {}).get("intervals") or {}).get(key)
+    if not iv or iv.get("lo") is None:
+        return ""
+    return f" <span class=ci>(95 % CI {iv['lo']:.3f}-{iv['hi']:.3f})</span>"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
+    """An HTML table; headers are escaped, cells are HTML already (callers format them)."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def img(path: Path, alt: str, width: int | None = None) -> str:
+    """A PNG file inlined as a data URI: the report stays one self-contained file."""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    w = f" width={width}" if width else ""
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'{w}>"
+
+
+def binary_rows(t: dict[str, Any], threshold: Any, method: Any, target: Any, provenance: str) -> list[list[str]]:
+    """The binary headline rows both reports share: ranking, operating point, its provenance."""
+    s90, s95 = t.get("sens_at_spec90") or {}, t.get("sens_at_spec95") or {}
+    return [
+        ["ROC-AUC", fmt(t.get("auc")) + ci(t, "auc")],
+        ["PR-AUC (average precision)", fmt(t.get("pr_auc")) + ci(t, "pr_auc")],
+        ["sensitivity at 90 % specificity", fmt(s90.get("sensitivity"))],
+        ["sensitivity at 95 % specificity", fmt(s95.get("sensitivity"))],
+        ["threshold", f"{fmt(threshold)}: method <b>{fmt(method)}</b>"
+         + (f", target {fmt(target)}" if method in ("sens_at_spec", "spec_at_sens") else "")
+         + f", {provenance}"],
+        ["sensitivity / specificity at threshold",
+         f"{fmt(t.get('sensitivity'))}{ci(t, 'sensitivity')} / {fmt(t.get('specificity'))}{ci(t, 'specificity')}"],
+        ["precision / NPV at threshold", f"{fmt(t.get('precision'))} / {fmt(t.get('npv'))}"],
+        ["balanced accuracy", fmt(t.get("balanced_accuracy")) + ci(t, "balanced_accuracy")],
+    ]
+
+
+def gate_section(spec: JobSpec, t: dict[str, Any], binary: bool, gate: float | None = None,
+                  scope: str = "test") -> str:
+    g = t["gated"]
+    gate = spec.reduce.gate if gate is None else gate
+    if binary:
+        rows = [
+            ["sensitivity", fmt(t.get("sensitivity")), fmt(g.get("sensitivity"))],
+            ["precision", fmt(t.get("precision")), fmt(g.get("precision"))],
+            ["specificity", fmt(t.get("specificity")), fmt(g.get("specificity"))],
+            ["accuracy", fmt(t.get("accuracy")), fmt(g.get("accuracy"))],
+        ]
+        extra = (f"<p>Malignant cases referred by the gate: <b>{g.get('malignant_referred')} of "
+                 f"{g.get('malignant_total')}</b> ({fmt(g.get('malignant_referred_fraction'), True)}); "
+                 "their outcome is decided by a clinician, not by the model.</p>")
+    else:
+        rows = [
+            ["accuracy", fmt(t.get("accuracy")), fmt(g.get("accuracy"))],
+            ["balanced accuracy", fmt(t.get("balanced_accuracy")), fmt(g.get("balanced_accuracy"))],
+        ]
+        extra = f"<p>Referred by true class: {fmt(json.dumps(g.get('referred_by_class')))}</p>"
+    cov = (f"<p class=coverage>Gate {gate:g} (refer below this ensemble confidence): "
+           f"<b>coverage {fmt(g.get('coverage'), True)}</b>, {g.get('n_covered')} kept, "
+           f"{g.get('n_referred')} referred. Gated numbers hold only for the kept cases.</p>")
+    tab = table(["metric", f"all {scope} cases", f"kept cases (coverage {fmt(g.get('coverage'), True)})"], rows)
+    return cov + tab + extra
+
+
+def subgroup_table(rows: list[dict[str, Any]], binary: bool) -> str:
+    keys = (["prevalence", "auc", "sensitivity", "specificity"] if binary
+            else ["auc_macro", "accuracy", "balanced_accuracy"])
+    out = []
+    for r in rows:
+        out.append([fmt(r.get("attribute")), fmt(r.get("value")), fmt(r.get("n"))]
+                   + [fmt(r.get(k)) for k in keys] + ["too small" if r.get("too_small") else ""])
+    return table(["attribute", "value", "n"] + keys + ["note"], out)
+
+
+def label_map(spec: JobSpec) -> str:
+    rows = [[str(i), html.escape(c)] for i, c in enumerate(spec.class_names)]
+    tab = table(["label index", "class"], rows)
+    if spec.data.task == "binary":
+        note = (f"<p>Binary task: dx codes counted <b>malignant</b> (label 1): "
+                f"{html.escape(', '.join(spec.data.malignant))}. Every other dx is benign (label 0). "
+                f"Unknown dx: {html.escape(spec.data.unknown_dx)}.</p>")
+    else:
+        note = (f"<p>Multiclass task; the malignant view sums the probabilities of "
+                f"{html.escape(', '.join(c for c in spec.class_names if c in spec.data.malignant))}.</p>")
+    return tab + note
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.4}
+h1{margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}.ci{color:#666;font-size:.9em}
+.disclaimer{background:#fff4e5;border:1px solid #f0b45c;padding:.8em 1em;border-radius:4px}
+.coverage{background:#eef6ff;border-left:4px solid #3b82f6;padding:.5em .8em}
+.plots img{max-width:48%;margin:.3em;border:1px solid #ddd}
+.gallery figure{display:inline-block;margin:.4em;width:300px;vertical-align:top}
+.gallery img{width:100%;border:1px solid #ddd}.gallery figcaption{font-size:.8em}
+pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8em}
+.warn{color:#a40000}
+"""
+
+
