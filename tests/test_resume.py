@@ -26,6 +26,7 @@ SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     import torch
     import skinhpc.train.member as T
+    from skinhpc.train import loop, signals
     from skinhpc.io.layout import JobPaths
     from skinhpc.config import plan_members
     from skinhpc.config import from_dict
@@ -33,7 +34,7 @@ SCRIPT = textwrap.dedent("""
     def on_usr1(*_):
         # the preemption hook: write last.pt now and die; if an optimiser step is in
         # flight the write is deferred to its end, so ask again shortly
-        if T.checkpoint_now():
+        if signals.checkpoint_now():
             os._exit(3)
         signal.setitimer(signal.ITIMER_REAL, 0.005)
 
@@ -49,7 +50,7 @@ SCRIPT = textwrap.dedent("""
         if calls[0] == at_step:
             os.kill(os.getpid(), signal.SIGUSR1)
 
-    setup = T._Run.setup_phase
+    setup = loop.Run.setup_phase
     def patched(self, *a):
         setup(self, *a)
         if where == "forward":
@@ -58,7 +59,7 @@ SCRIPT = textwrap.dedent("""
             self.ema.module.register_forward_pre_hook(poke)
         else:
             self.optimizer.optimizer.register_step_pre_hook(poke)
-    T._Run.setup_phase = patched
+    loop.Run.setup_phase = patched
     T.train_member(spec, JobPaths(spec.job_dir), plan_members(spec)[0])
 """)
 

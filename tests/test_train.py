@@ -205,7 +205,7 @@ def test_malignant_auc_needs_a_malignant_class(tmp_path: Path, ham_root: Path) -
 
 def test_schedules() -> None:
     from skinhpc.config import SchedulerSpec
-    from skinhpc.train.member import lr_lambda
+    from skinhpc.train.schedule import lr_lambda
 
     warm = lr_lambda(SchedulerSpec(name="cosine_warmup", warmup_epochs=1.0, eta_min=0.0), 10, 3, 1e-3)
     assert [warm(t) for t in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
