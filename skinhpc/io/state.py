@@ -117,13 +117,20 @@ def clean_stale_writes(folder: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- prepare complete
+def _manifest_rows(manifest: Path) -> list[tuple[str, str]]:
+    with open(manifest, newline="", encoding="utf-8") as f:
+        return [(r["image_id"], r["path"]) for r in csv.DictReader(f)]
+
+
+def _rows_hash(rows: list[tuple[str, str]]) -> str:
+    text = "\n".join(f"{i}\t{p}" for i, p in rows)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def manifest_hash(manifest: Path) -> str:
     """Identity of the image list (ids and files), so a cache or shard report of an older
     manifest in the same job folder is never taken for this one's."""
-    with open(manifest, newline="", encoding="utf-8") as f:
-        rows = [(r["image_id"], r["path"]) for r in csv.DictReader(f)]
-    text = "\n".join(f"{i}\t{p}" for i, p in rows)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return _rows_hash(_manifest_rows(manifest))
 
 
 def prepare_problem(spec: JobSpec, paths: JobPaths) -> str | None:
@@ -136,7 +143,8 @@ def prepare_problem(spec: JobSpec, paths: JobPaths) -> str | None:
             return f"{paths.prepare_done}: written for other preprocessing"
         if Path(done.get("cache_dir", "")) != spec.cache_dir:
             return f"{paths.prepare_done}: written for cache {done.get('cache_dir')}, not {spec.cache_dir}"
-        if done.get("manifest_hash") != manifest_hash(paths.manifest):
+        rows = _manifest_rows(paths.manifest)
+        if done.get("manifest_hash") != _rows_hash(rows):
             return f"{paths.prepare_done}: written for another {paths.manifest}"
         skipped = {s["image_id"] if isinstance(s, dict) else str(s) for s in done.get("skipped") or []}
     except FileNotFoundError as e:
@@ -147,9 +155,7 @@ def prepare_problem(spec: JobSpec, paths: JobPaths) -> str | None:
         cached = set(os.listdir(spec.cache_dir))
     except OSError:
         return f"{spec.cache_dir}: cache folder missing"
-    with open(paths.manifest, newline="", encoding="utf-8") as f:
-        missing = [r["image_id"] for r in csv.DictReader(f)
-                   if r["image_id"] not in skipped and f"{r['image_id']}.npy" not in cached]
+    missing = [i for i, _ in rows if i not in skipped and f"{i}.npy" not in cached]
     if missing:
         return f"{spec.cache_dir}: {len(missing)} kept image(s) not cached, e.g. {missing[:3]}"
     return None
