@@ -181,5 +181,11 @@ def test_stale_last_checkpoint_of_other_config_is_not_resumed(tmp_path: Path, ha
     mp = paths.member(member)
     mp.root.mkdir(parents=True)
     torch.save({"model": {}, "meta": {"fingerprint": "0" * 16, "seed": member.seed}}, mp.last)
+    # temporary files of writes killed before their rename (atomic_path's naming)
+    stale = [mp.root / ".last.pt.k1ll3d.tmp", mp.root / ".best.pt.x7q2.tmp", mp.root / ".history.csv.a1.tmp"]
+    for f in stale:
+        f.write_bytes(b"\0" * 1024)
     train_member(spec, paths, member)
     assert json.loads(mp.done.read_text())["epochs"] == 1
+    assert not [f for f in stale if f.exists()], "stale temporary files left behind on resume"
+    assert not list(mp.root.glob(".*.tmp"))
