@@ -96,3 +96,16 @@ def png_bomb(tmp_path: Path) -> Path:
     path = tmp_path / "bomb.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
     return path
+
+
+FAST_PREPROCESS = {"size": 40, "hair": {"enabled": False}, "clahe": {"enabled": False},
+                   "corners": {"enabled": False}}
+
+
+def prepared_tiny_job(tmp_path: Path, ham_root: Path, subset: int = 400, **over: Any) -> tuple[JobSpec, JobPaths]:
+    """A tiny job (40 px, no hair/CLAHE/corner steps) with tables and cache built by the real
+    prepare stage: what the training tests start from."""
+    over.setdefault("preprocess", FAST_PREPROCESS)
+    data = {"subset": subset, "audit": {"near_duplicates": False}, **over.pop("data", {})}
+    spec = tiny_job(tmp_path, ham_root, data=data, **over)
+    return spec, prepared_job(spec)

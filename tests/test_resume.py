@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_train import prepared_job
+from conftest import prepared_tiny_job as prepared_job
 
 from skinhpc.config import JobSpec, from_dict, plan_members
 from skinhpc.io.layout import JobPaths

@@ -5,35 +5,20 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_job
+from conftest import FAST_PREPROCESS, tiny_job
+from conftest import prepared_tiny_job as prepared_job
 
-from skinhpc.config import JobSpec, plan_members
+from skinhpc.config import plan_members
 from skinhpc.data import prepare
 from skinhpc.ensemble.inference import gather_members
 from skinhpc.io.layout import JobPaths
 from skinhpc.io.state import done_members, member_done_problem, member_identity, write_member_done
 from skinhpc.model.net import build_model, checkpoint_meta, load_checkpoint_model
 from skinhpc.train.member import HISTORY_COLUMNS, auc_score, train_member
-
-FAST_PREPROCESS = {"size": 40, "hair": {"enabled": False}, "clahe": {"enabled": False},
-                   "corners": {"enabled": False}}
-
-
-def prepared_job(tmp_path: Path, ham_root: Path, subset: int = 400, **over: Any) -> tuple[JobSpec, JobPaths]:
-    """A tiny job with tables and cache built by the real prepare stage."""
-    over.setdefault("preprocess", FAST_PREPROCESS)
-    data = {"subset": subset, "audit": {"near_duplicates": False}, **over.pop("data", {})}
-    spec = tiny_job(tmp_path, ham_root, data=data, **over)
-    paths = JobPaths(spec.job_dir)
-    prepare.prepare_tables(spec, paths)
-    prepare.build_cache(spec, paths)
-    prepare.finalize(spec, paths)
-    return spec, paths
 
 
 def test_tiny_model_learns_and_beats_majority(tmp_path: Path, ham_root: Path) -> None:
