@@ -71,8 +71,10 @@ def write_member_done(spec: JobSpec, paths: JobPaths, member: Member, **summary:
     write_json_atomic(paths.member(member).done, {**member_identity(spec, member), **summary})
 
 
-def member_done_problem(spec: JobSpec, paths: JobPaths, member: Member) -> str | None:
-    """Why ``member`` is not done with this config, or None when it is."""
+def member_done_problem(spec: JobSpec, paths: JobPaths, member: Member,
+                        fingerprint: str | None = None) -> str | None:
+    """Why ``member`` is not done with this config, or None when it is (``fingerprint``: the
+    member's, when the caller has it already)."""
     done = paths.member(member).done
     try:
         record = json.loads(done.read_text())
@@ -82,7 +84,9 @@ def member_done_problem(spec: JobSpec, paths: JobPaths, member: Member) -> str |
         return f"unreadable {done}: {e}"
     if not isinstance(record, dict):
         return f"{done}: not a JSON object"
-    problem = identity_problem(record, member_identity(spec, member))
+    want = {"fingerprint": fingerprint, "seed": member.seed, "member": member.index} if fingerprint \
+        else member_identity(spec, member)
+    problem = identity_problem(record, want)
     return f"{done} is of another member or config: {problem}" if problem else None
 
 
@@ -98,9 +102,17 @@ def done_members(spec: JobSpec, paths: JobPaths, members: Iterable[Member]) -> s
         names = set(os.listdir(root))
     except OSError:
         return set()
-    return {m.index for m in members
-            if m.name in names and os.path.exists(os.path.join(root, m.name, "done.json"))
-            and member_done(spec, paths, m)}
+    fingerprints: dict[str, str] = {}  # per sweep point: the seeds of one point share it
+    done = set()
+    for m in members:
+        if m.name not in names or not os.path.exists(os.path.join(root, m.name, "done.json")):
+            continue
+        key = json.dumps(m.overrides, sort_keys=True, default=str)
+        if key not in fingerprints:
+            fingerprints[key] = member_fingerprint(m.spec(spec))
+        if member_done_problem(spec, paths, m, fingerprints[key]) is None:
+            done.add(m.index)
+    return done
 
 
 def clean_stale_writes(folder: Path) -> list[Path]:
