@@ -28,9 +28,9 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from skinhpc.config import dump_yaml, from_dict  # noqa: E402
-from skinhpc.io.atomic import write_json_atomic  # noqa: E402
+from skinhpc.config import dump_yaml, from_dict, plan_members  # noqa: E402
 from skinhpc.io.layout import JobPaths  # noqa: E402
+from skinhpc.io.state import write_member_done  # noqa: E402
 from skinhpc.orchestrate.cluster import active_slurm_ids, job_ids, read_launches  # noqa: E402
 from skinhpc.orchestrate.launch import launch  # noqa: E402
 from skinhpc.orchestrate.stages import PrepareTask  # noqa: E402
@@ -129,8 +129,8 @@ def main() -> int:
 
     # run the last launch: members exit at once, then the reduce starts by dependency
     paths = last_paths
-    for k in range(args.members):
-        write_json_atomic(paths.member(k).done, {"bench": True})
+    for m in plan_members(spec):  # a real done record: the tasks check whose it is
+        write_member_done(spec, paths, m, bench=True)
     ids = job_ids(paths)
     subprocess.run(["scontrol", "release", *ids], check=True)
     deadline = time.time() + 900

@@ -36,7 +36,7 @@ from skinhpc.data import prepare  # noqa: E402
 from skinhpc.data.dataset import SkinDataset  # noqa: E402
 from skinhpc.io.layout import JobPaths  # noqa: E402
 from skinhpc.model.net import build_model, data_config  # noqa: E402
-from skinhpc.train.member import _LAST_RUN, train_member  # noqa: E402
+from skinhpc.train.member import train_member  # noqa: E402
 
 
 def make_job(root: Path, data: Path, args: argparse.Namespace, size: int, name: str) -> JobSpec:
@@ -101,8 +101,10 @@ def plain_loop(spec: JobSpec, epochs: int, device: torch.device) -> list[float]:
 def skinhpc_loop(spec: JobSpec) -> list[float]:
     """images/s of each epoch from skinhpc's own history (training time only)."""
     paths = JobPaths(spec.job_dir)
-    train_member(spec, paths, plan_members(spec)[0])
-    return [row["images_per_s"] for row in _LAST_RUN[0].history]
+    trained = train_member(spec, paths, plan_members(spec)[0])
+    if trained is None:
+        raise RuntimeError(f"{paths.root}: member already done; the benchmark needs a fresh job")
+    return [row["images_per_s"] for row in trained.history]
 
 
 def loader_rates(spec: JobSpec, workers: list[int], batches: int) -> dict[int, float]:

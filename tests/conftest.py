@@ -94,3 +94,36 @@ def finished_job(tmp_path: Path, ham_root: Path, seeds: tuple[int, ...] = (1, 2)
         train_member(spec, paths, m)
     reduce(spec, paths)
     return spec, paths
+
+
+@pytest.fixture
+def png_bomb(tmp_path: Path) -> Path:
+    """A 1-bit PNG of 10,000 x 10,000 pixels, all zero: ~25 KB on disk, 100 M pixels (300 MB as
+    RGB), over Pillow's MAX_IMAGE_PIXELS; written row by row, never held decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    side = 10_000
+    comp = zlib.compressobj(9)
+    row = bytes(1 + (side + 7) // 8)
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+FAST_PREPROCESS = {"size": 40, "hair": {"enabled": False}, "clahe": {"enabled": False},
+                   "corners": {"enabled": False}}
+
+
+def prepared_tiny_job(tmp_path: Path, ham_root: Path, subset: int = 400, **over: Any) -> tuple[JobSpec, JobPaths]:
+    """A tiny job (40 px, no hair/CLAHE/corner steps) with tables and cache built by the real
+    prepare stage: what the training tests start from."""
+    over.setdefault("preprocess", FAST_PREPROCESS)
+    data = {"subset": subset, "audit": {"near_duplicates": False}, **over.pop("data", {})}
+    spec = tiny_job(tmp_path, ham_root, data=data, **over)
+    return spec, prepared_job(spec)

@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_train import prepared_job
+from conftest import prepared_tiny_job as prepared_job
 
 from skinhpc.config import plan_members
-from skinhpc.train.member import _LAST_RUN, train_member
+from skinhpc.train.member import train_member
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -29,13 +29,12 @@ SCRIPT = textwrap.dedent("""
     from skinhpc.io.layout import JobPaths
     from skinhpc.config import plan_members
     from skinhpc.config import from_dict
-    from skinhpc.train.member import _LAST_RUN, train_member
+    from skinhpc.train.member import train_member
 
     torch.set_num_threads(1)
     spec = from_dict(json.load(open(sys.argv[1])))
-    train_member(spec, JobPaths(spec.job_dir), plan_members(spec)[0])
-    run = _LAST_RUN[0]
-    torch.save(run.raw_model.state_dict(), f"{sys.argv[2]}/rank{run.acc.process_index}.pt")
+    trained = train_member(spec, JobPaths(spec.job_dir), plan_members(spec)[0])
+    torch.save(trained.weights, f"{sys.argv[2]}/rank{trained.process_index}.pt")
 """)
 
 
@@ -54,8 +53,9 @@ def test_two_process_cpu_matches_single_process(tmp_path: Path, ham_root: Path) 
     model = {"name": "test_efficientnet_gn", "pretrained": "none", "drop_rate": 0.0}
     single, spaths = prepared_job(tmp_path / "one", ham_root, subset=260, model=model, train=train)
     torch.set_num_threads(1)
-    train_member(single, spaths, plan_members(single)[0])
-    ref = {k: v.clone() for k, v in _LAST_RUN[0].raw_model.state_dict().items()}
+    trained = train_member(single, spaths, plan_members(single)[0])
+    assert trained is not None
+    ref = {k: v.clone() for k, v in trained.weights.items()}
 
     # same data, two processes of 16: the same global batch of 32
     double, dpaths = prepared_job(tmp_path / "two", ham_root, subset=260, model=model,

@@ -109,3 +109,21 @@ def test_unreadable_image_is_a_finding_not_a_crash(ham_root, tmp_path):
     report = run_audit(spec, m, make_splits(m, spec.data.split), tmp_path / "audit.json")
     bad = [f for f in report["findings"] if f["kind"] == "unreadable"]
     assert bad[0]["image_ids"] == [meta["image_id"][0]] and report["unreadable"] == 1
+
+
+
+def test_decompression_bomb_is_refused_not_decoded(ham_root, tmp_path, png_bomb):
+    """A 25 KB PNG of 100 M pixels among real images: the audit refuses it from its header,
+    as the reader does, instead of decoding 300 MB of RGB to hash it."""
+    root = tmp_path / "ham"
+    meta = pd.read_csv(ham_root / "metadata.csv").head(30)
+    (root / "images").mkdir(parents=True)
+    for i in meta["image_id"]:
+        shutil.copy(ham_root / "images" / f"{i}.jpg", root / "images")
+    shutil.copy(png_bomb, root / "images" / f"{meta['image_id'][0]}.jpg")
+    meta.to_csv(root / "metadata.csv", index=False)
+    spec = _spec(tmp_path, root)
+    m = build_manifest(spec)
+    report = run_audit(spec, m, make_splits(m, spec.data.split), tmp_path / "audit.json")
+    (bad,) = [f for f in report["findings"] if f["kind"] == "unreadable"]
+    assert bad["image_ids"] == [meta["image_id"][0]] and "too many pixels" in bad["reason"]

@@ -17,15 +17,16 @@ from PIL import Image
 from skinhpc.config import JobSpec
 from skinhpc.data.cache import (
     build_cache,
-    cache_complete,
     cache_path,
     finalize,
     load_cached,
     shard_report_path,
 )
-from skinhpc.data.images import BadImageError, read_rgb
+from skinhpc.data.images import BadImagesError, read_rgb
 from skinhpc.data.preprocess import preprocess
+from skinhpc.data.sources import DataError
 from skinhpc.io.layout import JobPaths
+from skinhpc.io.state import prepare_complete
 
 COLUMNS = ["image_id", "path", "label", "dx", "group", "age", "sex", "site", "source"]
 
@@ -54,7 +55,7 @@ def test_build_from_real_images_with_a_pool(tmp_path: Path, ham_root: Path) -> N
     spec, paths = job(tmp_path, ham_root, workers=2)
     files = real_files(ham_root, 24)
     ids = write_manifest(paths, files)
-    assert not cache_complete(spec, paths)
+    assert not prepare_complete(spec, paths)
     report = build_cache(spec, paths)
     assert report["n_built"] == 24 and report["skipped"] == []
     for i in ids:
@@ -68,10 +69,10 @@ def test_build_from_real_images_with_a_pool(tmp_path: Path, ham_root: Path) -> N
     assert json.loads(paths.prepare_done.read_text()) == done
     assert done["n_images"] == done["n_cached"] == 24 and done["skipped"] == []
     assert done["cache_dir"] == str(spec.cache_dir)
-    assert cache_complete(spec, paths)
+    assert prepare_complete(spec, paths)
     # another preprocessing is another cache folder, so the job is not complete for it
     other = tiny_job(tmp_path, ham_root, preprocess={"size": 48, "clahe": {"clip": 3.0}})
-    assert other.cache_dir != spec.cache_dir and not cache_complete(other, paths)
+    assert other.cache_dir != spec.cache_dir and not prepare_complete(other, paths)
     with pytest.raises(FileNotFoundError, match="prepare"):
         load_cached(spec.cache_dir, "ISIC_nope")
 
@@ -102,9 +103,9 @@ def test_resume_after_a_kill(tmp_path: Path, ham_root: Path) -> None:
     for i in ids:
         assert load_cached(cache, i).shape == (48, 48, 3)
     finalize(spec, paths)
-    assert cache_complete(spec, paths)
+    assert prepare_complete(spec, paths)
     cache_path(cache, ids[7]).unlink()
-    assert not cache_complete(spec, paths)
+    assert not prepare_complete(spec, paths)
 
 
 @pytest.fixture
@@ -121,14 +122,16 @@ def zoo(tmp_path: Path, ham_root: Path) -> dict[str, Path]:
     cv2.imwrite(str(d / "deep.png"), cv2.cvtColor(rgb.astype(np.uint16) * 257, cv2.COLOR_RGB2BGR))
     data = src.read_bytes()
     (d / "corrupt.jpg").write_bytes(data[: len(data) // 3])
+    # body cut, end marker intact: libjpeg fills the rest with gray and only warns
+    (d / "damaged.jpg").write_bytes(data[: len(data) // 3] + b"\xff\xd9")
     (d / "empty.jpg").write_bytes(b"")
-    for name in ("gray.jpg", "rgba.png", "cmyk.jpg", "deep.png", "corrupt.jpg", "empty.jpg"):
+    for name in ("gray.jpg", "rgba.png", "cmyk.jpg", "deep.png", "corrupt.jpg", "damaged.jpg", "empty.jpg"):
         out[name.split(".")[0]] = d / name
     out["missing"] = d / "missing.jpg"
     return out
 
 
-BAD = {"corrupt", "empty", "missing"}
+BAD = {"corrupt", "damaged", "empty", "missing"}
 
 
 def write_zoo_manifest(paths: JobPaths, zoo: dict[str, Path]) -> None:
@@ -143,10 +146,14 @@ def write_zoo_manifest(paths: JobPaths, zoo: dict[str, Path]) -> None:
 def test_bad_images_fail_naming_the_file(tmp_path: Path, ham_root: Path, zoo: dict[str, Path]) -> None:
     spec, paths = job(tmp_path, ham_root, on_bad_image="fail")
     write_zoo_manifest(paths, zoo)
-    with pytest.raises(BadImageError) as e:
+    with pytest.raises(BadImagesError) as e:
         build_cache(spec, paths)
-    assert any(str(zoo[b]) in str(e.value) for b in BAD)
-    assert "on_bad_image=skip" in str(e.value)
+    message = str(e.value)
+    assert isinstance(e.value, DataError) and "\n" not in message  # the CLI prints it as one line
+    assert all(str(zoo[b]) in message for b in BAD), message  # every bad file, not the first
+    assert {Path(b.path).stem for b in e.value.bad} == BAD
+    assert "truncated" in message and "corrupt JPEG data" in message and "empty" in message
+    assert "on_bad_image=skip" in message
     assert not paths.prepare_done.exists()
 
 
@@ -166,7 +173,7 @@ def test_bad_images_skipped_and_reported(tmp_path: Path, ham_root: Path, zoo: di
         assert np.abs(load_cached(spec.cache_dir, f"ISIC_{name}").astype(int) - real).mean() < 6, name
     g = load_cached(spec.cache_dir, "ISIC_gray").astype(int)  # stays gray through the LAB round trip
     assert np.abs(g[:, :, 0] - g[:, :, 1]).max() <= 2 and np.abs(g[:, :, 1] - g[:, :, 2]).max() <= 2
-    assert cache_complete(spec, paths)
+    assert prepare_complete(spec, paths)
 
 
 def test_two_shards_then_finalize(tmp_path: Path, ham_root: Path) -> None:
@@ -180,7 +187,7 @@ def test_two_shards_then_finalize(tmp_path: Path, ham_root: Path) -> None:
     build_cache(spec, paths, shard=1, num_shards=2)
     done = finalize(spec, paths)
     assert done["n_cached"] == 10 and done["shards"] == 2
-    assert cache_complete(spec, paths)
+    assert prepare_complete(spec, paths)
     with pytest.raises(ValueError, match="shard 2 out of range"):
         build_cache(spec, paths, shard=2, num_shards=2)
 
@@ -200,7 +207,7 @@ def test_jobs_sharing_a_cache_do_not_clash(tmp_path: Path, ham_root: Path) -> No
     assert shard_report_path(pa, "x", 0, 1).parent != shard_report_path(pb, "x", 0, 1).parent
     # a new manifest in job a makes its old reports irrelevant rather than merged
     write_manifest(pa, real_files(ham_root, 4, start=310))
-    assert not cache_complete(a, pa)
+    assert not prepare_complete(a, pa)
     with pytest.raises(RuntimeError, match="no shard reports"):
         finalize(a, pa)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skinhpc.data.images import BadImageError, image_size, read_rgb
+from skinhpc.data.images import BadImageError, BadImagesError, image_size, open_image, read_rgb
 
 
 @pytest.fixture
@@ -145,3 +145,48 @@ def test_error_survives_pickling_for_process_pools() -> None:
 
     e = pickle.loads(pickle.dumps(BadImageError("/x/y.jpg", "empty file")))
     assert e.path == "/x/y.jpg" and e.reason == "empty file" and "/x/y.jpg" in str(e)
+
+
+def _damaged(data: bytes, how: str) -> bytes:
+    """A JPEG whose end-of-image marker is intact but whose body is not: the last two thirds
+    cut away (a partial download closed by a proxy), or a third overwritten with junk."""
+    n = len(data)
+    if how == "cut":
+        return data[: n // 3] + b"\xff\xd9"
+    junk = np.random.default_rng(0).integers(0, 256, n // 3, dtype=np.uint8).tobytes()
+    return data[: n // 3] + junk + data[2 * n // 3:]
+
+
+@pytest.mark.parametrize("how", ["cut", "junk"])
+def test_damaged_jpeg_body_behind_intact_end_marker_is_refused(tmp_path: Path, real_jpeg: Path,
+                                                                how: str) -> None:
+    data = real_jpeg.read_bytes()
+    bad = tmp_path / f"{how}.jpg"
+    bad.write_bytes(_damaged(data, how))
+    assert bad.read_bytes()[-2:] == b"\xff\xd9"
+    _bad(bad, "corrupt JPEG data")
+    # the same bytes through Pillow's CMYK/YCCK path: a CMYK JPEG damaged the same way
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.open(real_jpeg).convert("CMYK").save(cmyk, quality=95)
+    (tmp_path / f"cmyk_{how}.jpg").write_bytes(_damaged(cmyk.read_bytes(), how))
+    _bad(tmp_path / f"cmyk_{how}.jpg", "corrupt")
+    assert read_rgb(real_jpeg).shape[2] == 3  # the intact file still reads
+
+
+def test_decompression_bomb_refused_from_the_header(png_bomb: Path) -> None:
+    bomb = png_bomb
+    assert bomb.stat().st_size < 100_000
+    _bad(bomb, "too many pixels")
+    with pytest.raises(BadImageError, match="too many pixels"):
+        with open_image(bomb):
+            pass
+
+
+def test_many_bad_files_in_one_line_survive_pickling() -> None:
+    import pickle
+
+    e = BadImagesError([BadImageError("/x/a.jpg", "empty file"), BadImageError("/x/b.jpg", "corrupt")],
+                       hint="set preprocess.on_bad_image=skip")
+    e = pickle.loads(pickle.dumps(e))
+    assert "\n" not in str(e) and "/x/a.jpg: empty file" in str(e) and "/x/b.jpg: corrupt" in str(e)
+    assert str(e).startswith("2 bad image file(s)") and [b.path for b in e.bad] == ["/x/a.jpg", "/x/b.jpg"]

@@ -13,7 +13,6 @@ import torch
 from conftest import IN_CI, prepared_job, tiny_job
 
 from skinhpc.config import JobSpec, plan_members
-from skinhpc.io.atomic import write_json_atomic
 from skinhpc.io.layout import JobPaths
 from skinhpc.outputs.publish import reduce
 
@@ -26,6 +25,7 @@ def reduced(tmp_path_factory: pytest.TempPathFactory, ham_root: Path) -> tuple[J
     """A real prepared job whose two members are freshly initialised networks saved in the
     checkpoint contract (the report does not need trained weights; training is covered in
     test_reduce.py), then reduced."""
+    from skinhpc.io.state import member_identity, write_member_done
     from skinhpc.model.net import build_model, checkpoint_meta
 
     root = tmp_path_factory.mktemp("report")
@@ -39,9 +39,9 @@ def reduced(tmp_path_factory: pytest.TempPathFactory, ham_root: Path) -> tuple[J
         mspec = m.spec(spec)
         mp = paths.member(m)
         mp.root.mkdir(parents=True)
-        torch.save({"model": build_model(mspec).state_dict(), "meta": {**checkpoint_meta(mspec), "epoch": 0}},
-                   mp.best)
-        write_json_atomic(mp.done, {"member": m.to_dict(), "best_epoch": 0})
+        meta = {**checkpoint_meta(mspec), **member_identity(spec, m), "epoch": 0}
+        torch.save({"model": build_model(mspec).state_dict(), "meta": meta}, mp.best)
+        write_member_done(spec, paths, m, best_epoch=0)
     reduce(spec, paths)
     return spec, paths
 

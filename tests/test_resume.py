@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_train import prepared_job
+from conftest import prepared_tiny_job as prepared_job
 
 from skinhpc.config import JobSpec, from_dict, plan_members
 from skinhpc.io.layout import JobPaths
@@ -26,6 +26,7 @@ SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     import torch
     import skinhpc.train.member as T
+    from skinhpc.train import loop, signals
     from skinhpc.io.layout import JobPaths
     from skinhpc.config import plan_members
     from skinhpc.config import from_dict
@@ -33,7 +34,7 @@ SCRIPT = textwrap.dedent("""
     def on_usr1(*_):
         # the preemption hook: write last.pt now and die; if an optimiser step is in
         # flight the write is deferred to its end, so ask again shortly
-        if T.checkpoint_now():
+        if signals.checkpoint_now():
             os._exit(3)
         signal.setitimer(signal.ITIMER_REAL, 0.005)
 
@@ -49,7 +50,7 @@ SCRIPT = textwrap.dedent("""
         if calls[0] == at_step:
             os.kill(os.getpid(), signal.SIGUSR1)
 
-    setup = T._Run.setup_phase
+    setup = loop.Run.setup_phase
     def patched(self, *a):
         setup(self, *a)
         if where == "forward":
@@ -58,7 +59,7 @@ SCRIPT = textwrap.dedent("""
             self.ema.module.register_forward_pre_hook(poke)
         else:
             self.optimizer.optimizer.register_step_pre_hook(poke)
-    T._Run.setup_phase = patched
+    loop.Run.setup_phase = patched
     T.train_member(spec, JobPaths(spec.job_dir), plan_members(spec)[0])
 """)
 
@@ -180,5 +181,11 @@ def test_stale_last_checkpoint_of_other_config_is_not_resumed(tmp_path: Path, ha
     mp = paths.member(member)
     mp.root.mkdir(parents=True)
     torch.save({"model": {}, "meta": {"fingerprint": "0" * 16, "seed": member.seed}}, mp.last)
+    # temporary files of writes killed before their rename (atomic_path's naming)
+    stale = [mp.root / ".last.pt.k1ll3d.tmp", mp.root / ".best.pt.x7q2.tmp", mp.root / ".history.csv.a1.tmp"]
+    for f in stale:
+        f.write_bytes(b"\0" * 1024)
     train_member(spec, paths, member)
     assert json.loads(mp.done.read_text())["epochs"] == 1
+    assert not [f for f in stale if f.exists()], "stale temporary files left behind on resume"
+    assert not list(mp.root.glob(".*.tmp"))

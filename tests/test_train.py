@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import tiny_job
+import torch
+from conftest import FAST_PREPROCESS, tiny_job
+from conftest import prepared_tiny_job as prepared_job
 
-from skinhpc.config import JobSpec, plan_members
+from skinhpc.config import plan_members
 from skinhpc.data import prepare
+from skinhpc.ensemble.inference import gather_members
 from skinhpc.io.layout import JobPaths
-from skinhpc.model.net import load_checkpoint_model
+from skinhpc.io.state import done_members, member_done_problem, member_identity, write_member_done
+from skinhpc.model.net import build_model, checkpoint_meta, load_checkpoint_model
 from skinhpc.train.member import HISTORY_COLUMNS, auc_score, train_member
-
-FAST_PREPROCESS = {"size": 40, "hair": {"enabled": False}, "clahe": {"enabled": False},
-                   "corners": {"enabled": False}}
-
-
-def prepared_job(tmp_path: Path, ham_root: Path, subset: int = 400, **over: Any) -> tuple[JobSpec, JobPaths]:
-    """A tiny job with tables and cache built by the real prepare stage."""
-    over.setdefault("preprocess", FAST_PREPROCESS)
-    data = {"subset": subset, "audit": {"near_duplicates": False}, **over.pop("data", {})}
-    spec = tiny_job(tmp_path, ham_root, data=data, **over)
-    paths = JobPaths(spec.job_dir)
-    prepare.prepare_tables(spec, paths)
-    prepare.build_cache(spec, paths)
-    prepare.finalize(spec, paths)
-    return spec, paths
 
 
 def test_tiny_model_learns_and_beats_majority(tmp_path: Path, ham_root: Path) -> None:
@@ -205,7 +194,7 @@ def test_malignant_auc_needs_a_malignant_class(tmp_path: Path, ham_root: Path) -
 
 def test_schedules() -> None:
     from skinhpc.config import SchedulerSpec
-    from skinhpc.train.member import lr_lambda
+    from skinhpc.train.schedule import lr_lambda
 
     warm = lr_lambda(SchedulerSpec(name="cosine_warmup", warmup_epochs=1.0, eta_min=0.0), 10, 3, 1e-3)
     assert [warm(t) for t in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
@@ -214,3 +203,29 @@ def test_schedules() -> None:
     # periods of 1, 2, 4 epochs: restarts at steps 10 and 30
     assert rest(0) == 1.0 and rest(5) == pytest.approx(0.5) and rest(10) == 1.0 and rest(20) == pytest.approx(0.5)
     assert rest(30) == 1.0 and rest(29) < 0.01
+
+
+def test_member_files_swapped_in_from_another_seed_are_refused(tmp_path: Path, ham_root: Path) -> None:
+    """best.pt and done.json copied from member 0 (seed 1) into member 1 (seed 2): same model and
+    config, so the architecture and fingerprint checks pass; the seed and index do not."""
+    spec = tiny_job(tmp_path, ham_root, seeds=[1, 2], model={"name": "small_cnn", "pretrained": "none"})
+    paths = JobPaths(spec.job_dir)
+    members = plan_members(spec)
+    for m in members:  # each member's files as training leaves them (untrained weights suffice)
+        mspec, mp = m.spec(spec), paths.member(m)
+        mp.root.mkdir(parents=True)
+        torch.manual_seed(m.seed)
+        meta = {**checkpoint_meta(mspec), **member_identity(spec, m), "epoch": 0}
+        torch.save({"model": build_model(mspec).state_dict(), "meta": meta}, mp.best)
+        write_member_done(spec, paths, m, best_epoch=0)
+    assert done_members(spec, paths, members) == {0, 1}
+    assert [m.index for m, _ in gather_members(spec, paths)[0]] == [0, 1]
+
+    shutil.copy(paths.member(0).best, paths.member(1).best)
+    loaded, missing = gather_members(spec, paths)
+    assert [m.index for m, _ in loaded] == [0]
+    assert [m.member.index for m in missing] == [1] and "seed is 1, this member's is 2" in missing[0].reason
+
+    shutil.copy(paths.member(0).done, paths.member(1).done)
+    assert done_members(spec, paths, members) == {0}  # member 1 retrains on relaunch
+    assert "seed is 1" in (member_done_problem(spec, paths, members[1]) or "")

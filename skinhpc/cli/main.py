@@ -11,7 +11,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("skinhpc.orchestrate.status", "main", "show each stage and member of a job's results folder"),
     "cancel": ("skinhpc.orchestrate.status", "cancel_main", "cancel a job's SLURM/local jobs"),
     "data": ("skinhpc.cli.data", "main", "summary | split | audit | cache | download"),
-    "train": ("skinhpc.train.member", "main", "train one member in this process (debug entry)"),
+    "train": ("skinhpc.cli.train", "main", "train one member in this process (debug entry)"),
     "reduce": ("skinhpc.outputs.publish", "main", "run the reduce stage of a job in this process"),
     "predict": ("skinhpc.outputs.predict", "main", "predict new images with a trained job"),
     "evaluate": ("skinhpc.outputs.predict", "evaluate_main", "score a trained job on another labelled dataset"),

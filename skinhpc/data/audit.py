@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from skinhpc.config import JobSpec
+from skinhpc.data.images import BadImageError, open_image
 from skinhpc.data.sources import DataError
 from skinhpc.io.atomic import write_json_atomic
 
@@ -45,11 +46,12 @@ def sha1_file(path: str | Path) -> str:
 
 
 def phash_int(path: str | Path, hash_size: int = 8) -> int:
-    """Perceptual hash as an int of hash_size**2 bits; JPEG draft mode decodes big files fast."""
-    import imagehash
-    from PIL import Image
+    """Perceptual hash as an int of hash_size**2 bits; JPEG draft mode decodes big files fast.
+    Opened like the reader opens it (:func:`open_image`): a decompression bomb is refused from
+    its header, not decoded."""
+    import imagehash  # deferred: only when near-duplicates are audited
 
-    with Image.open(path) as im:
+    with open_image(path) as im:
         side = hash_size * 4 * 2
         im.draft("RGB", (side, side))
         h = imagehash.phash(im.convert("RGB"), hash_size=hash_size)
@@ -127,8 +129,9 @@ def audit(spec: JobSpec, manifest: pd.DataFrame, splits: pd.DataFrame) -> dict[s
             except Exception as e:  # noqa: BLE001 - any decoder failure is a finding, not a crash
                 hashes.append(None)
                 unreadable += 1
+                reason = e.reason if isinstance(e, BadImageError) else f"{type(e).__name__}: {e}"
                 findings.append({"kind": "unreadable", "image_ids": [image_id], "path": path,
-                                 "reason": f"{type(e).__name__}: {e}", "leak": False})
+                                 "reason": reason, "leak": False})
         for i, j, d in near_pairs(hashes, cfg.hash_size**2, cfg.max_distance):
             if (i, j) in exact_pairs or t["group"][i] == t["group"][j]:
                 continue

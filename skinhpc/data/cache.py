@@ -18,7 +18,6 @@ into ``prepare.done.json``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -34,14 +33,14 @@ import numpy as np
 import pandas as pd
 
 from skinhpc.config import JobSpec, PreprocessSpec
-from skinhpc.data.images import BadImageError, read_rgb
+from skinhpc.data.images import BadImageError, BadImagesError, read_rgb
 from skinhpc.data.preprocess import preprocess
+from skinhpc.io import state
 from skinhpc.io.atomic import atomic_path, write_json_atomic
 from skinhpc.io.layout import JobPaths
 
 __all__ = [
     "build_cache",
-    "cache_complete",
     "cache_path",
     "finalize",
     "load_cached",
@@ -94,9 +93,8 @@ def _read_manifest(path: Path) -> pd.DataFrame:
 def manifest_hash(paths: JobPaths) -> str:
     """Identity of the image list (ids and files), so shard reports of an older manifest
     in the same job folder are never merged into the new one."""
-    df = _read_manifest(paths.manifest)
-    text = "\n".join(df["image_id"] + "\t" + df["path"])
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    _read_manifest(paths.manifest)  # refuse a malformed manifest, naming the row
+    return state.manifest_hash(paths.manifest)
 
 
 def shard_report_path(paths: JobPaths, mhash: str, shard: int, num_shards: int) -> Path:
@@ -208,8 +206,8 @@ def _progress(it: Iterable, total: int, desc: str) -> Iterator:
 def build_cache(spec: JobSpec, paths: JobPaths, shard: int = 0, num_shards: int = 1) -> dict[str, Any]:
     """Preprocess this shard's manifest rows into ``spec.cache_dir``; returns the shard report.
 
-    ``on_bad_image=fail`` raises :class:`BadImageError` naming the first bad file;
-    ``skip`` records it in the shard report and carries on.
+    ``on_bad_image=fail`` raises :class:`BadImagesError` naming every bad file of the shard
+    with its reason (after building the good ones); ``skip`` records them in the shard report.
     """
     if not 0 <= shard < num_shards:
         raise ValueError(f"shard {shard} out of range for num_shards={num_shards}")
@@ -242,15 +240,17 @@ def build_cache(spec: JobSpec, paths: JobPaths, shard: int = 0, num_shards: int 
             if reason is None:
                 built += 1
                 continue
-            if cfg.on_bad_image == "fail":
-                raise BadImageError(src, f"{reason} (image_id {image_id}; set "
-                                         "preprocess.on_bad_image=skip to leave it out)")
-            log.warning("skipping bad image %s (%s): %s", image_id, src, reason)
+            if cfg.on_bad_image == "skip":
+                log.warning("skipping bad image %s (%s): %s", image_id, src, reason)
             skipped.append({"image_id": image_id, "path": src, "reason": reason})
     finally:
         close = getattr(results, "close", None)
         if close is not None:
-            close()  # ends the pool early when a bad image stops the shard
+            close()  # ends the pool early when an error stops the shard
+    if skipped and cfg.on_bad_image == "fail":  # every bad file at once, not one per rerun
+        raise BadImagesError([BadImageError(s["path"], f"{s['reason']} (image_id {s['image_id']})")
+                              for s in sorted(skipped, key=lambda s: s["image_id"])],
+                             hint="set preprocess.on_bad_image=skip to leave them out")
 
     skipped.sort(key=lambda s: s["image_id"])
     report = {
@@ -324,22 +324,3 @@ def finalize(spec: JobSpec, paths: JobPaths) -> dict[str, Any]:
             log.warning("  skipped %s: %s (%s)", s["image_id"], s["reason"], s["path"])
     log.info("prepare: %d images cached in %s", done["n_cached"], cache_dir)
     return done
-
-
-def cache_complete(spec: JobSpec, paths: JobPaths) -> bool:
-    """``prepare.done.json`` matches this preprocessing and manifest, and every kept image is
-    cached: the prepare stage can be skipped."""
-    try:
-        done = json.loads(paths.prepare_done.read_text())
-        if done.get("preprocess_hash") != spec.preprocess_hash():
-            return False
-        if Path(done.get("cache_dir", "")) != spec.cache_dir:
-            return False
-        if done.get("manifest_hash") != manifest_hash(paths):
-            return False
-    except (FileNotFoundError, json.JSONDecodeError, ValueError, AttributeError):
-        return False
-    bad = {s["image_id"] for s in done.get("skipped", [])}
-    nbytes = _expected_nbytes(spec.preprocess.size)
-    ids = _read_manifest(paths.manifest)["image_id"]
-    return all(_is_complete(cache_path(spec.cache_dir, i), nbytes) for i in ids if i not in bad)

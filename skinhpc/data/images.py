@@ -17,22 +17,38 @@ Transparency is composited on **white**: the RGB hidden under alpha 0 is
 undefined (often black), and black would later be taken for a dark vignette
 corner and inpainted; white is what every viewer shows.
 
-A JPEG without its end-of-image marker is refused: libjpeg (inside OpenCV)
-pads a truncated stream with gray and only prints a warning, which would put a
-half-gray picture into the cache that looks complete.
+A damaged JPEG is refused: libjpeg (inside OpenCV and Pillow) pads a truncated
+or corrupt entropy stream with gray and only prints a warning ("Corrupt JPEG
+data: premature end of data segment"), which would put a half-gray picture into
+the cache that looks complete.  A missing end-of-image marker is caught from the
+bytes; a damaged body behind an intact marker from libjpeg's warning, which the
+reader captures from the decoding thread's stderr and treats as an error.
+
+Every open goes through :func:`open_image`, which refuses decompression bombs
+(more than Pillow's ``MAX_IMAGE_PIXELS``) from the header, before any pixel is
+decoded: the reader, the audit's perceptual hash and predict all share it.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import re
+import sys
+import tempfile
+import threading
 import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["BadImageError", "read_rgb", "image_size"]
+from skinhpc.data.sources import DataError
+
+__all__ = ["BadImageError", "BadImagesError", "open_image", "read_rgb", "image_size"]
 
 _FAST_FORMATS = {"JPEG", "PNG"}
 _FAST_MODES = {"RGB", "L"}
@@ -49,6 +65,87 @@ class BadImageError(ValueError):
 
     def __reduce__(self):  # keeps the two-argument signature across process pools
         return (type(self), (self.path, self.reason))
+
+
+class BadImagesError(DataError):
+    """Several bad image files, every one named with its reason, in one line (the CLI prints
+    it as is; the job's on_bad_image=fail stops on it)."""
+
+    def __init__(self, bad: Sequence[BadImageError], hint: str = ""):
+        self.bad = list(bad)
+        listed = "; ".join(f"{b.path}: {b.reason}" for b in self.bad)
+        super().__init__(f"{len(self.bad)} bad image file(s){f' ({hint})' if hint else ''}: {listed}")
+
+    def __reduce__(self):
+        return (type(self), (self.bad,))
+
+
+# libjpeg's warnings that mean pixels were made up (gray fill), not a cosmetic header issue
+_CORRUPT = re.compile(rb"(Corrupt JPEG data[^\n]*|Premature end of JPEG file[^\n]*)")
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def _decoder_messages() -> Iterator[list[bytes]]:
+    """Collect what native decoders print to fd 2 meanwhile: libjpeg reports a damaged stream
+    only there.  Anything else printed meanwhile is passed on to the real stderr."""
+    found: list[bytes] = []
+    with _STDERR_LOCK, tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield found
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read()
+            if text:
+                found.extend(m.group(1) for m in _CORRUPT.finditer(text))
+                rest = _CORRUPT.sub(b"", text).strip()
+                if rest:
+                    os.write(2, rest + b"\n")
+
+
+def _decode_fast(path: Path, data: bytes, fmt: str) -> np.ndarray:
+    """8-bit RGB/gray JPEG or PNG through OpenCV, refusing a stream libjpeg had to patch."""
+    with _decoder_messages() as messages:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise BadImageError(path, f"corrupt or truncated {fmt} (OpenCV could not decode it)")
+    if messages:
+        raise BadImageError(path, f"corrupt {fmt} data ({messages[0].decode(errors='replace').strip()})")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _check_jpeg_stream(path: Path, data: bytes) -> None:
+    """Run the whole entropy stream through libjpeg (at 1/8 scale, gray: cheap) only to hear
+    whether it had to patch it; for the JPEGs Pillow decodes (CMYK, YCCK, ...)."""
+    with _decoder_messages() as messages:
+        ok = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8) is not None
+    if ok and messages:  # OpenCV declining a JPEG (e.g. 12-bit) is left for Pillow to judge
+        raise BadImageError(path, f"corrupt JPEG data ({messages[0].decode(errors='replace').strip()})")
+
+
+@contextmanager
+def open_image(path: str | Path, data: bytes | None = None) -> Iterator[Image.Image]:
+    """The Pillow image of a file, header read, pixels not yet decoded; refuses a decompression
+    bomb and a non-image with :class:`BadImageError` before anything large is allocated."""
+    path = Path(path)
+    data = _read_bytes(path) if data is None else data
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise BadImageError(path, "not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImageError(path, f"refused, too many pixels: {e}") from None
+    except Exception as e:  # malformed headers raise anything from SyntaxError to struct.error
+        raise BadImageError(path, f"unreadable image header: {e}") from None
+    with im:
+        yield im
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -112,29 +209,19 @@ def read_rgb(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     data = _read_bytes(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as header:
-                fmt, mode = header.format, header.mode
-    except UnidentifiedImageError:
-        raise BadImageError(path, "not an image (unrecognised format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImageError(path, f"refused, too many pixels: {e}") from None
-    except Exception as e:  # malformed headers raise anything from SyntaxError to struct.error
-        raise BadImageError(path, f"unreadable image header: {e}") from None
+    with open_image(path, data) as header:
+        fmt, mode = header.format, header.mode
 
     if fmt == "JPEG" and not _jpeg_complete(data):
         raise BadImageError(path, "truncated JPEG (no end-of-image marker)")
 
     if fmt in _FAST_FORMATS and mode in _FAST_MODES:
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise BadImageError(path, f"corrupt or truncated {fmt} (OpenCV could not decode it)")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return _decode_fast(path, data, fmt)
 
+    if fmt == "JPEG":  # Pillow's libjpeg keeps its warnings to itself: let OpenCV's speak
+        _check_jpeg_stream(path, data)
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(path, data) as im:
             im.load()
             im = ImageOps.exif_transpose(im) or im
             rgb = _pillow_to_rgb(im)
@@ -149,11 +236,5 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the header only, for audits that must not decode every pixel."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError:
-        raise BadImageError(path, "file not found") from None
-    except Exception as e:
-        raise BadImageError(path, f"unreadable image header: {e}") from None
+    with open_image(path) as im:
+        return im.size

@@ -8,7 +8,6 @@ model needs no separate preprocessing contract.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,9 @@ from torch import nn
 from skinhpc.config import JobSpec, Member, plan_members
 from skinhpc.data.cache import load_cached
 from skinhpc.ensemble.tta import apply_views, check_views, split_views
+from skinhpc.io.checkpoint import member_checkpoint_problem
 from skinhpc.io.layout import JobPaths
+from skinhpc.io.state import member_done_problem, member_identity
 from skinhpc.model.net import data_config, load_checkpoint_model
 
 log = logging.getLogger(__name__)
@@ -58,20 +59,6 @@ class MissingMember:
         return f"member {self.member.name} (seed {self.member.seed}, {self.member.overrides}): {self.reason}{extra}"
 
 
-def _check_member(spec: JobSpec, paths: JobPaths, member: Member) -> str | None:
-    """Why a member cannot be used, or None when its files look complete."""
-    mp = paths.member(member)
-    if not mp.done.exists():
-        return f"no {mp.done} (training unfinished or failed)"
-    try:
-        json.loads(mp.done.read_text())
-    except (OSError, ValueError) as e:
-        return f"unreadable {mp.done}: {e}"
-    if not mp.best.exists():
-        return f"no checkpoint {mp.best}"
-    return None
-
-
 def gather_members(
     spec: JobSpec, paths: JobPaths, device: str | torch.device = "cpu"
 ) -> tuple[list[tuple[Member, nn.Module]], list[MissingMember]]:
@@ -81,7 +68,8 @@ def gather_members(
     missing: list[MissingMember] = []
     for member in plan_members(spec):
         mp = paths.member(member)
-        reason = _check_member(spec, paths, member)
+        reason = member_done_problem(spec, paths, member) or member_checkpoint_problem(
+            mp.best, member_identity(spec, member))
         model = None
         if reason is None:
             mspec = member.spec(spec)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from skinhpc.io.atomic import atomic_path
+from skinhpc.io.state import identity_problem
 
 
 class CheckpointError(ValueError):
@@ -73,3 +74,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
         raise CheckpointError(f"{path}: not a skinhpc checkpoint (needs 'model' and 'meta')")
     return ckpt
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``meta`` without reading its tensors into memory (memory-mapped load)."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint not found") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e)[:300]})") from e
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("meta"), dict):
+        raise CheckpointError(f"{path}: not a skinhpc checkpoint (needs 'meta')")
+    return ckpt["meta"]
+
+
+def member_checkpoint_problem(path: str | Path, identity: dict[str, Any]) -> str | None:
+    """Why the checkpoint at ``path`` is not this member's (``identity``: fingerprint, seed,
+    member index, see :func:`skinhpc.io.state.member_identity`), or None when it is: a best.pt
+    copied in from another seed has the right architecture and loads, but is not this member."""
+    try:
+        meta = read_meta(path)
+    except CheckpointError as e:
+        return str(e)
+    problem = identity_problem(meta, identity)
+    return f"{path} is of another member or config: {problem}" if problem else None

@@ -6,7 +6,6 @@ here, so any stage can be rerun, resumed or inspected on its own.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from skinhpc.config import Member
@@ -31,15 +30,6 @@ class JobPaths:
     def member(self, member: Member | int) -> MemberPaths:
         index = member.index if isinstance(member, Member) else member
         return MemberPaths(self.members_dir / f"{index:03d}")
-
-    def done_members(self) -> set[int]:
-        """Indices of the members with a done.json (one listing, for planning large jobs)."""
-        root = str(self.members_dir)
-        try:
-            names = os.listdir(root)
-        except OSError:
-            return set()
-        return {int(n) for n in names if n.isdigit() and os.path.exists(os.path.join(root, n, "done.json"))}
 
 
 class MemberPaths:

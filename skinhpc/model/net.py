@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 from collections import OrderedDict
@@ -27,6 +25,7 @@ from torch import nn
 from skinhpc.config import JobSpec, load_spec, plan_members
 from skinhpc.data.dataset import META_DIM
 from skinhpc.io.checkpoint import CheckpointError, load_checkpoint
+from skinhpc.io.state import member_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -307,24 +306,6 @@ def data_config(spec: JobSpec) -> dict[str, Any]:
             pass
     return {"mean": tuple(float(x) for x in mean), "std": tuple(float(x) for x in std),
             "size": spec.preprocess.size}
-
-
-def member_fingerprint(spec: JobSpec) -> str:
-    """What a member's weights depend on: data, preprocessing, model and training, nothing else.
-
-    The job's seed list and sweep are left out (adding a seed or a sweep point must not invalidate
-    members already trained; the member's own seed is stored and checked separately), and so are
-    the reduce settings, the cluster, the job name and where results live: changing the gate, the
-    TTA views or moving the results folder must not make finished checkpoints unloadable.
-    """
-    d = spec.to_dict()
-    picked = {k: d[k] for k in ("data", "preprocess", "model", "train")}
-    for k in ("cache_dir", "workers", "shards"):
-        picked["preprocess"].pop(k)
-    picked["train"].pop("num_workers")
-    picked["train"].pop("eval_batch_size")
-    blob = json.dumps(picked, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def checkpoint_meta(spec: JobSpec) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any
 
 from skinhpc.config import JobSpec, Member, plan_members
 from skinhpc.io.layout import JobPaths
+from skinhpc.io.state import done_members
 from skinhpc.orchestrate.stages import (
     MemberTask,
     PrepareTask,
@@ -172,7 +173,7 @@ class SubmissionPlan:
 
 def plan_submission(spec: JobSpec, paths: JobPaths) -> SubmissionPlan:
     members = plan_members(spec)
-    done = paths.done_members()
+    done = done_members(spec, paths, members)
     todo = [m for m in members if m.index not in done]
     shards = spec.preprocess.shards
     if prepare_complete(spec, paths):

@@ -16,12 +16,9 @@ in every process of a multi-GPU member.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import time
 import traceback
@@ -31,8 +28,10 @@ from typing import Any
 import submitit
 
 from skinhpc.config import JobSpec, Member, load_spec, plan_members
-from skinhpc.io.atomic import write_json_atomic, write_text_atomic
+from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
+from skinhpc.io.state import error_file, member_done, prepare_complete, read_state, record
+from skinhpc.train.signals import checkpoint_now
 
 log = logging.getLogger(__name__)
 
@@ -51,46 +50,6 @@ def load_job(job_dir: str | Path) -> tuple[JobSpec, JobPaths]:
     if not paths.job_yaml.exists():
         raise FileNotFoundError(f"{paths.job_yaml}: no job.yaml; launch the job first")
     return load_spec(paths.job_yaml), paths
-
-
-def state_dir(paths: JobPaths) -> Path:
-    return paths.root / "state"
-
-
-def state_file(paths: JobPaths, stage: str) -> Path:
-    return state_dir(paths) / f"{stage}.json"
-
-
-def error_file(paths: JobPaths, stage: str) -> Path:
-    """Where a stage's last traceback goes; members keep theirs beside their outputs."""
-    if stage.startswith("member-"):
-        return paths.member(int(stage.split("-", 1)[1])).error
-    return state_dir(paths) / f"{stage}.error.txt"
-
-
-def read_state(paths: JobPaths, stage: str) -> dict[str, Any]:
-    try:
-        return json.loads(state_file(paths, stage).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def _job_id() -> str | None:
-    try:
-        return str(submitit.JobEnvironment().job_id)
-    except RuntimeError:
-        return os.environ.get("SLURM_JOB_ID")
-
-
-def record(paths: JobPaths, stage: str, state: str, **extra: Any) -> None:
-    """Update a stage's state file; earlier keys (requeues, attempts) are kept."""
-    data = read_state(paths, stage)
-    data.update(extra)
-    data.update(state=state, updated=time.time(), host=socket.gethostname(), pid=os.getpid())
-    job_id = _job_id()
-    if job_id:
-        data["job_id"] = job_id
-    write_json_atomic(state_file(paths, stage), data)
 
 
 def _run_recorded(paths: JobPaths, stage: str, fn: Any, *args: Any) -> None:
@@ -113,24 +72,6 @@ def _run_recorded(paths: JobPaths, stage: str, fn: Any, *args: Any) -> None:
 
 
 # --------------------------------------------------------------------------- prepare
-def prepare_complete(spec: JobSpec, paths: JobPaths) -> bool:
-    """prepare.done.json written and every kept manifest image cached: prepare can be skipped."""
-    if not (paths.prepare_done.exists() and paths.manifest.exists()):
-        return False
-    try:  # one directory listing, not a stat per image (launch time; 25k images on Lustre)
-        cached = set(os.listdir(spec.cache_dir))
-    except OSError:
-        return False
-    try:
-        skipped_raw = json.loads(paths.prepare_done.read_text()).get("skipped", [])
-    except (json.JSONDecodeError, AttributeError):
-        return False
-    skipped = {s.get("image_id") if isinstance(s, dict) else str(s) for s in skipped_raw or []}
-    with open(paths.manifest, newline="") as f:
-        ids = [row["image_id"] for row in csv.DictReader(f)]
-    return all(f"{i}.npy" in cached for i in ids if i not in skipped)
-
-
 class PrepareTask:
     """The prepare stage: ``all`` in one task, or ``tables`` -> ``shard`` array -> ``finalize``."""
 
@@ -168,7 +109,7 @@ class PrepareTask:
 class MemberTask(submitit.helpers.Checkpointable):
     """One ensemble member. On preemption or time-out submitit calls :meth:`checkpoint`
     (in the training process, from its USR2 handler), which has training write last.pt
-    (``skinhpc.train.checkpoint_now``; it also writes it every epoch) and requeues this
+    (``skinhpc.train.signals.checkpoint_now``; it also writes it every epoch) and requeues this
     same task; training resumes from last.pt by itself."""
 
     def __init__(self, job_dir: str | Path, tasks: list[int] | None = None) -> None:
@@ -193,9 +134,8 @@ class MemberTask(submitit.helpers.Checkpointable):
     def __call__(self, index: int | None = None) -> str:
         index = self._index(index)
         spec, paths, member = self._member(index)
-        mp = paths.member(member)
         stage = f"member-{index}"
-        if mp.done.exists():
+        if member_done(spec, paths, member):
             record(paths, stage, "done", skipped=True)
             return "skipped"
         _run_recorded(paths, stage, _train, spec, paths, member)
@@ -206,8 +146,6 @@ class MemberTask(submitit.helpers.Checkpointable):
         try:
             index = self._index(index)
             _, paths, member = self._member(index)
-            from skinhpc.train.member import checkpoint_now  # deferred: keeps torch out of launch
-
             # same process as the training loop: last.pt is written before the requeue
             checkpoint_now()
             st = read_state(paths, f"member-{index}")

@@ -18,8 +18,9 @@ from typing import Any
 
 from skinhpc.config import plan_members
 from skinhpc.io.layout import JobPaths
+from skinhpc.io.state import done_members, error_file, prepare_complete, read_state
 from skinhpc.orchestrate.cluster import job_ids, local_driver_alive, read_launches
-from skinhpc.orchestrate.stages import error_file, load_job, prepare_complete, read_state
+from skinhpc.orchestrate.stages import load_job
 
 
 def slurm_states(ids: list[str]) -> tuple[dict[str, str], bool]:
@@ -130,8 +131,9 @@ def collect(job_dir: str | Path) -> list[dict[str, Any]]:
         }
 
     rows.append(row("prepare", "prepare", prepare_complete(spec, paths)))
-    done = paths.done_members()
-    for m in plan_members(spec):
+    members = plan_members(spec)
+    done = done_members(spec, paths, members)
+    for m in members:
         rows.append(row(f"member-{m.index}", f"member {m.name}", m.index in done))
     rows.append(row("reduce", "reduce", read_state(paths, "reduce").get("state") == "done"))
     return rows

@@ -1,0 +1,219 @@
+"""What is finished in a job folder: the one owner of "member done", "prepare complete" and the
+stage state records, so launch, the tasks, status and the reduce all mean the same thing.
+
+Everything here is cheap enough for ``skinhpc launch`` on a 1,000-member job on a parallel
+file system and imports no torch: one listing per folder, small JSON files, one manifest read.
+
+* A member is done when its ``done.json`` is readable and names this very member: the same
+  fingerprint (what its weights depend on), seed and index.  A done.json copied in from another
+  seed, sweep point or config is not done (the member retrains; the reduce leaves it out).
+* Prepare is complete when ``prepare.done.json`` was written for this manifest (its hash),
+  this preprocessing (its hash) and this cache folder, and every kept image is in the cache
+  (one directory listing; cache files are renamed into place whole, so present means complete).
+* ``state/<stage>.json`` records each task's state (running, done, failed, requeued) whatever
+  executor ran it; ``error_file`` is where its last traceback goes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from skinhpc.config import JobSpec, Member
+from skinhpc.io.atomic import write_json_atomic
+from skinhpc.io.layout import JobPaths
+
+
+# --------------------------------------------------------------------------- member done
+def member_fingerprint(spec: JobSpec) -> str:
+    """What a member's weights depend on: data, preprocessing, model and training, nothing else.
+
+    The job's seed list and sweep are left out (adding a seed or a sweep point must not invalidate
+    members already trained; the member's own seed is stored and checked separately), and so are
+    the reduce settings, the cluster, the job name and where results live: changing the gate, the
+    TTA views or moving the results folder must not make finished checkpoints unloadable.
+    ``spec`` is the member's own spec (``member.spec(job)``).
+    """
+    d = spec.to_dict()
+    picked = {k: d[k] for k in ("data", "preprocess", "model", "train")}
+    for k in ("cache_dir", "workers", "shards"):
+        picked["preprocess"].pop(k)
+    picked["train"].pop("num_workers")
+    picked["train"].pop("eval_batch_size")
+    blob = json.dumps(picked, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def member_identity(spec: JobSpec, member: Member) -> dict[str, Any]:
+    """The keys done.json and the member's checkpoints carry to say whose they are."""
+    return {"fingerprint": member_fingerprint(member.spec(spec)), "seed": member.seed, "member": member.index}
+
+
+def identity_problem(found: dict[str, Any], want: dict[str, Any]) -> str | None:
+    """The first identity key where ``found`` differs from ``want`` (worded), or None."""
+    for key, value in want.items():
+        if found.get(key) != value:
+            return f"{key} is {found.get(key)!r}, this member's is {value!r}"
+    return None
+
+
+def write_member_done(spec: JobSpec, paths: JobPaths, member: Member, **summary: Any) -> None:
+    """Mark ``member`` done (the last file training writes); ``summary`` is kept alongside."""
+    write_json_atomic(paths.member(member).done, {**member_identity(spec, member), **summary})
+
+
+def member_done_problem(spec: JobSpec, paths: JobPaths, member: Member,
+                        fingerprint: str | None = None) -> str | None:
+    """Why ``member`` is not done with this config, or None when it is (``fingerprint``: the
+    member's, when the caller has it already)."""
+    done = paths.member(member).done
+    try:
+        record = json.loads(done.read_text())
+    except FileNotFoundError:
+        return f"no {done} (training unfinished or failed)"
+    except (OSError, ValueError) as e:
+        return f"unreadable {done}: {e}"
+    if not isinstance(record, dict):
+        return f"{done}: not a JSON object"
+    want = {"fingerprint": fingerprint, "seed": member.seed, "member": member.index} if fingerprint \
+        else member_identity(spec, member)
+    problem = identity_problem(record, want)
+    return f"{done} is of another member or config: {problem}" if problem else None
+
+
+def member_done(spec: JobSpec, paths: JobPaths, member: Member) -> bool:
+    return member_done_problem(spec, paths, member) is None
+
+
+def done_members(spec: JobSpec, paths: JobPaths, members: Iterable[Member]) -> set[int]:
+    """Indices of ``members`` that are done: one listing of members/, then a done.json read
+    only for folders that have one (launch time on a large job)."""
+    root = str(paths.members_dir)
+    try:
+        names = set(os.listdir(root))
+    except OSError:
+        return set()
+    fingerprints: dict[str, str] = {}  # per sweep point: the seeds of one point share it
+    done = set()
+    for m in members:
+        if m.name not in names or not os.path.exists(os.path.join(root, m.name, "done.json")):
+            continue
+        key = json.dumps(m.overrides, sort_keys=True, default=str)
+        if key not in fingerprints:
+            fingerprints[key] = member_fingerprint(m.spec(spec))
+        if member_done_problem(spec, paths, m, fingerprints[key]) is None:
+            done.add(m.index)
+    return done
+
+
+def clean_stale_writes(folder: Path) -> list[Path]:
+    """Remove the temporary files of writes that were killed before their rename
+    (``.last.pt.*.tmp`` and the like): called on resume, when no other writer can be active."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+# --------------------------------------------------------------------------- prepare complete
+def _manifest_rows(manifest: Path) -> list[tuple[str, str]]:
+    with open(manifest, newline="", encoding="utf-8") as f:
+        return [(r["image_id"], r["path"]) for r in csv.DictReader(f)]
+
+
+def _rows_hash(rows: list[tuple[str, str]]) -> str:
+    text = "\n".join(f"{i}\t{p}" for i, p in rows)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def manifest_hash(manifest: Path) -> str:
+    """Identity of the image list (ids and files), so a cache or shard report of an older
+    manifest in the same job folder is never taken for this one's."""
+    return _rows_hash(_manifest_rows(manifest))
+
+
+def prepare_problem(spec: JobSpec, paths: JobPaths) -> str | None:
+    """Why the prepare stage must (re)run, or None when its outputs are complete for this spec."""
+    try:
+        done = json.loads(paths.prepare_done.read_text())
+        if not isinstance(done, dict):
+            return f"{paths.prepare_done}: not a JSON object"
+        if done.get("preprocess_hash") != spec.preprocess_hash():
+            return f"{paths.prepare_done}: written for other preprocessing"
+        if Path(done.get("cache_dir", "")) != spec.cache_dir:
+            return f"{paths.prepare_done}: written for cache {done.get('cache_dir')}, not {spec.cache_dir}"
+        rows = _manifest_rows(paths.manifest)
+        if done.get("manifest_hash") != _rows_hash(rows):
+            return f"{paths.prepare_done}: written for another {paths.manifest}"
+        skipped = {s["image_id"] if isinstance(s, dict) else str(s) for s in done.get("skipped") or []}
+    except FileNotFoundError as e:
+        return f"{e.filename}: missing"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{paths.prepare_done}: unreadable ({e})"
+    try:
+        cached = set(os.listdir(spec.cache_dir))
+    except OSError:
+        return f"{spec.cache_dir}: cache folder missing"
+    missing = [i for i, _ in rows if i not in skipped and f"{i}.npy" not in cached]
+    if missing:
+        return f"{spec.cache_dir}: {len(missing)} kept image(s) not cached, e.g. {missing[:3]}"
+    return None
+
+
+def prepare_complete(spec: JobSpec, paths: JobPaths) -> bool:
+    """The prepare stage can be skipped (see :func:`prepare_problem`)."""
+    return prepare_problem(spec, paths) is None
+
+
+# --------------------------------------------------------------------------- stage records
+def state_dir(paths: JobPaths) -> Path:
+    return paths.root / "state"
+
+
+def state_file(paths: JobPaths, stage: str) -> Path:
+    return state_dir(paths) / f"{stage}.json"
+
+
+def error_file(paths: JobPaths, stage: str) -> Path:
+    """Where a stage's last traceback goes; members keep theirs beside their outputs."""
+    if stage.startswith("member-"):
+        return paths.member(int(stage.split("-", 1)[1])).error
+    return state_dir(paths) / f"{stage}.error.txt"
+
+
+def read_state(paths: JobPaths, stage: str) -> dict[str, Any]:
+    try:
+        return json.loads(state_file(paths, stage).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _job_id() -> str | None:
+    try:
+        return str(submitit.JobEnvironment().job_id)
+    except RuntimeError:
+        return os.environ.get("SLURM_JOB_ID")
+
+
+def record(paths: JobPaths, stage: str, state: str, **extra: Any) -> None:
+    """Update a stage's state file; earlier keys (requeues, attempts) are kept."""
+    data = read_state(paths, stage)
+    data.update(extra)
+    data.update(state=state, updated=time.time(), host=socket.gethostname(), pid=os.getpid())
+    job_id = _job_id()
+    if job_id:
+        data["job_id"] = job_id
+    write_json_atomic(state_file(paths, stage), data)

@@ -1,0 +1,339 @@
+"""The training loop of one member: phases, AdamW, schedule, EMA, early stopping, last.pt.
+
+:class:`Run` owns every tensor a step depends on (model, optimiser, scheduler, EMA, RNG),
+and :class:`~skinhpc.train.history.Progress` the numbers; :meth:`Run.state` is the
+whole of last.pt, so a requeued task continues from the same step with the same numbers.
+last.pt is rewritten atomically at every epoch end and whenever the preemption hook asks
+(:mod:`skinhpc.train.signals`).  best.pt is chosen on validation only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from skinhpc.config import JobSpec, Member, PhaseSpec
+from skinhpc.io.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from skinhpc.io.layout import JobPaths, MemberPaths
+from skinhpc.io.state import clean_stale_writes, member_fingerprint
+from skinhpc.model.net import (
+    PriorBaseline,
+    build_model,
+    checkpoint_meta,
+    freeze_norms,
+    param_groups,
+)
+from skinhpc.train.history import Progress, auc_score, malignant_auc, write_history
+from skinhpc.train.inputs import build_inputs
+from skinhpc.train.losses import build_loss
+from skinhpc.train.schedule import lr_lambda
+from skinhpc.train.signals import step_guard
+
+log = logging.getLogger("skinhpc.train")
+
+
+def _progress_bar(it: Any, total: int, desc: str, enabled: bool) -> Any:
+    if not enabled or not sys.stderr.isatty():
+        return it
+    from tqdm import tqdm  # deferred: only on a terminal
+
+    return tqdm(it, total=total, desc=desc, leave=False)
+
+
+class Run:
+    """The state of one member's training; everything last.pt holds lives here."""
+
+    def __init__(self, spec: JobSpec, paths: JobPaths, member: Member, accelerator: Any):
+        self.spec = spec
+        self.member = member
+        self.mp: MemberPaths = paths.member(member)
+        self.acc = accelerator
+        self.fingerprint = member_fingerprint(spec)
+        self.inputs = build_inputs(spec, paths, member, accelerator)
+        self.tables, self.datasets = self.inputs.tables, self.inputs.datasets
+        self.steps_per_epoch = self.inputs.steps_per_epoch
+
+        self.raw_model: nn.Module = build_model(spec)
+        if isinstance(self.raw_model, PriorBaseline):
+            self.raw_model.set_prior(torch.as_tensor(self.inputs.train_counts))
+        self.raw_model.to(accelerator.device)
+        self.criterion = build_loss(spec.train.loss, self.inputs.train_counts).to(accelerator.device)
+        self.ema: Any = None
+        self.progress = Progress()
+        self.optimizer: Any = None
+        self.scheduler: Any = None
+        self.model: nn.Module = self.raw_model
+        # preemption: a request inside the optimiser step is deferred to its end (_pending)
+        self._critical = False
+        self._pending = False
+        self.exit_after_save: int | None = None
+        self._step_rng: dict[str, Any] | None = None
+        self._resume_rng: dict[str, Any] | None = None
+        self._step_buffers: dict[str, torch.Tensor] | None = None
+        self._post: dict[str, Any] | None = None  # state as of the end of an epoch's train loop
+
+    # ---------------------------------------------------------------- checkpoint state
+    def meta(self) -> dict[str, Any]:
+        """What identifies the checkpoint: the network, this member's config, seed and index."""
+        meta = checkpoint_meta(self.spec)
+        meta.update(fingerprint=self.fingerprint, seed=self.member.seed, member=self.member.index,
+                    epoch=self.progress.global_epoch)
+        return meta
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.raw_model
+
+    def state(self, rng: dict[str, Any] | None = None, buffers: dict[str, torch.Tensor] | None = None
+              ) -> dict[str, Any]:
+        p = self.progress
+        scaler = getattr(self.acc, "scaler", None)
+        model_state = self.raw_model.state_dict()
+        if buffers:  # norm statistics as of the step boundary (the forward in flight moved them)
+            model_state.update(buffers)
+        best = p.best()
+        history = p.history
+        if self._post is not None:  # asked during validation: save the end of the train loop
+            rng = rng if rng is not None else self._post["rng"]
+            best, history = self._post["best"], p.history[: self._post["history"]]
+        return {
+            "model": model_state,
+            "meta": self.meta(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "position": p.position(),
+            "best": {"metric": best[0], "epoch": best[1], "bad_epochs": best[2]},
+            "history": list(history),
+            "seconds": p.seconds,
+            "rng": rng if rng is not None else rng_state(),
+        }
+
+    def save_last(self, rng: dict[str, Any] | None = None,
+                  buffers: dict[str, torch.Tensor] | None = None) -> None:
+        if self.acc.is_main_process:
+            save_checkpoint(self.mp.last, self.state(rng, buffers))
+
+    def request_checkpoint(self) -> bool:
+        """The preemption hook's entry (:func:`skinhpc.train.signals.checkpoint_now`)."""
+        if self._critical:
+            self._pending = True
+            return False
+        # outside the optimiser step: weights and optimiser are at a step boundary; the
+        # RNG and norm statistics as of that boundary were captured when the step began
+        self.save_last(self._step_rng, self._step_buffers)
+        log.info("member %s: checkpoint written on request at epoch %d step %d",
+                 self.member.name, self.progress.global_epoch, self.progress.step)
+        return True
+
+    def try_resume(self) -> dict[str, Any] | None:
+        """last.pt of this very member (config, seed and index), or None to start afresh."""
+        if self.acc.is_main_process:
+            removed = clean_stale_writes(self.mp.root)
+            if removed:
+                log.info("member %s: removed %d temporary file(s) of interrupted writes", self.member.name,
+                         len(removed))
+        if not self.mp.last.exists():
+            return None
+        ckpt = load_checkpoint(self.mp.last)
+        meta = ckpt["meta"]
+        if (meta.get("fingerprint"), meta.get("seed"), meta.get("member", self.member.index)) != (
+                self.fingerprint, self.member.seed, self.member.index):
+            log.warning("%s: from another config or member (fingerprint %s, seed %s, member %s); "
+                        "starting afresh", self.mp.last, meta.get("fingerprint"), meta.get("seed"),
+                        meta.get("member"))
+            return None
+        self.raw_model.load_state_dict(ckpt["model"])
+        self.progress = Progress.from_checkpoint(ckpt)
+        p = self.progress
+        log.info("member %s: resuming from %s at phase %d epoch %d step %d", self.member.name,
+                 self.mp.last, p.phase, p.global_epoch, p.step)
+        return ckpt
+
+    # ---------------------------------------------------------------- phases
+    def setup_phase(self, phase: PhaseSpec, ckpt: dict[str, Any] | None) -> None:
+        t = self.spec.train
+        groups = param_groups(self.raw_model, phase, t.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=phase.lr, weight_decay=t.weight_decay)
+        lambdas = [lr_lambda(t.scheduler, self.steps_per_epoch, phase.epochs, g["lr"]) for g in groups]
+        # the scheduler is not prepared: Accelerate would step it once per process
+        self.model, self.optimizer = self.acc.prepare(self.raw_model, optimizer)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, lambdas)
+        if t.ema.enabled and self.ema is None:
+            from timm.utils import ModelEmaV3  # deferred: timm's utils only when EMA is on
+
+            # warm-up: decay ramps as 1-(1+step)**-2/3 up to t.ema.decay, so a short CPU run
+            # (tens of steps an epoch) is not dominated by the initial weights
+            self.ema = ModelEmaV3(self.raw_model, decay=t.ema.decay, use_warmup=True)
+        if ckpt is not None:
+            if ckpt["optimizer"] is not None and (self.progress.epoch_in_phase or self.progress.step):
+                self.optimizer.optimizer.load_state_dict(ckpt["optimizer"])
+                self.scheduler.load_state_dict(ckpt["scheduler"])
+            scaler = getattr(self.acc, "scaler", None)
+            if scaler is not None and ckpt["scaler"] is not None:
+                scaler.load_state_dict(ckpt["scaler"])
+            if self.ema is not None and ckpt["ema"] is not None:
+                self.ema.module.load_state_dict(ckpt["ema"])
+
+    def train_epoch(self, phase: PhaseSpec) -> dict[str, float]:
+        acc, t, p = self.acc, self.spec.train, self.progress
+        self.model.train()
+        freeze_norms(self.raw_model)
+        # Accelerate's loader forwards set_epoch to the sampler OR the dataset, not both
+        self.inputs.train_loader.set_epoch(p.global_epoch)
+        self.inputs.sampler.set_epoch(p.global_epoch)
+        self.datasets["train"].set_epoch(p.global_epoch)
+        skip = p.step
+        stats = p.epoch_stats
+        t0 = time.perf_counter()
+        images = 0
+        use_meta = self.spec.model.metadata.enabled
+        batches = _progress_bar(self.inputs.train_loader, self.steps_per_epoch, f"epoch {p.global_epoch}",
+                                acc.is_local_main_process)
+        for i, (x, meta, y) in enumerate(batches):
+            if i >= self.steps_per_epoch:
+                break
+            if i < skip:  # mid-epoch resume: same order, batches already trained on
+                continue
+            if self._resume_rng is not None:
+                set_rng_state(self._resume_rng)
+                self._resume_rng = None
+            self._step_rng = rng_state()
+            self._step_buffers = {k: b.detach().clone() for k, b in self.raw_model.named_buffers()}
+            if self._pending:
+                self._pending = False
+                self.save_last(self._step_rng)
+            logits = self.model(x, meta if use_meta else None)
+            loss = self.criterion(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            if t.grad_clip > 0:
+                acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            # parameters, optimiser, scheduler and EMA change together: preemption signals
+            # wait until the step is whole, so a handler calling checkpoint_now always
+            # finds a step boundary (the _critical flag covers calls from other threads)
+            self._critical = True
+            with step_guard():
+                self.optimizer.step()
+                self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update(self.raw_model, step=p.global_epoch * self.steps_per_epoch + i + 1)
+                p.step = i + 1
+                self._step_rng = self._step_buffers = None  # at a boundary: save current state
+                self._critical = False
+            stats["loss_sum"] += float(loss.detach()) * len(y)
+            stats["count"] += len(y)
+            images += len(y)
+            if self._pending:
+                self._pending = False
+                self.save_last()
+                if self.exit_after_save is not None:
+                    os._exit(self.exit_after_save)
+        elapsed = time.perf_counter() - t0
+        stats["seconds"] += elapsed
+        self.sync_buffers()
+        if self._resume_rng is not None:  # resumed after the last step: nothing was re-run
+            set_rng_state(self._resume_rng)
+            self._resume_rng = None
+        self._post = {"rng": rng_state(), "history": len(p.history), "best": p.best()}
+        totals = acc.reduce(torch.tensor([stats["loss_sum"], stats["count"], images],
+                                         dtype=torch.float64, device=acc.device), "sum")
+        return {
+            "train_loss": float(totals[0] / max(totals[1], 1)),
+            "images_per_s": float(totals[2]) / max(elapsed, 1e-9),
+            "seconds": stats["seconds"],
+            "lr": float(self.scheduler.get_last_lr()[0]),
+        }
+
+    @torch.no_grad()
+    def sync_buffers(self) -> None:
+        """Average norm statistics over processes: each process's last forward moved its own
+        copy, and evaluation and checkpoints must see one model."""
+        if self.acc.num_processes == 1:
+            return
+        for model in (self.raw_model, self.ema.module if self.ema is not None else None):
+            if model is None:
+                continue
+            for b in model.buffers():
+                if b.is_floating_point():
+                    b.copy_(self.acc.reduce(b.detach().clone(), "mean"))
+
+    @torch.no_grad()
+    def predict(self, split: str, model: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+        """Probabilities and labels of a split in table order (all processes take part)."""
+        acc, t = self.acc, self.spec.train
+        model = model if model is not None else self.eval_model()
+        ds = self.datasets[split]
+        loader = acc.prepare_data_loader(DataLoader(ds, batch_size=t.eval_batch_size, shuffle=False,
+                                                    num_workers=t.num_workers))
+        was_training = model.training
+        model.eval()
+        use_meta = self.spec.model.metadata.enabled
+        all_logits, all_labels = [], []
+        for x, meta, y in loader:
+            with acc.autocast():
+                logits = model(x, meta if use_meta else None).float()
+            logits, y = acc.gather_for_metrics((logits, y))
+            all_logits.append(logits.cpu())
+            all_labels.append(y.cpu())
+        model.train(was_training)
+        logits = torch.cat(all_logits) if all_logits else torch.zeros(0, len(self.spec.class_names))
+        labels = torch.cat(all_labels) if all_labels else torch.zeros(0, dtype=torch.long)
+        loss = float(self.criterion(logits.to(acc.device), labels.to(acc.device))) if len(labels) else float("nan")
+        return torch.softmax(logits, 1).numpy(), labels.numpy(), loss
+
+    def run(self) -> None:
+        """Every phase and epoch still to do, from last.pt if there is one of this member."""
+        acc = self.acc
+        ckpt = self.try_resume()
+        if ckpt is not None:
+            set_rng_state(ckpt["rng"])
+            if self.progress.step:  # mid-epoch: re-apply once the loader has skipped ahead
+                self._resume_rng = ckpt["rng"]
+        phases = self.spec.train.phases
+        stopping = self.spec.train.early_stopping
+        p = self.progress
+        while p.phase < len(phases):
+            phase = phases[p.phase]
+            self.setup_phase(phase, ckpt)
+            ckpt = None
+            while p.epoch_in_phase < phase.epochs:
+                ep = self.train_epoch(phase)
+                probs, labels, val_loss = self.predict("val")
+                val_auc = auc_score(labels, probs)
+                val_auc_mal = malignant_auc(self.spec, labels, probs)
+                better, value = p.improves(stopping.metric, val_loss, val_auc, val_auc_mal)
+                if better:
+                    p.best_metric, p.best_epoch, p.bad_epochs = value, p.global_epoch, 0
+                    if acc.is_main_process:
+                        save_checkpoint(self.mp.best, {"model": self.eval_model().state_dict(), "meta": self.meta()})
+                else:
+                    p.bad_epochs += 1
+                row = {"phase": phase.name, "epoch": p.global_epoch, "train_loss": ep["train_loss"],
+                       "val_loss": val_loss, "val_auc": val_auc, "val_auc_malignant": val_auc_mal,
+                       "lr": ep["lr"], "images_per_s": ep["images_per_s"], "seconds": ep["seconds"]}
+                p.history.append(row)
+                p.seconds += ep["seconds"]
+                log.info("member %s phase %s epoch %d: train_loss %.4f val_loss %.4f val_auc %.4f%s "
+                         "lr %.2e %.1f img/s%s", self.member.name, phase.name, p.global_epoch,
+                         ep["train_loss"], val_loss, val_auc,
+                         f" (malignant {val_auc_mal:.4f})" if self.spec.data.task != "binary" else "",
+                         ep["lr"], ep["images_per_s"], " (best)" if better else "")
+                if p.end_epoch(phase.epochs, stopping.patience):
+                    log.info("member %s: early stop in phase %s after %d epochs without improvement",
+                             self.member.name, phase.name, stopping.patience)
+                self._post = None
+                self.save_last()
+                if acc.is_main_process:
+                    write_history(self.mp.history, p.history)
+                acc.wait_for_everyone()
+                if p.epoch_in_phase == 0:  # phase over (all epochs run, or stopped early)
+                    break
