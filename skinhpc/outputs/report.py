@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from skinhpc import metrics
+from skinhpc import metrics as mx
 from skinhpc.config import JobSpec, Member, dump_yaml
-from skinhpc.ensemble.reduce import malignant_view
+from skinhpc.ensemble.decision import malignant_view
 from skinhpc.io.atomic import atomic_path, write_text_atomic
 from skinhpc.io.layout import JobPaths
-from skinhpc.metrics import evaluation as metrics
-from skinhpc.metrics import evaluation as mx
 
 if TYPE_CHECKING:
     from skinhpc.ensemble.reduce import Split
@@ -579,7 +579,7 @@ def _eval_subgroups(spec: JobSpec, a: dict[str, Any], table: Any) -> str:
     if table is None or any(c not in table for c in cols):
         return "<p>The evaluation data has no sex/age/site columns: no subgroup analysis.</p>"
     sub = table[list(cols)].reset_index(drop=True)
-    known = any(v != "unknown" for v in (mx._category(x) for c in ("sex", "site") for x in sub[c].tolist()))
+    known = any(v != "unknown" for v in (mx.category(x) for c in ("sex", "site") for x in sub[c].tolist()))
     known = known or any(mx.age_band(x) != "unknown" for x in sub["age"].tolist())
     if not known:
         return "<p>Sex, age and site are unknown for every image of this dataset: no subgroup analysis.</p>"

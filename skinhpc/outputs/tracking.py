@@ -42,8 +42,8 @@ from typing import Any
 import pandas as pd
 
 from skinhpc.config import JobSpec, Member, plan_members
+from skinhpc.ensemble.predictor import EnsemblePredictor
 from skinhpc.io.layout import JobPaths
-from skinhpc.outputs.predict import EnsemblePredictor
 
 log = logging.getLogger(__name__)
 
