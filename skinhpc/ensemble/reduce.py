@@ -39,7 +39,7 @@ from skinhpc import metrics
 from skinhpc.config import JobSpec, Member
 from skinhpc.data.dataset import encode_metadata
 from skinhpc.data.prepare import load_table
-from skinhpc.ensemble.decision import decide, decisions, malignant_view, operating_point
+from skinhpc.ensemble.decision import REFER, decide, decisions, malignant_view, operating_point
 from skinhpc.ensemble.inference import (
     MissingMember,
     cached_batches,
@@ -87,7 +87,6 @@ def split_probs(
     """TTA probabilities ``(M, N, C)`` of every member for the rows of ``frame``."""
     meta = None
     if any(getattr(m, "uses_meta", False) for m in models):
-
         meta = np.asarray(encode_metadata(frame), dtype=np.float32)
     ids = frame["image_id"].astype(str).tolist()
     bs = max(1, spec.train.eval_batch_size)
@@ -122,20 +121,19 @@ def calibrate(spec: JobSpec, val: Split, test: Split) -> float:
 # --------------------------------------------------------------------------- evaluation
 def _evaluate(spec: JobSpec, y: np.ndarray, probs: np.ndarray, names: Sequence[str], threshold: float | None,
               groups: np.ndarray | None, bootstrap: int) -> dict[str, Any]:
-
     return metrics.evaluate(
         y, probs, class_names=list(names), threshold=threshold, gate=spec.reduce.gate,
         groups=groups, bootstrap=bootstrap, seed=spec.data.split.seed,
     )
 
 
-def confusion(y: np.ndarray, decisions: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+def confusion(y: np.ndarray, calls: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
     """Confusion matrices at the threshold (referrals counted by their forced decision) and gated."""
-    kept = decisions != "refer"
+    kept = calls != REFER
     pred_names = np.asarray(names, dtype=object)
     y_names = pred_names[y]
     n = len(names)
-    gated = (confusion_matrix(y_names[kept], decisions[kept], labels=list(names)).tolist()
+    gated = (confusion_matrix(y_names[kept], calls[kept], labels=list(names)).tolist()
              if kept.any() else [[0] * n for _ in range(n)])
     return {
         "labels": list(names),
@@ -317,6 +315,6 @@ def compute(spec: JobSpec, paths: JobPaths) -> Reduced:
     })
     reference = reference_for(spec, val)
     record = None if reference is None else {"members": [m.name for m in members], "val_scores": reference}
-    return Reduced(summary, val, test, models, members, to_jsonable(record))
+    return Reduced(summary, val, test, models, members, record)
 
 
