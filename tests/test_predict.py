@@ -280,3 +280,19 @@ def test_sweep_job_copied_without_its_data_predicts_evaluates_and_serves(tmp_pat
     model = mlflow.pyfunc.load_model(f"{client.get_run(summary['mlflow_run_id']).info.artifact_uri}/ensemble_model")
     served = model.predict(pd.DataFrame({"path": [str(p) for p in images]}))
     np.testing.assert_allclose(served["probability"], direct["prob_malignant"], atol=1e-6)
+
+
+def test_rank_ensemble_refuses_members_other_than_its_reference(rank_job, tmp_path):
+    """The validation rank scale belongs to the members the reduce ensembled: with one of them gone,
+    prediction stops with a message instead of ranking against another ensemble's scale."""
+    spec, paths = rank_job
+    copy = tmp_path / paths.root.name
+    shutil.copytree(paths.root, copy)
+    JobPaths(copy).member(1).done.unlink()
+    with pytest.raises(ValueError, match="rank_reference was fitted on members"):
+        EnsemblePredictor(copy, "cpu")
+    th = json.loads((copy / "ensemble" / "thresholds.json").read_text())
+    del th["rank_reference"]
+    (copy / "ensemble" / "thresholds.json").write_text(json.dumps(th))
+    with pytest.raises(ValueError, match="no rank_reference"):
+        EnsemblePredictor(copy, "cpu")
