@@ -31,7 +31,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from skinhpc.metrics import evaluation as M
+from skinhpc import metrics as M
+from skinhpc.metrics.bootstrap import _bootstrap_rows
 
 HAM7 = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 
@@ -275,7 +276,7 @@ def test_vectorised_bootstrap_metrics_equal_sklearn_with_weights() -> None:
     assert np.all(W == W.astype(int)) and np.allclose(W.sum(axis=1) / 3, 200 / 3, atol=1)
     auc, ap = M.weighted_auc_rows(y, s, W), M.weighted_ap_rows(y, s, W)
     pred = (s >= 0.5).astype(int)
-    rows = M._bootstrap_rows(y, np.stack([1 - s, s], 1), pred, W)
+    rows = _bootstrap_rows(y, np.stack([1 - s, s], 1), pred, W)
     for r in range(W.shape[0]):
         w = W[r]
         assert auc[r] == pytest.approx(roc_auc_score(y, s, sample_weight=w), abs=1e-12)
@@ -284,7 +285,7 @@ def test_vectorised_bootstrap_metrics_equal_sklearn_with_weights() -> None:
             balanced_accuracy_score(y, pred, sample_weight=w), abs=1e-12)
     y7, p7 = _random_preds(150, 7, seed=16)
     W7 = M.resample_weights(None, 150, 5, seed=5)
-    rows7 = M._bootstrap_rows(y7, p7, p7.argmax(1), W7)
+    rows7 = _bootstrap_rows(y7, p7, p7.argmax(1), W7)
     for r in range(5):
         keep = W7[r] > 0
         present = np.unique(y7[keep])
@@ -449,3 +450,7 @@ def test_binary_view_sums_malignant_classes() -> None:
         to_binary(probs[:, :2], ["mel", "bcc"], malignant)
     with pytest.raises(ValueError, match="row 1"):
         to_binary_labels([0, 9], HAM7, malignant)
+    # a binary model's columns are benign/malignant whatever dx codes the job maps to label 1
+    two = np.array([[0.8, 0.2], [0.3, 0.7]])
+    assert to_binary(two, ["benign", "malignant"], malignant).tolist() == [0.2, 0.7]
+    assert to_binary_labels([0, 1], ["benign", "malignant"], malignant).tolist() == [0, 1]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from skinhpc.metrics import evaluation as M
-from skinhpc.metrics import operating_point as T
+from skinhpc import metrics as M
+from skinhpc import metrics as T
 
 # five negatives and five positives with interleaved scores (same as tests/test_metrics.py)
 Y = np.array([0] * 5 + [1] * 5)

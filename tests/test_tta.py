@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from skinhpc.ensemble.inference import Normalized, combine, predict_probs
+from skinhpc.ensemble.inference import Normalized, combine, predict_probs, rank_reference
 from skinhpc.ensemble.tta import VIEWS, apply_views, split_views, view
 
 
@@ -95,14 +95,37 @@ def test_predict_probs_batched_views_equal_separate_passes() -> None:
 def test_combine_mean_and_rank() -> None:
     rng = np.random.default_rng(0)
     p = rng.dirichlet([1, 1], size=(3, 20))
+    val = rng.dirichlet([1, 1], size=(3, 50))
     mean = combine(p, "mean")
     np.testing.assert_allclose(mean, p.mean(0))
-    rank = combine(p, "rank")
+    ref = rank_reference(val)
+    rank = combine(p, "rank", ref)
     np.testing.assert_allclose(rank.sum(1), 1.0)
-    # a member scaled monotonically does not change its ranks
-    q = p.copy()
-    q[0, :, 1] = q[0, :, 1] ** 3
-    q[0, :, 0] = 1 - q[0, :, 1]
-    np.testing.assert_allclose(combine(q, "rank"), rank)
+    # by hand: member m, class c -> (#val scores <= x + 1) / (N_val + 1), averaged, renormalised
+    hand = np.stack([[[((val[m, :, c] <= p[m, i, c]).sum() + 1) / 51 for c in range(2)]
+                      for i in range(20)] for m in range(3)]).mean(0)
+    np.testing.assert_allclose(rank, hand / hand.sum(1, keepdims=True))
+    # a member scaled monotonically (its validation scores too) does not change its ranks
+    q, qv = p.copy(), val.copy()
+    for arr in (q, qv):
+        arr[0, :, 1] = arr[0, :, 1] ** 3
+        arr[0, :, 0] = 1 - arr[0, :, 1]
+    np.testing.assert_allclose(combine(q, "rank", rank_reference(qv)), rank)
+    with pytest.raises(ValueError, match="validation scores"):
+        combine(p, "rank")
+    with pytest.raises(ValueError, match="does not fit"):
+        combine(p[:2], "rank", ref)
     with pytest.raises(ValueError, match="unknown method"):
         combine(p, "median")
+
+
+def test_rank_score_of_an_image_does_not_depend_on_its_batch() -> None:
+    """The issue: ranks over the images of one call gave a lone image 0.5/0.5 whatever it showed."""
+    rng = np.random.default_rng(1)
+    p = rng.dirichlet([1, 1, 1], size=(2, 30))
+    ref = rank_reference(rng.dirichlet([1, 1, 1], size=(2, 40)))
+    batch = combine(p, "rank", ref)
+    alone = np.concatenate([combine(p[:, i : i + 1], "rank", ref) for i in range(30)])
+    np.testing.assert_array_equal(alone, batch)
+    assert not np.allclose(alone, 1 / 3)  # a lone image is scored, not flattened
+

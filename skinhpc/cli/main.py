@@ -12,9 +12,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "cancel": ("skinhpc.orchestrate.status", "cancel_main", "cancel a job's SLURM/local jobs"),
     "data": ("skinhpc.cli.data", "main", "summary | split | audit | cache | download"),
     "train": ("skinhpc.cli.train", "main", "train one member in this process (debug entry)"),
-    "reduce": ("skinhpc.outputs.publish", "main", "run the reduce stage of a job in this process"),
-    "predict": ("skinhpc.outputs.predict", "main", "predict new images with a trained job"),
-    "evaluate": ("skinhpc.outputs.predict", "evaluate_main", "score a trained job on another labelled dataset"),
+    "reduce": ("skinhpc.cli.reduce", "main", "run the reduce stage of a job in this process"),
+    "predict": ("skinhpc.cli.predict", "main", "predict new images with a trained job"),
+    "evaluate": ("skinhpc.cli.predict", "evaluate_main", "score a trained job on another labelled dataset"),
     "prefetch": ("skinhpc.model.net", "prefetch_main", "fill timm's cache on the login node before submission"),
     "spec": ("skinhpc.cli.spec", "main", "document every job key, or print a resolved job"),
 }

@@ -196,13 +196,24 @@ def _rechunk(batches: Iterable[torch.Tensor], size: int | None) -> Iterator[torc
         yield torch.cat(buf)
 
 
-def combine(member_probs: np.ndarray, method: str = "mean") -> np.ndarray:
-    """Ensemble ``(M, N, C)`` -> ``(N, C)``.
+def rank_reference(val_member_probs: np.ndarray) -> np.ndarray:
+    """``(M, C, N_val)``: each member's validation scores per class, sorted, the scale that
+    :func:`combine` ranks every image against (stored by the reduce in thresholds.json)."""
+    p = np.asarray(val_member_probs, dtype=np.float64)
+    if p.ndim != 3 or p.shape[1] == 0:
+        raise ValueError(f"rank_reference: expected (members, images, classes), got shape {p.shape}")
+    return np.sort(p.transpose(0, 2, 1), axis=2)
+
+
+def combine(member_probs: np.ndarray, method: str = "mean", reference: np.ndarray | None = None) -> np.ndarray:
+    """Ensemble ``(M, N, C)`` -> ``(N, C)``; each image's row depends on that image alone.
 
     mean: average probabilities (stays calibrated-ish, temperature scaling applies).
-    rank: per member and class, ranks over the N images scaled to (0, 1], averaged,
-    rows renormalised to sum 1. Robust to members with different calibration, but the
-    scores depend on the other images in the set and are not probabilities.
+    rank: each member's score for each class is ranked against that member's VALIDATION
+    scores (``reference`` from :func:`rank_reference`): (number of validation scores <= it,
+    plus 1) / (N_val + 1), in (0, 1]; averaged over members, rows renormalised to sum 1.
+    Robust to members with different calibration; the scores are not probabilities, but an
+    image gets the same score alone or in any batch, so the validation threshold holds.
     """
     p = np.asarray(member_probs, dtype=np.float64)
     if p.ndim != 3:
@@ -210,9 +221,16 @@ def combine(member_probs: np.ndarray, method: str = "mean") -> np.ndarray:
     if method == "mean":
         return p.mean(axis=0)
     if method == "rank":
-        from scipy.stats import rankdata
-
-        r = rankdata(p, axis=1) / p.shape[1]
-        s = r.mean(axis=0)
+        if reference is None:
+            raise ValueError("reduce.ensemble=rank needs each member's validation scores (rank_reference)")
+        ref = np.asarray(reference, dtype=np.float64)
+        if ref.shape[:2] != (p.shape[0], p.shape[2]):
+            raise ValueError(f"rank reference of shape {ref.shape} does not fit {p.shape[0]} members x "
+                             f"{p.shape[2]} classes")
+        r = np.empty_like(p)
+        for m in range(p.shape[0]):
+            for c in range(p.shape[2]):
+                r[m, :, c] = np.searchsorted(ref[m, c], p[m, :, c], side="right")
+        s = ((r + 1.0) / (ref.shape[2] + 1.0)).mean(axis=0)
         return s / s.sum(axis=1, keepdims=True)
     raise ValueError(f"reduce.ensemble: unknown method {method!r}; valid: mean, rank")

@@ -12,7 +12,9 @@ Files written to ``results/<job>/ensemble/`` (atomically; a rerun overwrites cle
   decision (a class name or ``refer``), confidence; multiclass adds malignant_score and
   malignant_decision (the binary malignant view).
 - ``thresholds.json``: threshold, method, target, gate, temperature, class_names, positive,
-  chosen_on ("val"), val (metrics at the threshold), plus ``malignant`` (multiclass).
+  chosen_on ("val"), val (metrics at the threshold), plus ``malignant`` (multiclass) and, for
+  ``reduce.ensemble: rank``, ``rank_reference`` (each member's sorted validation scores, the
+  scale every image is ranked against: see :func:`skinhpc.ensemble.inference.combine`).
 - ``metrics.json``: task, class_names, positive, views, ensemble, temperature, members_used,
   members_missing, thresholds, val, test (``metrics.evaluate`` dicts: full set + "gated"
   with coverage + CIs), members (table rows), baselines, subgroups, risk_coverage,
@@ -26,28 +28,30 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import confusion_matrix
 
+from skinhpc import metrics
 from skinhpc.config import JobSpec, Member
 from skinhpc.data.dataset import encode_metadata
 from skinhpc.data.prepare import load_table
+from skinhpc.ensemble.decision import REFER, decide, decisions, malignant_view, operating_point
 from skinhpc.ensemble.inference import (
     MissingMember,
     cached_batches,
     combine,
     gather_members,
     predict_probs,
+    rank_reference,
     require_members,
 )
-from skinhpc.io.atomic import atomic_path
+from skinhpc.io.atomic import to_jsonable
 from skinhpc.io.layout import JobPaths
-from skinhpc.metrics import evaluation as metrics
-from skinhpc.metrics import operating_point as thresholds
+from skinhpc.metrics.malignant import BINARY_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -83,65 +87,31 @@ def split_probs(
     """TTA probabilities ``(M, N, C)`` of every member for the rows of ``frame``."""
     meta = None
     if any(getattr(m, "uses_meta", False) for m in models):
-
         meta = np.asarray(encode_metadata(frame), dtype=np.float32)
     ids = frame["image_id"].astype(str).tolist()
     bs = max(1, spec.train.eval_batch_size)
     return predict_probs(models, cached_batches(spec.cache_dir, ids, bs), meta, spec.reduce.tta, bs, device)
 
 
-# --------------------------------------------------------------------------- decisions
-def malignant_index(spec: JobSpec) -> list[int]:
-    """Class indices counted malignant (binary: class 1; multiclass: data.malignant codes)."""
-    names = spec.class_names
-    if spec.data.task == "binary":
-        return [1]
-    idx = [i for i, c in enumerate(names) if c in set(spec.data.malignant)]
-    if not idx:
-        raise ValueError(f"data.malignant {spec.data.malignant} names none of the classes {names}")
-    return idx
-
-
-def malignant_view(spec: JobSpec, probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 2) benign/malignant probabilities and 0/1 labels from a multiclass split."""
-    idx = malignant_index(spec)
-    s = probs[:, idx].sum(axis=1).clip(0, 1)
-    return np.stack([1 - s, s], axis=1), np.isin(y, idx).astype(int)
-
-
-def decide(probs: np.ndarray, class_names: Sequence[str], threshold: float | None, gate: float) -> np.ndarray:
-    """A class name per row, or "refer" when the ensemble is less confident than ``gate``.
-
-    Binary uses the validation threshold on the positive probability; multiclass argmax.
-    """
-    names = np.asarray(class_names, dtype=object)
-    if threshold is not None and probs.shape[1] == 2:
-        out = np.where(probs[:, 1] >= threshold, names[1], names[0])
-    else:
-        out = names[probs.argmax(axis=1)]
-    if gate > 0:
-        out = np.where(probs.max(axis=1) < gate, "refer", out)
-    return out.astype(object)
-
-
-def operating_point(spec: JobSpec, y_val: np.ndarray, p_val: np.ndarray) -> dict[str, Any]:
-    """Threshold on the positive probability, chosen on VALIDATION labels only."""
-
-    chosen = dict(thresholds.choose(y_val, p_val, spec.reduce.threshold, spec.reduce.target))
-    chosen["threshold"] = float(chosen["threshold"])
-    return chosen
+# --------------------------------------------------------------------------- calibration
+def reference_for(spec: JobSpec, val: Split) -> np.ndarray | None:
+    """The rank scale (each member's validation scores) for ``reduce.ensemble: rank``, else None."""
+    return rank_reference(val.members) if spec.reduce.ensemble == "rank" else None
 
 
 def calibrate(spec: JobSpec, val: Split, test: Split) -> float:
-    """Temperature fitted on val (mean ensembles only: rank scores are not probabilities)."""
+    """Temperature fitted on val (mean ensembles only: rank scores are not probabilities).
 
-    ens_val = combine(val.members, spec.reduce.ensemble)
-    ens_test = combine(test.members, spec.reduce.ensemble)
+    Val and test are ensembled with the rule prediction uses (rank: against val's scores),
+    so the threshold chosen on val means the same on test and on a single new image."""
+    reference = reference_for(spec, val)
+    ens_val = combine(val.members, spec.reduce.ensemble, reference)
+    ens_test = combine(test.members, spec.reduce.ensemble, reference)
     temperature = 1.0
     if spec.reduce.temperature and spec.reduce.ensemble == "mean":
-        temperature = float(thresholds.fit_temperature(np.log(np.clip(ens_val, EPS, 1)), val.y))
-        ens_val = np.asarray(thresholds.apply_temperature(ens_val, temperature))
-        ens_test = np.asarray(thresholds.apply_temperature(ens_test, temperature))
+        temperature = float(metrics.fit_temperature(np.log(np.clip(ens_val, EPS, 1)), val.y))
+        ens_val = np.asarray(metrics.apply_temperature(ens_val, temperature))
+        ens_test = np.asarray(metrics.apply_temperature(ens_test, temperature))
     elif spec.reduce.temperature:
         log.info("temperature scaling skipped: reduce.ensemble=rank gives scores, not probabilities")
     val.ensemble, test.ensemble = ens_val, ens_test
@@ -151,22 +121,19 @@ def calibrate(spec: JobSpec, val: Split, test: Split) -> float:
 # --------------------------------------------------------------------------- evaluation
 def _evaluate(spec: JobSpec, y: np.ndarray, probs: np.ndarray, names: Sequence[str], threshold: float | None,
               groups: np.ndarray | None, bootstrap: int) -> dict[str, Any]:
-
     return metrics.evaluate(
         y, probs, class_names=list(names), threshold=threshold, gate=spec.reduce.gate,
         groups=groups, bootstrap=bootstrap, seed=spec.data.split.seed,
     )
 
 
-def confusion(y: np.ndarray, decisions: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+def confusion(y: np.ndarray, calls: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
     """Confusion matrices at the threshold (referrals counted by their forced decision) and gated."""
-    from sklearn.metrics import confusion_matrix
-
-    kept = decisions != "refer"
+    kept = calls != REFER
     pred_names = np.asarray(names, dtype=object)
     y_names = pred_names[y]
     n = len(names)
-    gated = (confusion_matrix(y_names[kept], decisions[kept], labels=list(names)).tolist()
+    gated = (confusion_matrix(y_names[kept], calls[kept], labels=list(names)).tolist()
              if kept.any() else [[0] * n for _ in range(n)])
     return {
         "labels": list(names),
@@ -176,46 +143,46 @@ def confusion(y: np.ndarray, decisions: np.ndarray, names: Sequence[str]) -> dic
     }
 
 
-def evaluate_binary_view(spec: JobSpec, names: Sequence[str], val: Split, test: Split,
-                         y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray,
-                         member_val: np.ndarray, member_test: np.ndarray) -> dict[str, Any]:
-    """Everything for one binary question (benign vs malignant): threshold on val, metrics, members."""
+@dataclass
+class View:
+    """One question's arrays on both splits: labels, ensemble and member probabilities, groups."""
 
-    point = operating_point(spec, y_val, p_val[:, 1])
+    y: np.ndarray
+    probs: np.ndarray
+    members: np.ndarray
+    groups: np.ndarray
+
+
+def class_view(split: Split) -> View:
+    return View(split.y, split.ensemble, split.members, split.groups)
+
+
+def malignant_split_view(spec: JobSpec, split: Split) -> View:
+    probs, y = malignant_view(spec, split.ensemble, split.y)
+    members = np.stack([malignant_view(spec, p, split.y)[0] for p in split.members])
+    return View(y, probs, members, split.groups)
+
+
+def evaluate_view(spec: JobSpec, names: Sequence[str], val: View, test: View, thresholded: bool) -> dict[str, Any]:
+    """Everything for one question: operating point on val (``thresholded``: a binary question;
+    else argmax), val and test metrics, each member, risk-coverage, reliability, confusion."""
+    point = (operating_point(spec, val.y, val.probs[:, 1]) if thresholded
+             else {"threshold": None, "method": "argmax"})
     thr = point["threshold"]
     out: dict[str, Any] = {"threshold": point}
-    out["val"] = _evaluate(spec, y_val, p_val, names, thr, val.groups, 0)
-    out["test"] = _evaluate(spec, y_test, p_test, names, thr, test.groups, spec.reduce.bootstrap)
+    out["val"] = _evaluate(spec, val.y, val.probs, names, thr, val.groups, 0)
+    out["test"] = _evaluate(spec, test.y, test.probs, names, thr, test.groups, spec.reduce.bootstrap)
     rows = []
-    for k in range(member_val.shape[0]):
-        mthr = operating_point(spec, y_val, member_val[k][:, 1])["threshold"]
-        ev = _evaluate(spec, y_test, member_test[k], names, mthr, None, 0)
-        rows.append({"threshold": mthr, "test": ev})
+    for k in range(test.members.shape[0]):
+        mthr = operating_point(spec, val.y, val.members[k][:, 1])["threshold"] if thresholded else None
+        rows.append({"threshold": mthr, "test": _evaluate(spec, test.y, test.members[k], names, mthr, None, 0)})
     out["members"] = rows
-    out["risk_coverage"] = _jsonable(metrics.risk_coverage(y_test, p_test))
-    out["reliability"] = _jsonable(metrics.reliability(y_test, p_test, 10))
-    full = decide(p_test, names, thr, 0.0)
-    gated = decide(p_test, names, thr, spec.reduce.gate)
-    cm = confusion(y_test, gated, names)
-    cm["at_threshold"] = confusion(y_test, full, names)["gated"]
+    out["risk_coverage"] = metrics.risk_coverage(test.y, test.probs)
+    out["reliability"] = metrics.reliability(test.y, test.probs, 10)
+    cm = confusion(test.y, decide(test.probs, names, thr, spec.reduce.gate), names)
+    cm["at_threshold"] = confusion(test.y, decide(test.probs, names, thr, 0.0), names)["gated"]
     out["confusion"] = cm
     return out
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, pd.DataFrame):
-        return _jsonable(obj.to_dict(orient="records"))
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def evaluate(spec: JobSpec, members: list[Member], val: Split, test: Split,
@@ -223,48 +190,26 @@ def evaluate(spec: JobSpec, members: list[Member], val: Split, test: Split,
     """All numbers of the report from the split probabilities (no model needed).
 
     ``prior``: training class frequencies for the majority baseline (None: test's own).
+    Multiclass jobs add ``malignant``: the same evaluation of the malignant-vs-benign question.
     """
-
     names = spec.class_names
     binary = spec.data.task == "binary"
-    summary: dict[str, Any] = {"task": spec.data.task, "class_names": names}
-    if binary:
-        view = evaluate_binary_view(spec, names, val, test, val.y, val.ensemble, test.y, test.ensemble,
-                                    val.members, test.members)
-        summary["positive"] = names[1]
-        thr: float | None = view["threshold"]["threshold"]
-    else:
-        summary["positive"] = None
-        thr = None
-        view = {"threshold": {"threshold": None, "method": "argmax"}}
-        view["val"] = _evaluate(spec, val.y, val.ensemble, names, None, val.groups, 0)
-        view["test"] = _evaluate(spec, test.y, test.ensemble, names, None, test.groups, spec.reduce.bootstrap)
-        view["members"] = [{"threshold": None, "test": _evaluate(spec, test.y, test.members[k], names, None, None, 0)}
-                           for k in range(test.members.shape[0])]
-        view["risk_coverage"] = _jsonable(metrics.risk_coverage(test.y, test.ensemble))
-        view["reliability"] = _jsonable(metrics.reliability(test.y, test.ensemble, 10))
-        gated = decide(test.ensemble, names, None, spec.reduce.gate)
-        cm = confusion(test.y, gated, names)
-        cm["at_threshold"] = confusion(test.y, decide(test.ensemble, names, None, 0.0), names)["gated"]
-        view["confusion"] = cm
-        pv, yv = malignant_view(spec, val.ensemble, val.y)
-        pt, yt = malignant_view(spec, test.ensemble, test.y)
-        mv = np.stack([malignant_view(spec, p, val.y)[0] for p in val.members])
-        mt = np.stack([malignant_view(spec, p, test.y)[0] for p in test.members])
-        summary["malignant"] = evaluate_binary_view(spec, ["benign", "malignant"], val, test,
-                                                    yv, pv, yt, pt, mv, mt)
+    summary: dict[str, Any] = {"task": spec.data.task, "class_names": names,
+                               "positive": names[1] if binary else None}
+    view = evaluate_view(spec, names, class_view(val), class_view(test), thresholded=binary)
+    if not binary:
+        summary["malignant"] = evaluate_view(spec, list(BINARY_CLASSES), malignant_split_view(spec, val),
+                                             malignant_split_view(spec, test), thresholded=True)
+    thr: float | None = view["threshold"]["threshold"]
     for k, row in enumerate(view["members"]):
         m = members[k]
         row.update({"member": m.name, "seed": m.seed, "overrides": m.overrides})
     summary.update({k: v for k, v in view.items() if k != "threshold"})
     summary["thresholds"] = thresholds_record(spec, view["threshold"], summary)
-    summary["baselines"] = _jsonable(
-        metrics.baselines(test.y, len(names), spec.data.split.seed, prior=prior, threshold=thr)
-    )
-    summary["subgroups"] = _jsonable(
-        metrics.subgroups(test.y, test.ensemble, test.frame.reset_index(drop=True), threshold=thr, class_names=names)
-    )
-    return _jsonable(summary)
+    summary["baselines"] = metrics.baselines(test.y, len(names), spec.data.split.seed, prior=prior, threshold=thr)
+    summary["subgroups"] = metrics.subgroups(test.y, test.ensemble, test.frame.reset_index(drop=True),
+                                             threshold=thr, class_names=names)
+    return to_jsonable(summary)
 
 
 def thresholds_record(spec: JobSpec, point: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
@@ -287,13 +232,14 @@ def thresholds_record(spec: JobSpec, point: dict[str, Any], summary: dict[str, A
         rec["malignant"] = {"threshold": mal["threshold"]["threshold"], "classes": list(spec.data.malignant),
                             "method": spec.reduce.threshold, "target": spec.reduce.target, "chosen_on": "val",
                             "val": mal["val"]}
-    return _jsonable(rec)
+    return rec
 
 
 # --------------------------------------------------------------------------- files
 def predictions_frame(spec: JobSpec, split: Split, summary: dict[str, Any]) -> pd.DataFrame:
+    """The rows of predictions_<split>.csv, with the calls prediction makes (:func:`decisions`)."""
     names = spec.class_names
-    thr = summary["thresholds"]["threshold"]
+    calls = decisions(split.ensemble, names, spec.data.malignant, summary["thresholds"], spec.reduce.gate)
     df = pd.DataFrame({
         "image_id": split.frame["image_id"].astype(str).to_numpy(),
         "group": split.frame["group"].astype(str).to_numpy(),
@@ -301,19 +247,12 @@ def predictions_frame(spec: JobSpec, split: Split, summary: dict[str, Any]) -> p
     })
     for i, c in enumerate(names):
         df[f"prob_{c}"] = split.ensemble[:, i]
-    df["decision"] = decide(split.ensemble, names, thr, spec.reduce.gate)
-    df["confidence"] = split.ensemble.max(axis=1)
+    df["decision"] = calls["class"]
+    df["confidence"] = calls["confidence"]
     if spec.data.task == "multiclass":
-        pm, _ = malignant_view(spec, split.ensemble, split.y)
-        mthr = summary["thresholds"]["malignant"]["threshold"]
-        df["malignant_score"] = pm[:, 1]
-        df["malignant_decision"] = decide(pm, ["benign", "malignant"], mthr, spec.reduce.gate)
+        df["malignant_score"] = calls["malignant_score"]
+        df["malignant_decision"] = calls["malignant"]
     return df
-
-
-def write_csv_atomic(path: Path, df: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
 
 
 def missing_record(m: MissingMember) -> dict[str, Any]:
@@ -329,6 +268,14 @@ class Reduced:
     test: Split
     models: list[torch.nn.Module]
     members: list[Member]
+    rank_reference: dict[str, Any] | None = None  # thresholds.json's rank_reference (rank ensembles)
+
+    def thresholds_file(self) -> dict[str, Any]:
+        """What thresholds.json holds: the thresholds record, plus the rank scale when ranking."""
+        rec = dict(self.summary["thresholds"])
+        if self.rank_reference is not None:
+            rec["rank_reference"] = self.rank_reference
+        return rec
 
 
 def compute(spec: JobSpec, paths: JobPaths) -> Reduced:
@@ -366,6 +313,8 @@ def compute(spec: JobSpec, paths: JobPaths) -> Reduced:
         "n_val": len(val.frame),
         "n_test": len(test.frame),
     })
-    return Reduced(summary, val, test, models, members)
+    reference = reference_for(spec, val)
+    record = None if reference is None else {"members": [m.name for m in members], "val_scores": reference}
+    return Reduced(summary, val, test, models, members, record)
 
 

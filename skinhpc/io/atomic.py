@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -38,8 +41,30 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def to_jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays to Python, NaN/inf to None, so ``json.dumps`` writes strict JSON.
+
+    The one JSON cleaner: :func:`write_json_atomic` applies it to everything it writes, and the
+    metrics return dicts already passed through it so in-memory and on-disk values agree."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [to_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, np.bool_ | bool):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating | float):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    return obj
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Strict JSON (NaN -> null, numpy -> Python via :func:`to_jsonable`; other objects as str)."""
+    write_text_atomic(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False, default=str) + "\n")
 
 
 def write_csv_atomic(path: str | Path, frame: Any) -> None:

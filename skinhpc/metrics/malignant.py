@@ -12,11 +12,20 @@ from typing import Any
 
 import numpy as np
 
+BINARY_CLASSES = ("benign", "malignant")
+
 
 def malignant_indices(class_names: Sequence[str], malignant: Sequence[str]) -> list[int]:
-    """Column indices of the malignant classes.  Names absent from ``class_names`` are allowed
-    (HAM10000 has no ``scc``), but at least one must match and not all classes may be malignant."""
+    """Column indices of the malignant classes: the one rule every caller (reduce, predict,
+    training's binary view) uses.
+
+    A binary model's columns are :data:`BINARY_CLASSES` (``malignant`` then names the dx codes
+    mapped to label 1, not columns): its malignant column is 1.  Otherwise names absent from
+    ``class_names`` are allowed (HAM10000 has no ``scc``), but at least one must match and not
+    all classes may be malignant."""
     names = list(class_names)
+    if tuple(names) == BINARY_CLASSES:
+        return [1]
     idx = [k for k, name in enumerate(names) if name in set(malignant)]
     if not idx:
         raise ValueError(f"none of the malignant classes {list(malignant)} is among {names}")
@@ -47,3 +56,9 @@ def binary_probs(probs: Any, class_names: Sequence[str], malignant: Sequence[str
     """(N, 2) benign/malignant probabilities, the shape :func:`skinhpc.metrics.evaluate` takes."""
     p = to_binary(probs, class_names, malignant)
     return np.stack([1.0 - p, p], axis=1)
+
+
+def binary_view(probs: Any, y: Any, class_names: Sequence[str],
+                malignant: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) benign/malignant probabilities and 0/1 labels: the malignant question of any model."""
+    return binary_probs(probs, class_names, malignant), to_binary_labels(y, class_names, malignant)

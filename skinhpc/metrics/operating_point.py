@@ -18,10 +18,79 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
+from sklearn.metrics import roc_curve
 
-from skinhpc.metrics.evaluation import _as_labels, _as_scores, _both_classes, roc_operating_points
+from skinhpc.metrics.arrays import as_labels, as_scores, both_classes
 
 METHODS = ("youden", "max_f1", "sens_at_spec", "spec_at_sens")
+# Comparisons of rates with targets (19/20 vs 0.95) need a little slack for float rounding.
+_TOL = 1e-9
+
+
+def finite_threshold(thr: float, p: np.ndarray) -> float:
+    """scikit-learn's first ROC threshold is +inf ("call nothing positive"); JSON has no inf,
+    so use the smallest float above the highest score, which calls exactly the same cases."""
+    if np.isfinite(thr):
+        return float(thr)
+    top = float(p.max()) if p.size else 1.0
+    return float(np.nextafter(top, np.inf))
+
+
+def roc_operating_points(y: Any, p: Any) -> dict[str, np.ndarray]:
+    """Every realisable operating point: threshold (descending), tp, fp, tpr, fpr.
+
+    ``drop_intermediate=False`` keeps all distinct thresholds so that ties in the
+    primary rate can be broken on the other one; tied scores form one point because
+    no threshold can separate them.
+    """
+    yb, pb = as_scores(y, p)
+    if not both_classes(yb):
+        raise ValueError("ROC operating points need both classes among the labels")
+    fpr, tpr, thr = roc_curve(yb, pb, drop_intermediate=False)
+    n_pos = int(yb.sum())
+    n_neg = yb.size - n_pos
+    tp = np.rint(tpr * n_pos).astype(np.int64)
+    fp = np.rint(fpr * n_neg).astype(np.int64)
+    thr = np.array([finite_threshold(t, pb) for t in thr])
+    return {"threshold": thr, "tp": tp, "fp": fp, "tpr": tp / n_pos, "fpr": fp / n_neg,
+            "n_pos": np.int64(n_pos), "n_neg": np.int64(n_neg)}
+
+
+def sens_at_spec(y: Any, p: Any, spec: float) -> tuple[float | None, float | None]:
+    """Highest sensitivity among thresholds whose specificity is >= ``spec``.
+
+    Convention: only realised ROC vertices (no interpolation); among thresholds with
+    the same best sensitivity the one with the higher specificity (the higher
+    threshold) wins.  A specificity equal to the target counts (tolerance 1e-9).
+    Always feasible: "nothing positive" has specificity 1.  Returns
+    ``(sensitivity, threshold)``; ``(None, None)`` when a class is missing.
+    """
+    yb, pb = as_scores(y, p)
+    if not both_classes(yb):
+        return None, None
+    pts = roc_operating_points(yb, pb)
+    ok = np.flatnonzero(1.0 - pts["fpr"] >= spec - _TOL)
+    best = pts["tpr"][ok].max()
+    idx = ok[np.flatnonzero(pts["tpr"][ok] >= best - _TOL)[0]]  # first = highest threshold
+    return float(pts["tpr"][idx]), float(pts["threshold"][idx])
+
+
+def spec_at_sens(y: Any, p: Any, sens: float) -> tuple[float | None, float | None]:
+    """Highest specificity among thresholds whose sensitivity is >= ``sens``.
+
+    Same conventions as :func:`sens_at_spec`, mirrored: ties in specificity go to
+    the higher sensitivity (the lower threshold).  Always feasible: "everything
+    positive" has sensitivity 1.  Returns ``(specificity, threshold)``.
+    """
+    yb, pb = as_scores(y, p)
+    if not both_classes(yb):
+        return None, None
+    pts = roc_operating_points(yb, pb)
+    ok = np.flatnonzero(pts["tpr"] >= sens - _TOL)
+    spec = 1.0 - pts["fpr"][ok]
+    best = spec.max()
+    idx = ok[np.flatnonzero(spec >= best - _TOL)[-1]]  # last = lowest threshold
+    return float(1.0 - pts["fpr"][idx]), float(pts["threshold"][idx])
 
 
 def _rates(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, float]:
@@ -48,31 +117,25 @@ def choose(y_val: Any, p_val: Any, method: str, target: float = 0.95) -> dict[st
         raise ValueError(f"unknown threshold method {method!r}; choose one of {METHODS}")
     if not 0.0 < target <= 1.0:
         raise ValueError(f"threshold target must be in (0, 1], got {target}")
-    y, p = _as_scores(y_val, p_val)
-    if not _both_classes(y):
+    y, p = as_scores(y_val, p_val)
+    if not both_classes(y):
         raise ValueError(
             f"validation set has {int(y.sum())} positives of {y.size}: a threshold needs both classes"
         )
-    pts = roc_operating_points(y, p)
-    tpr, fpr, thr = pts["tpr"], pts["fpr"], pts["threshold"]
-    if method in ("youden", "max_f1"):
+    if method == "sens_at_spec":
+        threshold = float(sens_at_spec(y, p, target)[1])
+    elif method == "spec_at_sens":
+        threshold = float(spec_at_sens(y, p, target)[1])
+    else:
+        pts = roc_operating_points(y, p)
         if method == "youden":
-            score = tpr - fpr
+            score = pts["tpr"] - pts["fpr"]
         else:
             tp, fp = pts["tp"], pts["fp"]
             fn = int(pts["n_pos"]) - tp
             score = np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
         best = score.max()
-        idx = int(np.flatnonzero(score >= best - 1e-12)[-1])
-    elif method == "sens_at_spec":
-        ok = np.flatnonzero(1.0 - fpr >= target - 1e-9)
-        best = tpr[ok].max()
-        idx = int(ok[np.flatnonzero(tpr[ok] >= best - 1e-9)[0]])
-    else:
-        ok = np.flatnonzero(tpr >= target - 1e-9)
-        spec = 1.0 - fpr[ok]
-        idx = int(ok[np.flatnonzero(spec >= spec.max() - 1e-9)[-1]])
-    threshold = float(thr[idx])
+        threshold = float(pts["threshold"][int(np.flatnonzero(score >= best - 1e-12)[-1])])
     sens, spec_ = _rates(y, p, threshold)
     return {
         "threshold": threshold,
@@ -114,7 +177,7 @@ def _as_logits(logits: Any) -> np.ndarray:
 def nll(logits: Any, y: Any, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of ``y`` under softmax(logits / T)."""
     z = _as_logits(logits)
-    yb = _as_labels(y, z.shape[1])
+    yb = as_labels(y, z.shape[1])
     return float(-log_softmax(z / temperature, axis=1)[np.arange(yb.size), yb].mean())
 
 
@@ -127,7 +190,7 @@ def fit_temperature(logits_val: Any, y_val: Any, bounds: tuple[float, float] = (
     logits up to a per-row constant, which softmax ignores).
     """
     z = _as_logits(logits_val)
-    y = _as_labels(y_val, z.shape[1])
+    y = as_labels(y_val, z.shape[1])
     if not y.size:
         raise ValueError("cannot fit a temperature on an empty validation set")
     rows = np.arange(y.size)

@@ -6,24 +6,16 @@ Files written to ``results/<job>/ensemble/`` are listed in :mod:`skinhpc.ensembl
 
 from __future__ import annotations
 
-import argparse
 import logging
-from collections.abc import Sequence
+import time
 from pathlib import Path
 from typing import Any
 
-import torch
+import pandas as pd
 
-from skinhpc.config import JobSpec, Member, load_spec
-from skinhpc.ensemble.reduce import (
-    Split,
-    _jsonable,
-    compute,
-    device_for,
-    predictions_frame,
-    write_csv_atomic,
-)
-from skinhpc.io.atomic import write_json_atomic
+from skinhpc.config import JobSpec
+from skinhpc.ensemble.reduce import Reduced, compute, device_for, predictions_frame
+from skinhpc.io.atomic import to_jsonable, write_csv_atomic, write_json_atomic
 from skinhpc.io.layout import JobPaths
 from skinhpc.outputs import gradcam, report
 from skinhpc.outputs.export import export_job
@@ -34,52 +26,35 @@ log = logging.getLogger(__name__)
 
 def reduce(spec: JobSpec, paths: JobPaths) -> dict[str, Any]:
     """Run the whole reduce stage; returns the summary also written to metrics.json."""
+    started = time.time()
     r = compute(spec, paths)
-    write_outputs(spec, paths, r.summary, r.val, r.test, r.models, r.members)
+    write_outputs(spec, paths, r, started=started)
     return r.summary
 
 
-def write_outputs(spec: JobSpec, paths: JobPaths, summary: dict[str, Any], val: Split, test: Split,
-                  models: Sequence[torch.nn.Module], members: list[Member]) -> None:
+def write_outputs(spec: JobSpec, paths: JobPaths, r: Reduced, started: float | None = None) -> None:
+    """Every file of the reduce; metrics.json is written before the report and again at the end
+    with the ONNX and MLflow records (each file atomically, so none looks complete half-written)."""
+    summary, val, test = r.summary, r.val, r.test
     out = paths.ensemble
     out.mkdir(parents=True, exist_ok=True)
     for split in (val, test):
         write_csv_atomic(out / f"predictions_{split.name}.csv", predictions_frame(spec, split, summary))
-    write_json_atomic(out / "thresholds.json", summary["thresholds"])
+    write_json_atomic(out / "thresholds.json", r.thresholds_file())
 
-    plots = report.make_plots(spec, summary, val, test, members, out / "plots")
+    plots = report.make_plots(spec, summary, val, test, r.members, out / "plots")
     summary["plots"] = {k: str(Path(v).relative_to(out)) for k, v in plots.items()}
-    gallery = gradcam.gallery(spec, models, test.frame, test.ensemble, out / "gradcam",
+    # gallery/export records come from other modules: cleaned here so the in-memory summary the
+    # report and MLflow read equals the file
+    gallery = gradcam.gallery(spec, r.models, test.frame, test.ensemble, out / "gradcam",
                               threshold=summary["thresholds"]["threshold"], device=device_for())
-    summary["gradcam"] = _jsonable(gallery)
+    summary["gradcam"] = to_jsonable(gallery)
     write_json_atomic(out / "metrics.json", summary)
     report.write_report(spec, paths, summary)
 
     if spec.reduce.onnx:
-        summary["onnx"] = _jsonable(export_job(spec, paths))
+        table = pd.concat([test.frame, val.frame], ignore_index=True)
+        summary["onnx"] = to_jsonable(export_job(spec, paths, members=r.members, models=r.models, table=table))
     if spec.reduce.mlflow.enabled:
-        summary["mlflow_run_id"] = log_job(spec, paths, summary)
+        summary["mlflow_run_id"] = log_job(spec, paths, summary, started=started)
     write_json_atomic(out / "metrics.json", summary)
-
-
-# --------------------------------------------------------------------------- CLI
-def main(argv: Sequence[str] | None = None) -> int:
-    """`skinhpc reduce results/<job>`: run the reduce stage in this process."""
-    parser = argparse.ArgumentParser(prog="skinhpc reduce", description=main.__doc__)
-    parser.add_argument("job", help="results/<job> folder (with job.yaml) or a job YAML file")
-    parser.add_argument("overrides", nargs="*", help="key.path=value overrides (e.g. reduce.gate=0.9)")
-    args = parser.parse_intermixed_args(list(argv) if argv is not None else None)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    target = Path(args.job)
-    job_yaml = target / "job.yaml" if target.is_dir() else target
-    spec = load_spec(job_yaml, args.overrides)
-    paths = JobPaths(target if target.is_dir() else spec.job_dir)
-    summary = reduce(spec, paths)
-    test = summary.get("test", {})
-    log.info("reduce done: %s; test %s", paths.ensemble / "report.html",
-             {k: test.get(k) for k in ("auc", "auc_macro", "balanced_accuracy") if k in test})
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 Its artifact is a pruned copy of the results folder (``job.yaml``, ``ensemble/thresholds.json``,
 ``members/<k>/best.pt``) that :class:`EnsembleModel` loads through
-:class:`skinhpc.outputs.predict.EnsemblePredictor`, the same code as ``skinhpc predict``.  The
+:class:`skinhpc.ensemble.predictor.EnsemblePredictor`, the same code as ``skinhpc predict``.  The
 model does not bundle skinhpc's source: the serving environment must have the skinhpc package
 installed (``pip install`` this repository), which keeps one copy of the inference code.
 """
@@ -18,7 +18,7 @@ import pandas as pd
 
 from skinhpc.config import JobSpec, Member
 from skinhpc.io.layout import JobPaths
-from skinhpc.outputs.predict import EnsemblePredictor
+from skinhpc.ensemble.predictor import EnsemblePredictor
 
 MODEL_ARTIFACT = "ensemble_model"
 
