@@ -55,12 +55,30 @@ def test_bad_literal_suggests_choice(job):
         load_spec(job("cluster: {executor: slurmm}\n"))
 
 
-def test_missing_data_path_named(tmp_path: Path):
+def test_missing_data_is_refused_at_launch_not_at_load(tmp_path: Path):
+    """Validation is pure (a spec loads without its data); the launch's environment check refuses
+    it, naming the file, the key, the folder and the download command."""
+    from skinhpc.orchestrate.checks import check_environment
+
     path = write(tmp_path / "j.yaml", "name: t\ndata:\n  sources: [{kind: ham10000, root: nowhere}]\n")
+    spec = load_spec(path)
     with pytest.raises(SpecError) as e:
-        load_spec(path)
+        check_environment(spec, str(path))
     msg = str(e.value)
-    assert str(path) in msg and "data.sources[0].root" in msg and "nowhere" in msg
+    assert str(path) in msg and "data.sources[0].root" in msg and str(tmp_path / "nowhere") in msg
+    assert "skinhpc data download ham10000 --to data/ham10000" in msg
+
+
+def test_missing_weights_and_unknown_timm_model_refused_at_launch(job, tmp_path: Path):
+    from skinhpc.orchestrate.checks import check_environment
+
+    spec = load_spec(job(), ["model.pretrained=file", "model.weights=absent.pth"])
+    with pytest.raises(SpecError, match=r"model\.weights.*absent\.pth"):
+        check_environment(spec)
+    spec = load_spec(job(), ["model.name=resnet10x", "model.pretrained=none"])
+    with pytest.raises(SpecError, match=r"model\.name.*resnet10x.*not a timm model"):
+        check_environment(spec)
+    check_environment(load_spec(job(), ["model.name=resnet10t", "model.pretrained=none"]))
 
 
 def test_include_cycle_named(tmp_path: Path):
@@ -83,7 +101,28 @@ def test_error_in_included_fragment_names_fragment(tmp_path: Path, ham_root: Pat
     a = write(tmp_path / "a.yaml", f"include: [frag.yaml]\nname: t\ndata:\n  sources: [{{kind: ham10000, root: {ham_root}}}]\n")
     with pytest.raises(SpecError) as e:
         load_spec(a)
-    assert "model.nam" in str(e.value) and "name" in str(e.value)
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'frag.yaml'}: model.nam: unknown key"), msg
+    assert "did you mean 'name'" in msg and f"included from {a}" in msg
+
+
+def test_bad_value_in_nested_fragment_names_that_fragment(tmp_path: Path, ham_root: Path):
+    """Two levels of includes; the job file overrides other keys of the same section."""
+    (tmp_path / "configs").mkdir()
+    write(tmp_path / "configs" / "inner.yaml", "train: {batch_size: 0, augment: 0.1}\n")
+    write(tmp_path / "configs" / "outer.yaml", "include: [inner.yaml]\ntrain: {augment: 0.2}\n")
+    a = write(tmp_path / "a.yaml", f"include: [configs/outer.yaml]\nname: t\ntrain: {{grad_clip: 0.5}}\n"
+                                   f"data:\n  sources: [{{kind: ham10000, root: {ham_root}}}]\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(a)
+    assert str(e.value).startswith(f"{tmp_path / 'configs' / 'inner.yaml'}: train.batch_size: must be >= 1")
+    # the job file's own key, replacing the fragment's, is blamed on the job file
+    write(tmp_path / "configs" / "inner.yaml", "train: {batch_size: 8, augment: 0.1}\n")
+    assert load_spec(a).train.augment == pytest.approx(0.2)
+    bad = write(tmp_path / "b.yaml", a.read_text().replace("grad_clip: 0.5", "grad_clip: -1"))
+    with pytest.raises(SpecError) as e:
+        load_spec(bad)
+    assert str(e.value).startswith(f"{bad}: train.grad_clip: must be >= 0"), str(e.value)
 
 
 def test_override_of_unknown_key_named(job):

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 from collections import OrderedDict
@@ -310,21 +308,14 @@ def data_config(spec: JobSpec) -> dict[str, Any]:
 
 
 def member_fingerprint(spec: JobSpec) -> str:
-    """What a member's weights depend on: data, preprocessing, model and training, nothing else.
+    """What a member's weights depend on: the spec's fields with identity ``cache`` or ``member``.
 
     The job's seed list and sweep are left out (adding a seed or a sweep point must not invalidate
     members already trained; the member's own seed is stored and checked separately), and so are
-    the reduce settings, the cluster, the job name and where results live: changing the gate, the
-    TTA views or moving the results folder must not make finished checkpoints unloadable.
+    the reduce settings, the cluster, the job name and where results live: each field declares
+    this in the schema (``skinhpc.config.identity``).
     """
-    d = spec.to_dict()
-    picked = {k: d[k] for k in ("data", "preprocess", "model", "train")}
-    for k in ("cache_dir", "workers", "shards"):
-        picked["preprocess"].pop(k)
-    picked["train"].pop("num_workers")
-    picked["train"].pop("eval_batch_size")
-    blob = json.dumps(picked, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return spec.member_fingerprint()
 
 
 def checkpoint_meta(spec: JobSpec) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from typing import Any
 
 import pandas as pd
 
-from skinhpc.config import JobSpec, Member, plan_members
+from skinhpc.config import JobSpec, Member, identity_view, plan_members
 from skinhpc.io.layout import JobPaths
 from skinhpc.outputs.predict import EnsemblePredictor
 
@@ -57,7 +57,7 @@ def tracking_uri(spec: JobSpec) -> str:
     uri = spec.reduce.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    return f"sqlite:///{spec.resolve(spec.results_dir) / 'mlflow.db'}"
+    return f"sqlite:///{spec.results_root / 'mlflow.db'}"
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -143,10 +143,8 @@ def headline_metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def job_params(spec: JobSpec) -> dict[str, str]:
-    """What distinguishes this job's results; where/how it ran (cluster, base_dir) is not a param."""
-    d = spec.to_dict()
-    for k in ("cluster", "base_dir", "name", "results_dir"):
-        d.pop(k, None)
+    """What distinguishes this job's results: the job identity (where/how it ran is not a param)."""
+    d = identity_view(spec, "job")
     d["data"]["sources"] = [
         f"{s['name'] or s['kind']}:{spec.resolve(s['root'])}" for s in d["data"]["sources"]
     ]
