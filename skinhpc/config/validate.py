@@ -146,10 +146,9 @@ def check_bounds(f: dataclasses.Field, value: Any, key: str) -> None:
         return
     if isinstance(value, (list, str)):
         n = len(value)
-        if "min_len" in m and n < m["min_len"]:
-            raise _fail(key, "must not be empty" if m["min_len"] == 1 else f"needs at least {m['min_len']} items, got {n}")
-        if "max_len" in m and n > m["max_len"]:
-            raise _fail(key, f"takes at most {m['max_len']} items, got {n}")
+        if n < m.get("min_len", 0) or n > m.get("max_len", n):
+            raise _fail(key, "must not be empty" if n == 0 and m.get("min_len") == 1
+                        else f"must have {length_text(m)}, got {n}")
     if "pattern" in m and isinstance(value, str) and not re.fullmatch(m["pattern"], value):
         raise _fail(key, f"must match {m['pattern']}, got {show(value)}")
     items = value if isinstance(value, list) else [value]
@@ -173,19 +172,28 @@ def range_text(m: Any) -> str:
     return " and ".join(f"{sym} {m[k]}" for k, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if k in m)
 
 
+def length_text(m: Any) -> str:
+    """A field's length bounds in words: "exactly 3 items", "non-empty"; empty when it has none."""
+    lo, hi = m.get("min_len"), m.get("max_len")
+    if lo is None and hi is None:
+        return ""
+    if lo == hi:
+        return f"exactly {lo} items"
+    if hi is None:
+        return "non-empty" if lo == 1 else f"at least {lo} items"
+    return f"at most {hi} items" if lo is None else f"{lo} to {hi} items"
+
+
 def bound_text(m: Any) -> str:
     """Every bound a field declares, in words (docs/JOB_SCHEMA.md); empty when it has none."""
-    out = range_text(m)
-    if "min_len" in m or "max_len" in m:
-        lo, hi = m.get("min_len"), m.get("max_len")
-        length = ("exactly {lo} items" if lo == hi else "non-empty" if (lo, hi) == (1, None)
-                  else "at least {lo} items" if hi is None else "{lo} to {hi} items").format(lo=lo, hi=hi)
-        out = f"{length}{', each ' + out if out else ''}"
+    parts = [length_text(m)]
+    rng = range_text(m)
+    parts.append(f"each {rng}" if rng and parts[0] else rng)
     if "choices" in m:
-        out = f"{out}{', ' if out else ''}each one of {', '.join(m['choices'])}"
+        parts.append(f"each one of {', '.join(m['choices'])}")
     if "pattern" in m:
-        out = f"{out}{', ' if out else ''}matching {m['pattern']}"
-    return out
+        parts.append(f"matching {m['pattern']}")
+    return ", ".join(p for p in parts if p)
 
 
 def member_count(spec: JobSpec) -> int:
