@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from skinhpc.config import SpecError, describe, dump_yaml, load_spec, schema_markdown
+from skinhpc.config import SpecError, dump_yaml, load_spec, schema_markdown, schema_rows
 
 __all__ = ["main", "schema_markdown"]  # schema_markdown: re-exported for tests/test_schema_doc.py
 
@@ -20,8 +20,10 @@ def main(argv: list[str]) -> int:
         print(schema_markdown(), end="")
         return 0
     if not args.job:
-        for key, tp, default, text in describe():
-            print(f"{key}  ({tp}{', default ' + default if default else ''})\n    {text}")
+        for r in schema_rows():
+            facts = [r.type] + [f"{k} {v}" for k, v in (("default", r.default), ("bounds:", r.bounds),
+                                                          ("identity", r.identity)) if v]
+            print(f"{r.key}  ({', '.join(facts)})\n    {r.doc}")
         return 0
     try:
         print(dump_yaml(load_spec(args.job, args.overrides)), end="")

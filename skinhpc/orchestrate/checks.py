@@ -27,8 +27,11 @@ def check_environment(spec: JobSpec, where: str = "job") -> None:
 
 def _check(spec: JobSpec) -> None:
     members = [m.spec(spec) for m in plan_members(spec)] or [spec]
-    for i, src in enumerate(spec.data.sources):
-        root = spec.resolve(src.root)
+    if not spec.data.sources:
+        raise SpecError(f"data.sources: the job names no data; include a data fragment such as "
+                        f"configs/data/ham10000.yaml (after `{DOWNLOAD}`)", key="data.sources")
+    roots = {(i, s.resolve(src.root)) for s in members for i, src in enumerate(s.data.sources)}
+    for i, root in sorted(roots):
         if not root.is_dir():
             raise SpecError(
                 f"data.sources[{i}].root: data folder {root} does not exist. Get the data with "
