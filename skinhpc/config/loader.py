@@ -42,15 +42,21 @@ _Loader.add_implicit_resolver(
 )
 
 
-def safe_load(text: str, where: str) -> Any:
+def _load(text: str, where: str) -> Any:
     """YAML without anchors or aliases, refused from the event stream *before* anything is
-    built: expanding them first lets a few lines of nested aliases grow to gigabytes."""
+    built: expanding them first lets a few lines of nested aliases grow to gigabytes.
+    Raises SpecError for an alias, yaml.YAMLError for text that is not YAML."""
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise SpecError(f"{where}: line {event.start_mark.line + 1}: YAML anchors and aliases "
+                            f"(&name, *name) are not accepted; write the value out or use include:")
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
+
+
+def safe_load(text: str, where: str) -> Any:
+    """:func:`_load` with invalid YAML reported as a SpecError naming ``where``."""
     try:
-        for event in yaml.parse(text, Loader=_Loader):
-            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                raise SpecError(f"{where}: line {event.start_mark.line + 1}: YAML anchors and aliases "
-                                f"(&name, *name) are not accepted; write the value out or use include:")
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
+        return _load(text, where)
     except yaml.YAMLError as e:
         raise SpecError(f"{where}: invalid YAML: {str(e)[:400]}") from None
 
@@ -148,10 +154,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise SpecError(f"override {show(text)}: expected key.path=value")
     key, value = text.split("=", 1)
     try:
-        parsed = safe_load(value, f"override {show(text)}") if value != "" else ""
-    except SpecError as e:
-        if "anchors and aliases" in str(e):
-            raise
+        parsed = _load(value, f"override {show(text)}") if value != "" else ""
+    except yaml.YAMLError:
         parsed = value  # not YAML: the text itself (a string value)
     return key.strip().split("."), parsed
 

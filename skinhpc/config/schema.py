@@ -11,6 +11,9 @@ what the rest of the layer reads:
   expression a string must match in full (``skinhpc.config.validate`` enforces them);
 * ``identity``: which fingerprints the field belongs to, inherited by a section's fields unless
   a field says otherwise (``skinhpc.config.identity`` explains the levels).
+
+Longer than the ~400 lines a module should be, on purpose: it is the one place every key is
+declared, and nothing else lives here (loading, validation, fingerprints and docs read it).
 """
 
 from __future__ import annotations
