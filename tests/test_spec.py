@@ -212,6 +212,9 @@ def test_quoted_values_are_cut_short(job):
     with pytest.raises(SpecError) as e:
         load_spec(job(f"model: {{pretrained: {'x' * 5000}}}\n"))
     assert "model.pretrained" in str(e.value) and len(str(e.value)) < 600
+    with pytest.raises(SpecError) as e:
+        load_spec(job(f"train: {{{'k' * 1000}: 1}}\n"))
+    assert "train.kkk" in str(e.value) and "unknown key" in str(e.value) and len(str(e.value)) < 600
 
 
 def test_results_go_to_the_project_not_beside_the_job_file(job, tmp_path: Path, monkeypatch):

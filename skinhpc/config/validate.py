@@ -125,7 +125,8 @@ def build(cls: type, value: Any, where: str = "") -> Any:
     for key, v in value.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in fields:
-            raise _fail(path, f"unknown key{closest(str(key)[:SHOWN_CHARS], list(fields))}")
+            cut = str(key)[:SHOWN_CHARS]
+            raise _fail(f"{where}.{cut}" if where else cut, f"unknown key{closest(cut, list(fields))}")
         kwargs[key] = _convert(v, types_[key], path)
         check_bounds(fields[key], kwargs[key], path)
     for name, f in fields.items():
@@ -218,7 +219,7 @@ def check_dotted(key: str) -> None:
             return
         types_ = hints(cls)
         if part not in types_:
-            raise _fail(key, f"unknown key '{part[:SHOWN_CHARS]}'{closest(part[:SHOWN_CHARS], list(types_))}")
+            raise _fail(key[: SHOWN_CHARS * 2], f"unknown key '{part[:SHOWN_CHARS]}'{closest(part[:SHOWN_CHARS], list(types_))}")
         cls = types_[part]
         if get_origin(cls) in (Union, types.UnionType):
             cls = next((a for a in get_args(cls) if a is not type(None)), cls)
