@@ -21,7 +21,7 @@ from conftest import prepared_job, tiny_job
 
 from skinhpc import metrics as mx
 from skinhpc.cli.predict import evaluate_main, main
-from skinhpc.config import SpecError, dump_yaml, plan_members, with_overrides
+from skinhpc.config import dump_yaml, plan_members, with_overrides
 from skinhpc.data.prepare import load_table
 from skinhpc.ensemble.predictor import EnsemblePredictor
 from skinhpc.io.layout import JobPaths
@@ -224,9 +224,6 @@ def test_evaluation_report_multiclass_with_malignant_view_and_subgroups(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=SpecError, strict=False,
-                   reason="expected to PASS once H1's pure schema validation is merged; until then "
-                          "load_spec still checks that data.sources exist (that check moves to launch)")
 def test_sweep_job_copied_without_its_data_predicts_evaluates_and_serves(tmp_path, ham_root):
     """A results folder copied to a machine without the training data: `skinhpc predict`, `skinhpc
     evaluate` and the logged MLflow pyfunc model all work from the folder (job.yaml via load_spec)."""

@@ -8,7 +8,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from skinhpc.config.schema import JobSpec, with_overrides
+from skinhpc.config.loader import with_overrides
+from skinhpc.config.schema import JobSpec
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinhpc.config import JobSpec, PreprocessSpec
+from skinhpc.config import JobSpec, PreprocessSpec, cache_view
 from skinhpc.data.images import BadImageError, BadImagesError, read_rgb
 from skinhpc.data.preprocess import preprocess
 from skinhpc.io import state
@@ -136,9 +136,7 @@ def _clean_stale_tmp(cache_dir: Path) -> int:
 
 
 def _write_config(spec: JobSpec, cache_dir: Path) -> None:
-    cfg = dataclasses.asdict(spec.preprocess)
-    for k in ("cache_dir", "on_bad_image", "workers", "shards"):
-        cfg.pop(k)
+    cfg = cache_view(spec)  # the fields the cache key hashes (identity "cache" in the schema)
     path = cache_dir / CONFIG_NAME
     if path.exists():
         old = json.loads(path.read_text())

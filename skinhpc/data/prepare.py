@@ -9,7 +9,6 @@ the data, so "minus the images the cache could not decode" is applied in exactly
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -18,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from skinhpc.config import JobSpec
+from skinhpc.config import JobSpec, identity_view
 from skinhpc.data.audit import run_audit
 from skinhpc.data.cache import build_cache as _build_cache
 from skinhpc.data.cache import finalize as _finalize
@@ -41,7 +40,7 @@ DUPLICATES = "duplicates.json"  # images dropped as copies of others, label disa
 
 def data_hash(spec: JobSpec) -> str:
     """Hash of everything that changes the tables (source roots resolved to absolute paths)."""
-    d = dataclasses.asdict(spec.data)
+    d = identity_view(spec, "member")["data"]
     for s in d["sources"]:
         s["root"] = str(spec.resolve(s["root"]))
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

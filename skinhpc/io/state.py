@@ -35,22 +35,9 @@ from skinhpc.io.layout import JobPaths
 
 # --------------------------------------------------------------------------- member done
 def member_fingerprint(spec: JobSpec) -> str:
-    """What a member's weights depend on: data, preprocessing, model and training, nothing else.
-
-    The job's seed list and sweep are left out (adding a seed or a sweep point must not invalidate
-    members already trained; the member's own seed is stored and checked separately), and so are
-    the reduce settings, the cluster, the job name and where results live: changing the gate, the
-    TTA views or moving the results folder must not make finished checkpoints unloadable.
-    ``spec`` is the member's own spec (``member.spec(job)``).
-    """
-    d = spec.to_dict()
-    picked = {k: d[k] for k in ("data", "preprocess", "model", "train")}
-    for k in ("cache_dir", "workers", "shards"):
-        picked["preprocess"].pop(k)
-    picked["train"].pop("num_workers")
-    picked["train"].pop("eval_batch_size")
-    blob = json.dumps(picked, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    """What a member's weights depend on (``spec`` is the member's own spec, ``member.spec(job)``):
+    the fields the schema declares of member or cache identity (:mod:`skinhpc.config.identity`)."""
+    return spec.member_fingerprint()
 
 
 def member_identity(spec: JobSpec, member: Member) -> dict[str, Any]:

@@ -18,9 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from skinhpc.config import JobSpec, SpecError, dump_yaml, load_spec
+from skinhpc.config import JobSpec, SpecError, changed_keys, dump_yaml, load_spec
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
+from skinhpc.orchestrate.checks import check_environment
 from skinhpc.orchestrate.cluster import (
     SubmissionPlan,
     active_slurm_ids,
@@ -68,25 +69,6 @@ def check_folder(spec: JobSpec, paths: JobPaths, force_new: bool) -> None:
             f"Give the job a new name (name=...) or pass --force-new to move the old folder aside."
         )
     _busy_check(paths)
-
-
-def changed_keys(a: JobSpec, b: JobSpec) -> list[str]:
-    """Dotted keys whose values differ between two specs (lists compared whole)."""
-    out: list[str] = []
-
-    def walk(x: object, y: object, prefix: str) -> None:
-        if isinstance(x, dict) and isinstance(y, dict):
-            for k in sorted(set(x) | set(y)):
-                walk(x.get(k), y.get(k), f"{prefix}{k}.")
-        elif x != y:
-            out.append(prefix.rstrip("."))
-
-    da, db = a.to_dict(), b.to_dict()
-    for d in (da, db):
-        d.pop("cluster")
-        d.pop("base_dir")
-    walk(da, db, "")
-    return out
 
 
 def _busy_check(paths: JobPaths) -> None:
@@ -153,6 +135,7 @@ def launch(
     """Library form of the CLI: raises SpecError/LaunchError before anything is submitted."""
     overrides = list(overrides) + ([f"cluster.executor={executor}"] if executor else [])
     spec = load_spec(job, overrides)
+    check_environment(spec, str(job))  # data, weights, model name: refused before anything is written
     paths = JobPaths(spec.job_dir)
     if dry_run:
         print(describe_plan(spec, paths, plan_submission(spec, paths)))

@@ -17,8 +17,8 @@ from typing import Any
 import pandas as pd
 
 from skinhpc.config import JobSpec, Member
-from skinhpc.io.layout import JobPaths
 from skinhpc.ensemble.predictor import EnsemblePredictor
+from skinhpc.io.layout import JobPaths
 
 MODEL_ARTIFACT = "ensemble_model"
 

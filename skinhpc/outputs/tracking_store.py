@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from skinhpc.config import JobSpec
+from skinhpc.config import JobSpec, identity_view
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
@@ -35,7 +35,7 @@ def tracking_uri(spec: JobSpec) -> str:
     uri = spec.reduce.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    return f"sqlite:///{spec.resolve(spec.results_dir) / 'mlflow.db'}"
+    return f"sqlite:///{spec.results_root / 'mlflow.db'}"
 
 
 def is_server(uri: str) -> bool:
@@ -110,11 +110,9 @@ def flatten_params(obj: Any, prefix: str = "") -> dict[str, str]:
 
 
 def spec_params(spec: JobSpec) -> dict[str, str]:
-    """What distinguishes a job's (or a member's) results; where/how it ran (cluster, base_dir)
-    is not a param."""
-    d = spec.to_dict()
-    for k in ("cluster", "base_dir", "name", "results_dir"):
-        d.pop(k, None)
+    """What distinguishes a job's (or a member's) results: the job identity declared in the schema
+    (where/how it ran is not a param)."""
+    d = identity_view(spec, "job")
     d["data"]["sources"] = [
         f"{s['name'] or s['kind']}:{spec.resolve(s['root'])}" for s in d["data"]["sources"]
     ]
