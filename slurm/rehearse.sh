@@ -123,10 +123,11 @@ CONTAINER=("cluster.container=$CLONE/skinhpc.sif")
 # 5. timm weights on the login node (nothing to fetch with pretrained=none; the step still runs)
 step prefetch skinhpc prefetch jobs/ensemble.yaml "${DATA[@]}" "${SMALL[@]}"
 
-# 6. the site profile: adapt slurm-example-site.yaml; this site is the dev cluster
+# 6. the site profile: README edits slurm-example-site.yaml for the site; this site is the dev cluster
 step site-profile cp configs/cluster/slurm-devcluster.yaml configs/cluster/slurm-example-site.yaml
 
-# 7. launch, then skinhpc status until the reduce is done
+# 7. launch (plan first), then skinhpc status until the reduce is done
+step launch-dry-run python -m skinhpc.launch jobs/ensemble.yaml "${DATA[@]}" "${CONTAINER[@]}" "${SMALL[@]}" --dry-run
 step launch python -m skinhpc.launch jobs/ensemble.yaml "${DATA[@]}" "${CONTAINER[@]}" "${SMALL[@]}"
 LAUNCHED=1
 wait_done() {
