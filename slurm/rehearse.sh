@@ -3,8 +3,9 @@
 # from a fresh clone, so the used-by path is proved end to end and timed:
 #
 #   clone -> install (or reuse $PYTHON's venv) -> apptainer build + test -> data download ->
-#   prefetch -> site profile -> launch -> status until the reduce is done -> MLflow UI read back
-#   over HTTP -> predict
+#   prefetch -> site profile -> launch --dry-run -> launch -> status until the reduce is done ->
+#   outputs checked (every SLURM stage ran through `apptainer exec`) -> MLflow UI started, its runs
+#   read back over HTTP (REST runs/search) -> predict
 #
 # Only what makes it small or local differs from the README:
 #   - the download comes from a loopback "Dataverse" (slurm/devcluster/dataverse.py) serving
@@ -164,7 +165,7 @@ step outputs check_outputs
 
 # 8. MLflow UI (README: mlflow ui --backend-store-uri sqlite:///results/mlflow.db, then ssh -L)
 PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-(cd "$CLONE" && exec setsid mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port "$PORT") \
+(cd "$CLONE" && exec setsid mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port "$PORT" --workers 1) \
   >"$LOGS/mlflow-server.log" 2>&1 &
 MLFLOW_PID=$!
 read_runs() {
