@@ -58,6 +58,7 @@ cleanup() {
   echo "step timings (s):"
   for t in "${TIMES[@]}"; do echo "  $t"; done
   echo "  total $((SECONDS - T0))"
+  { printf '%s\n' "${TIMES[@]}"; echo "total $((SECONDS - T0))"; } >"$LOGS/timings.txt" 2>/dev/null || true
   if ((rc == 0)); then
     echo "REHEARSAL PASSED"
     [[ ${REHEARSE_KEEP:-0} == 1 || -n ${REHEARSE_DIR:-} ]] || rm -rf "$WORK"

@@ -76,6 +76,7 @@ def test_rehearsal_of_the_readme_cluster_steps_passes(slurm_cluster, tmp_path: P
     r = subprocess.run(["bash", str(REPO / "slurm" / "rehearse.sh")], env=env, capture_output=True,
                        text=True, timeout=2700)
     out = r.stdout + r.stderr
+    print(out)  # the step timings, shown with -s
     assert r.returncode == 0, out[-6000:]
     assert "REHEARSAL PASSED" in out
     for step in STEPS:  # every README step ran and succeeded, none skipped
