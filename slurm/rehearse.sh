@@ -41,7 +41,6 @@ SMALL=(
   model.name=resnet10t model.pretrained=none
   "train.phases=[{name: all, epochs: 1, train: all, lr: 3.0e-3}]" train.num_workers=0
   cluster.gpus_per_member=0
-  results_dir=../results   # the project's results/ (H1 makes it the default)
 )
 
 SERVER_PID="" MLFLOW_PID="" LAUNCHED="" FINISHED="" T0=$SECONDS
