@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from skinhpc.cli import launch as launch_cli
 from skinhpc.config import load_spec
 from skinhpc.io.layout import JobPaths
 from skinhpc.orchestrate import launch as launch_mod
@@ -27,7 +28,7 @@ def run_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 def test_dry_run_prints_plan_and_writes_nothing(tmp_path, job_writer, capsys):
     job = job_writer(seeds=[1, 2, 3, 4, 5],
                     sweep={"grid": {"train.weight_decay": [0.0, 0.1]}})
-    rc = launch_mod.main([str(job), "cluster.max_array_size=4", "cluster.executor=slurm", "--dry-run"])
+    rc = launch_cli.main([str(job), "cluster.max_array_size=4", "cluster.executor=slurm", "--dry-run"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "10 of 10 members" in out and "arrays of 4, 4, 2" in out and "MaxArraySize 4" in out
