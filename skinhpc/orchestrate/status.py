@@ -122,7 +122,13 @@ def collect(job_dir: str | Path) -> list[dict[str, Any]]:
             "job_id": jid or "", "slurm": slurm,
         }
 
-    rows = [row("prepare", "prepare", prepare_complete(spec, paths))]
+    rows = []
+    if launches and launches[-1].get("stage") == "launch-failed":  # the last launch was undone
+        e = launches[-1]
+        rows.append({"stage": "launch", "state": "failed", "requeues": 0, "job_id": "", "slurm": "",
+                     "reason": f"{e.get('failed_stage')}: {e.get('error')} (submitted jobs cancelled)",
+                     "error_file": "", "log": ""})
+    rows.append(row("prepare", "prepare", prepare_complete(spec, paths)))
     done = paths.done_members()
     for m in plan_members(spec):
         rows.append(row(f"member-{m.index}", f"member {m.name}", m.index in done))
