@@ -8,6 +8,8 @@ SLURM's own message, instead of leaving a half-submitted chain (a prepare with n
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shlex
 import shutil
@@ -97,6 +99,14 @@ def sbatch_message(error: BaseException) -> str:
     return (said or lines or [type(error).__name__])[-1]
 
 
+def _sbatch(spec: JobSpec, paths: JobPaths, step: Step, params: dict[str, Any], dep: str | None) -> str:
+    ex = _executor(spec, paths, params, dep)
+    if step.array is None:
+        return str(ex.submit(step.task).job_id)
+    ex.update_parameters(slurm_array_parallelism=step.parallel)
+    return submit_array(ex, step.task, len(step.array), paths.submitit)
+
+
 def submit(spec: JobSpec, paths: JobPaths, steps: list[Step]) -> list[dict[str, Any]]:
     """sbatch the whole chain now and return its launches.jsonl entries."""
     ids: dict[int, str] = {}
@@ -104,13 +114,13 @@ def submit(spec: JobSpec, paths: JobPaths, steps: list[Step]) -> list[dict[str, 
     for i, step in enumerate(steps):
         dep = dependency(step, ids)
         params = dict(resources(spec, step.resources))
-        try:
-            ex = _executor(spec, paths, params, dep)
-            if step.array is None:
-                ids[i] = str(ex.submit(step.task).job_id)
-            else:
-                ex.update_parameters(slurm_array_parallelism=step.parallel)
-                ids[i] = submit_array(ex, step.task, len(step.array), paths.submitit)
+        try:  # submitit prints sbatch's stderr itself when it fails: the message below says it once
+            with contextlib.redirect_stderr(io.StringIO()):
+                ids[i] = _sbatch(spec, paths, step, params, dep)
+        except KeyboardInterrupt as e:  # Ctrl-C mid-launch: undone as well
+            with contextlib.suppress(SubmitError):
+                undo(paths, ids, step, e)
+            raise
         except Exception as e:  # noqa: BLE001 - any refusal undoes the launch, said in one line
             undo(paths, ids, step, e)
         extra: dict[str, Any] = {}
