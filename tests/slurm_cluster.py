@@ -37,7 +37,7 @@ def _up_already() -> bool:
 
 
 def _max_array_size() -> int:
-    from skinhpc.orchestrate.cluster import scontrol_max_array_size
+    from skinhpc.orchestrate.plan import scontrol_max_array_size
 
     return scontrol_max_array_size() or 1001
 

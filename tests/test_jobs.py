@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from skinhpc.config import load_spec, plan_members
 
@@ -22,17 +24,28 @@ def test_shipped_job_dry_runs(name: str, ham_root: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "skinhpc.launch", f"jobs/{name}", "--dry-run", *over],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    spec = load_spec(REPO / "jobs" / name, over)
-    assert str(len(plan_members(spec))) in r.stdout
+    members = plan_members(load_spec(REPO / "jobs" / name, over))
+    counts = re.findall(r"^  train +(\d+) of (\d+) members to run", r.stdout, re.M)
+    assert counts == [(str(len(members)), str(len(members)))], r.stdout  # nothing trained yet
+    listed = re.findall(r"^  (\S+)  seed (\d+) ", r.stdout, re.M)
+    assert listed == [(m.name, str(m.seed)) for m in members], r.stdout
 
 
 def test_seed_recipe_is_what_the_seeds_describe() -> None:
-    spec = load_spec(REPO / "jobs" / "ensemble.yaml")
-    assert spec.seeds == [42, 123, 456, 789, 2025]
-    assert spec.model.name.startswith("convnext_base")
-    assert [p.epochs for p in spec.train.phases] == [10, 15, 25]
-    assert spec.train.loss.name == "focal" and spec.cluster.gpus_per_member == 1
-    assert spec.data.malignant == ["mel", "bcc", "akiec", "scc"]
+    """The resolved ensemble job holds what its file and its includes say (no value copied here)."""
+    path = REPO / "jobs" / "ensemble.yaml"
+    job = yaml.safe_load(path.read_text())
+    inc = {Path(p).parent.name: yaml.safe_load((path.parent / p).read_text()) for p in job["include"]}
+    spec = load_spec(path)
+    assert spec.seeds == job["seeds"] and len(plan_members(spec)) == len(job["seeds"])
+    assert spec.model.name == inc["model"]["model"]["name"]
+    phases = inc["train"]["train"]["phases"]
+    assert [(p.name, p.epochs, p.lr) for p in spec.train.phases] == [(p["name"], p["epochs"], p["lr"]) for p in phases]
+    assert spec.train.loss.name == inc["train"]["train"]["loss"]["name"]
+    assert spec.train.loss.gamma == inc["train"]["train"]["loss"]["gamma"]
+    assert spec.cluster.gpus_per_member == job["cluster"]["gpus_per_member"]
+    assert spec.reduce.min_members == job["reduce"]["min_members"]
+    assert spec.data.malignant == inc["data"]["data"]["malignant"]
 
 
 def test_demo_without_data_says_how_to_get_it(tmp_path: Path) -> None:

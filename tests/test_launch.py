@@ -9,10 +9,13 @@ import sys
 
 import pytest
 
+from skinhpc.cli import launch as launch_cli
 from skinhpc.config import load_spec
 from skinhpc.io.layout import JobPaths
 from skinhpc.orchestrate import launch as launch_mod
-from skinhpc.orchestrate.cluster import local_driver_alive, plan_submission, read_launches
+from skinhpc.orchestrate.evidence import local_driver_alive
+from skinhpc.orchestrate.launches import read_launches
+from skinhpc.orchestrate.plan import plan_submission
 from skinhpc.orchestrate.stages import read_state
 from skinhpc.orchestrate.status import collect
 
@@ -27,7 +30,7 @@ def run_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 def test_dry_run_prints_plan_and_writes_nothing(tmp_path, job_writer, capsys):
     job = job_writer(seeds=[1, 2, 3, 4, 5],
                     sweep={"grid": {"train.weight_decay": [0.0, 0.1]}})
-    rc = launch_mod.main([str(job), "cluster.max_array_size=4", "cluster.executor=slurm", "--dry-run"])
+    rc = launch_cli.main([str(job), "cluster.max_array_size=4", "cluster.executor=slurm", "--dry-run"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "10 of 10 members" in out and "arrays of 4, 4, 2" in out and "MaxArraySize 4" in out
@@ -119,7 +122,7 @@ def test_local_executor_returns_at_once_then_relaunch_skips(tmp_path, job_writer
 def test_max_array_size_read_from_slurm_conf(tmp_path, monkeypatch):
     """MaxArraySize comes from slurm.conf (no scontrol round trip at every launch); a file that
     includes others may hold it elsewhere, so then the caller must ask scontrol."""
-    from skinhpc.orchestrate.cluster import DEFAULT_MAX_ARRAY_SIZE, conf_max_array_size
+    from skinhpc.orchestrate.plan import DEFAULT_MAX_ARRAY_SIZE, conf_max_array_size
 
     conf = tmp_path / "slurm.conf"
     monkeypatch.setenv("SLURM_CONF", str(conf))

@@ -13,8 +13,9 @@ import submitit
 
 from skinhpc.data import prepare
 from skinhpc.io.layout import JobPaths
-from skinhpc.orchestrate.cluster import active_slurm_ids, job_ids, read_launches
+from skinhpc.orchestrate.evidence import active_slurm_ids
 from skinhpc.orchestrate.launch import launch
+from skinhpc.orchestrate.launches import job_ids, read_launches
 from skinhpc.orchestrate.stages import read_state
 from skinhpc.orchestrate.status import collect
 
@@ -103,7 +104,7 @@ def test_preempted_member_is_requeued_and_resumes(slurm_cluster, tmp_path, job_w
 
 
 def test_job_above_max_array_size_is_split(slurm_cluster, tmp_path, job_writer):
-    from skinhpc.orchestrate.cluster import conf_max_array_size
+    from skinhpc.orchestrate.plan import conf_max_array_size
 
     limit = slurm_cluster.max_array_size  # from scontrol
     assert conf_max_array_size() == limit  # what launch reads from slurm.conf agrees
@@ -174,7 +175,7 @@ def test_sharded_prepare_then_cancel(slurm_cluster, tmp_path, job_writer):
 def test_status_of_a_job_slurm_has_never_heard_of(slurm_cluster, tmp_path, job_writer):
     """A recorded job id that is neither queued nor in accounting is `unknown`, not `pending`."""
     from skinhpc.config import dump_yaml, load_spec
-    from skinhpc.orchestrate.cluster import append_launch
+    from skinhpc.orchestrate.launches import append_launch
 
     spec = load_spec(job_writer(seeds=[1]), ["cluster.executor=slurm"])
     paths = JobPaths(spec.job_dir)

@@ -9,6 +9,10 @@ from pathlib import Path
 
 from skinhpc.config import load_spec
 from skinhpc.io.layout import JobPaths
+from skinhpc.io.lock import job_lock
+from skinhpc.orchestrate.evidence import busy
+from skinhpc.orchestrate.pipeline import LaunchError
+from skinhpc.orchestrate.stages import run_recorded
 from skinhpc.outputs.publish import reduce
 
 log = logging.getLogger(__name__)
@@ -25,7 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     job_yaml = target / "job.yaml" if target.is_dir() else target
     spec = load_spec(job_yaml, args.overrides)
     paths = JobPaths(target if target.is_dir() else spec.job_dir)
-    summary = reduce(spec, paths)
+    with job_lock(paths, "reduce"):
+        running = busy(paths)
+        if running:
+            raise LaunchError(f"{paths.root}: {running}; wait for it or `skinhpc cancel {paths.root}` first")
+        summary = run_recorded(paths, "reduce", reduce, spec, paths)
     test = summary.get("test", {})
     log.info("reduce done: %s; test %s", paths.ensemble / "report.html",
              {k: test.get(k) for k in ("auc", "auc_macro", "balanced_accuracy") if k in test})

@@ -26,6 +26,7 @@ from skinhpc.data.images import BadImageError, read_rgb
 from skinhpc.data.preprocess import preprocess
 from skinhpc.ensemble.decision import decisions
 from skinhpc.ensemble.inference import combine, load_members, predict_probs, to_unit_tensor
+from skinhpc.io.atomic import COMPLETE_MARKER, dir_complete
 from skinhpc.io.layout import JobPaths
 from skinhpc.metrics import apply_temperature, malignant_indices
 
@@ -37,6 +38,10 @@ def load_thresholds(paths: JobPaths) -> dict[str, Any]:
     path = paths.ensemble / "thresholds.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; run the reduce stage of this job first")
+    if not dir_complete(paths.ensemble):
+        raise FileNotFoundError(f"{paths.ensemble}: not a complete reduce result (no {COMPLETE_MARKER} "
+                                f"marker: killed mid-write, or reduced before markers existed); run "
+                                f"`skinhpc reduce {paths.root}` again")
     try:
         th = json.loads(path.read_text())
     except json.JSONDecodeError as e:

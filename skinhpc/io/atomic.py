@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,3 +72,43 @@ def write_csv_atomic(path: str | Path, frame: Any) -> None:
     """A pandas DataFrame as CSV (no index), renamed into place only when complete."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+COMPLETE_MARKER = ".complete"
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Build a whole folder as one unit: yield an empty temporary folder beside ``path``;
+    on success it gets a ``.complete`` marker and replaces ``path`` by renames, so a reader
+    sees either the previous complete folder or the new one, never new files beside old
+    ones (thresholds.json of this run next to metrics.json of the last). The previous
+    folder stays in place until the new one is finished; killed midway, only a hidden
+    ``.<name>.*.tmp`` folder is left, removed by the next run.
+
+    A folder without the marker (:func:`dir_complete`) was not written by this helper.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for old in sorted(path.parent.glob(f".{path.name}.old.*.tmp")):
+        if not path.exists():  # killed between the two renames: the previous result comes back
+            os.replace(old, path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = path.parent / f".{path.name}.old.{os.getpid()}.tmp"
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700
+        (tmp / COMPLETE_MARKER).write_text("")
+        if path.exists():
+            os.replace(path, old)  # two renames: the window holds no folder, never a mixed one
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def dir_complete(path: str | Path) -> bool:
+    """True when ``path`` is a folder :func:`atomic_dir` finished."""
+    return (Path(path) / COMPLETE_MARKER).exists()

@@ -23,7 +23,15 @@ class JobPaths:
     audit = property(lambda self: self.root / "audit.json")
     prepare_done = property(lambda self: self.root / "prepare.done.json")
     members_dir = property(lambda self: self.root / "members")
-    ensemble = property(lambda self: self.root / "ensemble")
+    ensemble = property(lambda self: self._ensemble or self.root / "ensemble")
+    _ensemble: Path | None = None
+
+    def staging_ensemble(self, folder: str | Path) -> JobPaths:
+        """The same job with its ``ensemble/`` files going to ``folder``: the reduce builds the
+        whole folder there and commits it as a unit (:func:`skinhpc.io.atomic.atomic_dir`)."""
+        staged = JobPaths(self.root)
+        staged._ensemble = Path(folder)
+        return staged
     submitit = property(lambda self: self.root / "submitit")
     launches = property(lambda self: self.root / "launches.jsonl")
 

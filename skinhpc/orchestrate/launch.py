@@ -1,4 +1,4 @@
-"""`python -m skinhpc.launch JOB.yaml [key=value ...]`: validate, plan, submit, return at once.
+"""Launching a job: validate, plan, submit, return at once (the command is :mod:`skinhpc.cli.launch`).
 
 Everything that can be wrong with a job (a typo in a key, a wrong type, a missing data
 folder, an unknown sweep key) is found here, on the login node, before a single sbatch:
@@ -12,30 +12,24 @@ finished members are reused and only the reduce runs again, the previous spec ke
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
-import sys
 import time
 from pathlib import Path
 
 from skinhpc.config import JobSpec, SpecError, changed_keys, dump_yaml, load_spec
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
+from skinhpc.io.lock import LOCK_NAME, job_lock
 from skinhpc.orchestrate.checks import check_environment
-from skinhpc.orchestrate.cluster import (
-    SubmissionPlan,
-    active_slurm_ids,
-    job_ids,
-    local_driver_alive,
-    plan_submission,
-    submit,
-)
-from skinhpc.orchestrate.stages import batch_logging
-from skinhpc.orchestrate.status import main as status_main
+from skinhpc.orchestrate.cluster import submit
+from skinhpc.orchestrate.evidence import active_slurm_ids, busy, local_driver_alive
+from skinhpc.orchestrate.jobdir import job_paths
+from skinhpc.orchestrate.launches import job_ids
+from skinhpc.orchestrate.pipeline import LaunchError
+from skinhpc.orchestrate.plan import SubmissionPlan, plan_submission
 
-
-class LaunchError(RuntimeError):
-    """A launch refused for a reason the user can fix; the message says how."""
+__all__ = ["LaunchError", "check_folder", "changed_keys", "describe_plan", "launch", "wait_for"]
 
 
 def check_folder(spec: JobSpec, paths: JobPaths, force_new: bool) -> None:
@@ -72,10 +66,10 @@ def check_folder(spec: JobSpec, paths: JobPaths, force_new: bool) -> None:
 
 
 def _busy_check(paths: JobPaths) -> None:
-    busy = active_slurm_ids(job_ids(paths)) or local_driver_alive(paths)
-    if busy:
+    running = busy(paths)
+    if running:
         raise LaunchError(
-            f"{paths.root}: a launch of this job is still running ({busy}); "
+            f"{paths.root}: a launch of this job is still running ({running}); "
             f"wait, or `skinhpc cancel {paths.root}` first"
         )
 
@@ -132,63 +126,33 @@ def launch(
     force_new: bool = False,
     wait: bool = False,
 ) -> tuple[JobSpec, list[dict]]:
-    """Library form of the CLI: raises SpecError/LaunchError before anything is submitted."""
+    """Library form of the CLI: raises SpecError/LaunchError before anything is submitted.
+
+    Everything from the folder check to the last submission runs under the job folder's
+    lock (:func:`skinhpc.io.lock.job_lock`), taken before any check: of two launches at
+    the same instant one submits, the other is refused (JobBusy), never both.
+    """
     overrides = list(overrides) + ([f"cluster.executor={executor}"] if executor else [])
     spec = load_spec(job, overrides)
     check_environment(spec, str(job))  # data, weights, model name: refused before anything is written
-    paths = JobPaths(spec.job_dir)
+    paths = job_paths(spec)
     if dry_run:
         print(describe_plan(spec, paths, plan_submission(spec, paths)))
         return spec, []
-    check_folder(spec, paths, force_new)
-    plan = plan_submission(spec, paths)  # before job.yaml: every member's spec validates first
-    paths.root.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(paths.job_yaml, dump_yaml(spec))
-    entries = submit(spec, paths, plan)
+    created = not paths.root.exists()
+    try:
+        with job_lock(paths, "launch"):
+            check_folder(spec, paths, force_new)
+            plan = plan_submission(spec, paths)  # before job.yaml: every member's spec validates first
+            paths.root.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(paths.job_yaml, dump_yaml(spec))
+            entries = submit(spec, paths, plan)
+    except BaseException:
+        if created and not paths.job_yaml.exists():  # refused before anything: leave no folder
+            (paths.root / LOCK_NAME).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                paths.root.rmdir()
+        raise
     if wait:
         wait_for(spec, paths)
     return spec, entries
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="skinhpc launch", description=__doc__.split("\n\n")[0])
-    ap.add_argument("job", help="job YAML")
-    ap.add_argument("overrides", nargs="*", help="key.path=value")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
-    ap.add_argument("--executor", choices=["slurm", "local", "debug"], help="override cluster.executor")
-    ap.add_argument("--wait", action="store_true", help="block until the whole job has ended")
-    ap.add_argument("--force-new", action="store_true",
-                    help="move a results folder holding another spec aside instead of refusing")
-    args = ap.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
-    batch_logging()
-    try:
-        spec, entries = launch(args.job, args.overrides, args.executor, args.dry_run, args.force_new)
-    except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except LaunchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    if args.dry_run:
-        return 0
-    for e in entries:
-        ident = e.get("job_id") or f"pid {e.get('pid')}"
-        tasks = f" tasks {len(e['tasks'])}" if e.get("tasks") else ""
-        dep = f" ({e['dependency']})" if e.get("dependency") else ""
-        print(f"{e['stage']:<15} {ident}{tasks}{dep}")
-    print(f"results: {spec.job_dir}")
-    print(f"status:  skinhpc status {spec.job_dir}", flush=True)
-    if not args.wait:
-        return 0
-    # --wait (make demo): block, then say how it ended and where to look
-    wait_for(spec, JobPaths(spec.job_dir))
-
-    failed = status_main([str(spec.job_dir)])
-    report = JobPaths(spec.job_dir).ensemble / "report.html"
-    if report.exists():
-        print(f"report:  {report}")
-    return 1 if failed or not report.exists() else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -52,23 +52,47 @@ def load_job(job_dir: str | Path) -> tuple[JobSpec, JobPaths]:
     return load_spec(paths.job_yaml), paths
 
 
-def _run_recorded(paths: JobPaths, stage: str, fn: Any, *args: Any) -> None:
-    """Run a stage body: state running -> done, or traceback file + failed + re-raise."""
+def run_recorded(paths: JobPaths, stage: str, fn: Any, *args: Any) -> Any:
+    """Run a stage body: state running -> done, or traceback file + failed + re-raise.
+
+    The one place a stage's state is recorded, whoever runs it (a batch task, the debug
+    backend, a manual ``skinhpc reduce``). A start after a checkpoint counts the requeue:
+    only then has it really happened (submitit may decide not to requeue after all, e.g.
+    timed out too many times). The exit submitit makes after requeueing leaves the state
+    ``requeued`` (shown as pending), not ``failed`` with ``SystemExit: -1``; an interrupt
+    (``skinhpc cancel``, Ctrl-C) is ``cancelled``.
+    """
     err = error_file(paths, stage)
-    attempts = int(read_state(paths, stage).get("attempts", 0)) + 1
-    record(paths, stage, "running", attempts=attempts, started=time.time())
+    before = read_state(paths, stage)
+    attempts = int(before.get("attempts", 0)) + 1
+    requeues = int(before.get("requeues", 0)) + (before.get("state") == "requeued")
+    record(paths, stage, "running", attempts=attempts, requeues=requeues, started=time.time())
     try:
-        fn(*args)
+        out = fn(*args)
+    except SystemExit as e:
+        if read_state(paths, stage).get("state") == "requeued":
+            log.info("%s: requeued, exiting until the next attempt", stage)
+            raise
+        _record_failure(paths, stage, err, e)
+        raise
+    except KeyboardInterrupt:
+        record(paths, stage, "cancelled", error="interrupted (skinhpc cancel or Ctrl-C)", ended=time.time())
+        raise
     except BaseException as e:
-        tb = traceback.format_exc()
-        write_text_atomic(err, tb)
-        last = tb.strip().splitlines()[-1] if tb.strip() else repr(e)
-        record(paths, stage, "failed", error=last, ended=time.time())
-        log.error("%s failed: %s (traceback in %s)", stage, last, err)
+        _record_failure(paths, stage, err, e)
         raise
     if err.exists():
         err.unlink()
     record(paths, stage, "done", ended=time.time())
+    return out
+
+
+def _record_failure(paths: JobPaths, stage: str, err: Path, e: BaseException) -> None:
+    tb = traceback.format_exc()
+    write_text_atomic(err, tb)
+    last = tb.strip().splitlines()[-1] if tb.strip() else repr(e)
+    record(paths, stage, "failed", error=last, ended=time.time())
+    log.error("%s failed: %s (traceback in %s)", stage, last, err)
 
 
 # --------------------------------------------------------------------------- prepare
@@ -81,7 +105,10 @@ class PrepareTask:
         self.job_dir = str(job_dir)
         self.step = step
 
-    def __call__(self, shard: int = 0) -> str:
+    def __call__(self, shard: int | None = None) -> str:
+        """``shard``: the shard step's item; None in a SLURM array, where it is the array task id."""
+        if shard is None:
+            shard = int(submitit.JobEnvironment().array_task_id) if self.step == "shard" else 0
         spec, paths = load_job(self.job_dir)
         if self.step in ("all", "tables") and prepare_complete(spec, paths):
             record(paths, "prepare", "done", skipped=True)
@@ -101,7 +128,7 @@ class PrepareTask:
             if self.step in ("all", "finalize"):
                 prep.finalize(spec, paths)
 
-        _run_recorded(paths, stage, body)
+        run_recorded(paths, stage, body)
         return "done"
 
 
@@ -138,7 +165,7 @@ class MemberTask(submitit.helpers.Checkpointable):
         if member_done(spec, paths, member):
             record(paths, stage, "done", skipped=True)
             return "skipped"
-        _run_recorded(paths, stage, _train, spec, paths, member)
+        run_recorded(paths, stage, _train, spec, paths, member)
         return "done"
 
     def checkpoint(self, index: int | None = None) -> submitit.helpers.DelayedSubmission:  # type: ignore[override]
@@ -148,8 +175,8 @@ class MemberTask(submitit.helpers.Checkpointable):
             _, paths, member = self._member(index)
             # same process as the training loop: last.pt is written before the requeue
             checkpoint_now()
-            st = read_state(paths, f"member-{index}")
-            record(paths, f"member-{index}", "requeued", requeues=int(st.get("requeues", 0)) + 1)
+            # counted by run_recorded when the requeued task starts: submitit may still refuse
+            record(paths, f"member-{index}", "requeued")
         except Exception:  # the requeue matters more than the bookkeeping
             log.exception("member %s: could not record the requeue", index)
         if given is None:  # an array task: the requeued task finds its member the same way
@@ -190,5 +217,5 @@ class ReduceTask:
         spec, paths = load_job(self.job_dir)
         from skinhpc.outputs.publish import reduce  # deferred: keeps torch out of launch
 
-        _run_recorded(paths, "reduce", reduce, spec, paths)
+        run_recorded(paths, "reduce", reduce, spec, paths)
         return "done"

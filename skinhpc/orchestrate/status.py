@@ -1,54 +1,31 @@
-"""`skinhpc status results/<job>` and `skinhpc cancel results/<job>`.
+"""`skinhpc status results/<job>`: each stage and member's state, from evidence.
 
-Status is read from files first (state/*.json and error files written by the tasks
-themselves, done.json from training), so it means the same under every executor; on
-SLURM, sacct/squeue add what files cannot tell: a task still pending, or one killed
-hard (time-out, scancel, node failure) before it could record anything.
+Files first (state/*.json and error files written by the tasks themselves, done.json
+from training), so status means the same under every executor; then the processes
+themselves, because a file cannot say that its writer died: a stage is ``running`` only
+while its process is alive (local: its pid; SLURM: squeue/sacct). When SLURM cannot be
+asked, status says so (``unknown``, with sacct's or squeue's error) instead of repeating
+the last word a file holds.
+
+Exit codes (:func:`exit_code`): 0 every stage done; 1 something failed or was cancelled;
+3 something is unknown (SLURM could not be asked, or a task vanished); 4 not finished
+yet (pending, running, not launched); 2 a usage error (no such job folder).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import signal
-import subprocess
-import sys
+import socket
 from pathlib import Path
 from typing import Any
 
 from skinhpc.config import plan_members
 from skinhpc.io.layout import JobPaths
 from skinhpc.io.state import done_members, error_file, prepare_complete, read_state
-from skinhpc.orchestrate.cluster import job_ids, local_driver_alive, read_launches
+from skinhpc.orchestrate.evidence import local_driver_alive, pid_alive, slurm_view
+from skinhpc.orchestrate.launches import job_ids, read_launches
 from skinhpc.orchestrate.stages import load_job
 
-
-def slurm_states(ids: list[str]) -> tuple[dict[str, str], bool]:
-    """job id (``123`` or ``123_4``) -> SLURM state, from sacct (squeue for what sacct lacks),
-    and whether squeue answered (only then does a job's absence from it mean something)."""
-    states: dict[str, str] = {}
-    answered = False
-    if not ids:
-        return states, answered
-    try:
-        out = subprocess.run(
-            ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
-            capture_output=True, text=True, timeout=30,
-        ).stdout
-        for line in out.splitlines():
-            if "|" in line:
-                jid, st = line.split("|", 1)
-                states[jid.strip()] = st.split()[0] if st.strip() else ""
-        sq = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=30)
-        out = sq.stdout
-        answered = sq.returncode == 0
-        for line in out.splitlines():
-            if "|" in line:
-                jid, st = line.split("|", 1)
-                states[jid.strip()] = st.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return states, answered
+EXIT_DONE, EXIT_FAILED, EXIT_UNKNOWN, EXIT_IN_PROGRESS = 0, 1, 3, 4
 
 
 def _lookup(states: dict[str, str], jid: str) -> str:
@@ -71,9 +48,9 @@ def _log_for(paths: JobPaths, job_id: str | None) -> str:
 
 def _slurm_word(slurm: str) -> str | None:
     s = slurm.upper()
-    if s in ("PENDING", "REQUEUED", "CONFIGURING"):
+    if s in ("PENDING", "REQUEUED", "CONFIGURING", "REQUEUE_HOLD", "REQUEUE_FED"):
         return "pending"
-    if s in ("RUNNING", "COMPLETING"):
+    if s in ("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING"):
         return "running"
     if s == "CANCELLED":
         return "cancelled"
@@ -86,50 +63,72 @@ def collect(job_dir: str | Path) -> list[dict[str, Any]]:
     """One row a stage/member: name, state, requeues, reason, log, job id."""
     spec, paths = load_job(job_dir)
     launches = read_launches(paths)
-    slurm_ids = job_ids(paths, "slurm")
-    sq, squeue_answered = slurm_states(slurm_ids)
-    # the job id that last ran each stage (member k of array A at position i is A_i)
-    last_id: dict[str, str] = {}
+    view = slurm_view(job_ids(paths, "slurm"))
+    # the job id and executor that last ran each stage (member k of array A at position i is A_i)
+    last_id: dict[str, tuple[str, str]] = {}
+    cancelled_at = 0.0
     for e in launches:
+        ex = e.get("executor", "")
         if e.get("stage") in ("prepare", "finalize", "reduce") and e.get("job_id"):
-            last_id["prepare" if e["stage"] == "finalize" else e["stage"]] = str(e["job_id"])
+            last_id["prepare" if e["stage"] == "finalize" else e["stage"]] = (str(e["job_id"]), ex)
         if e.get("stage") == "train":
             ids = e.get("job_ids") or [e["job_id"]] * len(e.get("tasks", []))
             for k, jid in zip(e.get("tasks", []), ids, strict=False):
-                last_id[f"member-{k}"] = str(jid)
+                last_id[f"member-{k}"] = (str(jid), ex)
+        if e.get("stage") == "cancel":
+            cancelled_at = float(e.get("time", 0))
     driver_alive = local_driver_alive(paths) is not None
-    rows = []
+    last_driver = max((float(e.get("time", 0)) for e in launches if e.get("stage") == "driver"), default=0.0)
 
     def row(stage: str, label: str, done: bool) -> dict[str, Any]:
         st = read_state(paths, stage)
-        jid = last_id.get(stage) or st.get("job_id")
-        state = "done" if done else st.get("state") or ("pending" if jid or driver_alive else "not launched")
+        jid, ex = last_id.get(stage, (st.get("job_id") or "", ""))
+        recorded = st.get("state") or ""
+        state = "done" if done else recorded or ("pending" if jid or driver_alive else "not launched")
         if state == "requeued":
             state = "pending"
-        slurm = _lookup(sq, str(jid)) if jid else ""
-        word = _slurm_word(slurm) if slurm else None
-        if not done and word:  # the scheduler knows best what is queued, running or killed
-            state = word
-        elif jid and not done and not slurm and not st.get("state") and squeue_answered:
-            # submitted, gone from the queue, and accounting has no record (yet): not "pending"
-            state = "unknown"
-        err = error_file(paths, stage)
         reason = ""
-        if state == "failed":
+        slurm = _lookup(view.states, jid) if jid and ex == "slurm" else ""
+        if not done and ex == "slurm":
+            word = _slurm_word(slurm) if slurm else None
+            if word:  # the scheduler knows best what is queued, running or killed
+                state = word
+            elif view.error and state in ("pending", "running"):
+                state, reason = "unknown", f"cannot ask SLURM ({view.error}); last recorded: {state}"
+            elif state in ("pending", "running"):
+                state = "unknown"
+                reason = (f"SLURM says {slurm}, but the task recorded no end" if slurm else
+                          "not in squeue and no sacct record (accounting lag, or purged)")
+        elif not done and state == "running" and st.get("pid"):
+            host = st.get("host")
+            if host == socket.gethostname() and not pid_alive(st.get("pid")):
+                state = "failed"
+                reason = f"process {st.get('pid')} ended without recording an end (killed?)"
+        if not done and ex in ("local", "") and state == "pending" and not driver_alive:
+            if cancelled_at > last_driver:
+                state, reason = "cancelled", "skinhpc cancel stopped the job before this ran"
+            elif jid or last_driver:
+                state, reason = "unknown", "never ran: the local driver has ended"
+        err = error_file(paths, stage)
+        if state == "failed" and not reason:
             reason = st.get("error") or ""
             if not reason and err.exists():
                 lines = err.read_text().strip().splitlines()
                 reason = lines[-1] if lines else ""
             if not reason and slurm:
                 reason = f"SLURM {slurm}"
-        if state == "unknown":
-            reason = "not in squeue and no sacct record (accounting lag, or purged)"
         return {
             "stage": label, "state": state, "requeues": int(st.get("requeues", 0)), "reason": reason,
             "error_file": str(err) if err.exists() else "", "log": _log_for(paths, jid),
             "job_id": jid or "", "slurm": slurm,
         }
 
+    rows = []
+    if launches and launches[-1].get("stage") == "launch-failed":  # the last launch was undone
+        e = launches[-1]
+        rows.append({"stage": "launch", "state": "failed", "requeues": 0, "job_id": "", "slurm": "",
+                     "reason": f"{e.get('failed_stage')}: {e.get('error')} (submitted jobs cancelled)",
+                     "error_file": "", "log": ""})
     rows.append(row("prepare", "prepare", prepare_complete(spec, paths)))
     members = plan_members(spec)
     done = done_members(spec, paths, members)
@@ -146,9 +145,9 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         if r["job_id"]:
             extra.append(f"job {r['job_id']}" + (f" {r['slurm']}" if r["slurm"] else ""))
         if r["requeues"]:
-            extra.append(f"requeued {r['requeues']} times")
+            extra.append(f"requeued {r['requeues']} time" + ("s" if r["requeues"] > 1 else ""))
         lines.append(f"{r['stage']:<12} {r['state']:<12} {'  '.join(extra)}".rstrip())
-        if r["state"] in ("failed", "unknown"):
+        if r["state"] in ("failed", "unknown", "cancelled"):
             if r["reason"]:
                 lines.append(f"    reason: {r['reason']}")
             if r["error_file"]:
@@ -163,48 +162,11 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="skinhpc status", description="state of each stage and member")
-    ap.add_argument("job_dir", help="results/<job>")
-    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        rows = collect(args.job_dir)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_rows(rows))
-    return 1 if any(r["state"] == "failed" for r in rows) else 0
-
-
-def cancel(job_dir: str | Path) -> list[str]:
-    """scancel every SLURM job of the folder and kill the local driver's whole session."""
-    paths = JobPaths(Path(job_dir))
-    done = []
-    ids = job_ids(paths, "slurm")
-    if ids:
-        subprocess.run(["scancel", *ids], check=False, capture_output=True, timeout=30)
-        done += ids
-    pid = local_driver_alive(paths)
-    if pid:
-        try:
-            os.killpg(os.getpgid(pid), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        done.append(f"local driver {pid}")
-    for e in read_launches(paths):
-        if e.get("executor") == "local" and e.get("job_id"):
-            try:
-                os.kill(int(e["job_id"]), signal.SIGTERM)
-                done.append(f"local job {e['job_id']}")
-            except (OSError, ValueError):
-                pass
-    return done
-
-
-def cancel_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="skinhpc cancel", description="cancel a job's SLURM/local jobs")
-    ap.add_argument("job_dir", help="results/<job>")
-    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    done = cancel(args.job_dir)
-    print("cancelled: " + (", ".join(done) if done else "nothing running"))
-    return 0
+def exit_code(rows: list[dict[str, Any]]) -> int:
+    """0 all done; 1 failed/cancelled; 3 unknown; 4 still in progress (module docstring)."""
+    states = {r["state"] for r in rows}
+    if states & {"failed", "cancelled"}:
+        return EXIT_FAILED
+    if "unknown" in states:
+        return EXIT_UNKNOWN
+    return EXIT_DONE if states == {"done"} else EXIT_IN_PROGRESS

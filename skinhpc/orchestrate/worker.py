@@ -1,7 +1,7 @@
 """The process a scheduled task runs: ``python -m skinhpc.orchestrate.worker``.
 
 ``drive JOB_DIR`` is the local executor's detached driver; ``array-task SUBMITIT_DIR TEMPLATE`` is one
-task of a SLURM member array; ``member JOB_DIR INDEX`` is what ``accelerate launch`` runs in every
+task of a SLURM array; ``member JOB_DIR INDEX`` is what ``accelerate launch`` runs in every
 process of a multi-GPU member.
 """
 
@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from skinhpc.config import plan_members
-from skinhpc.orchestrate.cluster import drive_local, run_array_task
+from skinhpc.orchestrate.local import drive
+from skinhpc.orchestrate.slurm import run_array_task
 from skinhpc.orchestrate.stages import _train, batch_logging, load_job
 
 
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     batch_logging()
     if len(argv) == 2 and argv[0] == "drive":
-        return drive_local(Path(argv[1]))
+        return drive(Path(argv[1]))
     if len(argv) == 3 and argv[0] == "array-task":
         run_array_task(Path(argv[1]), Path(argv[2]))
         return 0

@@ -15,7 +15,7 @@ import pandas as pd
 
 from skinhpc.config import JobSpec
 from skinhpc.ensemble.reduce import Reduced, compute, device_for, predictions_frame
-from skinhpc.io.atomic import to_jsonable, write_csv_atomic, write_json_atomic
+from skinhpc.io.atomic import atomic_dir, to_jsonable, write_csv_atomic, write_json_atomic
 from skinhpc.io.layout import JobPaths
 from skinhpc.outputs import gradcam, report
 from skinhpc.outputs.export import export_job
@@ -28,7 +28,8 @@ def reduce(spec: JobSpec, paths: JobPaths) -> dict[str, Any]:
     """Run the whole reduce stage; returns the summary also written to metrics.json."""
     started = time.time()
     r = compute(spec, paths)
-    write_outputs(spec, paths, r, started=started)
+    with atomic_dir(paths.ensemble) as staging:  # a killed reduce never leaves a mixed ensemble/
+        write_outputs(spec, paths.staging_ensemble(staging), r, started=started)
     return r.summary
 
 

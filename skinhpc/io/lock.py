@@ -1,0 +1,63 @@
+"""One lock per job folder: two launches (or a launch and a manual reduce, or a cancel) of
+the same job never interleave.
+
+``flock`` on ``<job>/.lock``, taken without waiting: the second of two simultaneous
+commands is refused at once with one line naming who holds the folder, instead of
+queueing behind a launch that is about to start the very members it would start too.
+The kernel drops the lock when its holder exits, killed or not, so a crashed launch
+never leaves a stale lock behind; the text in the file only says who held it last.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+LOCK_NAME = ".lock"
+
+
+class JobBusy(RuntimeError):
+    """Another command holds this job folder; the message names it."""
+
+
+def _holder(lock: Path) -> str:
+    try:
+        info: dict[str, Any] = json.loads(lock.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return "another process"
+    when = time.strftime("%H:%M:%S", time.localtime(info.get("time", 0)))
+    return f"{info.get('what', 'a command')} (pid {info.get('pid')} on {info.get('host')}, since {when})"
+
+
+@contextmanager
+def job_lock(paths: Any, what: str) -> Iterator[int]:
+    """Hold ``<paths.root>/.lock`` for the body; raise :class:`JobBusy` at once if it is held.
+
+    ``paths`` is a :class:`skinhpc.io.layout.JobPaths` (anything with ``.root``); ``what``
+    (``"launch"``, ``"reduce"``, ``"cancel"``) is what the refused command is told. It
+    guards a command's check-then-act section; work that outlives the command (a queued
+    SLURM array, the local driver) is found by the busy check that runs under the lock.
+    """
+    root = Path(paths.root)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = root / LOCK_NAME
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JobBusy(f"{root}: busy, {_holder(lock)} holds this job folder; "
+                          f"{what} refused (try again when it has finished)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"what": what, "pid": os.getpid(), "host": socket.gethostname(),
+                                  "time": time.time()}).encode(), 0)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
