@@ -11,19 +11,28 @@ from pathlib import Path
 import pytest
 import yaml
 
-from skinhpc.config import load_spec, plan_members
+from skinhpc.config import load_raw, load_spec, plan_members
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = sorted(p.name for p in (REPO / "jobs").glob("*.yaml"))
 
 
+def _git_status() -> str:
+    return subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+
+
 @pytest.mark.parametrize("name", JOBS)
 def test_shipped_job_dry_runs(name: str, ham_root: Path) -> None:
-    # the full-dataset job points at data/ham10000 (a download); aim it at the shared copy
-    over = [f"data.sources.0.root={ham_root}"] if name == "ham10000.yaml" else []
+    # the full-dataset jobs point at data/ham10000 (a download); aim them at the shared copy
+    full = [p for p in load_raw(REPO / "jobs" / name).get("data", {}).get("sources", [])
+            if str(p.get("root", "")).endswith("data/ham10000")]
+    over = [f"data.sources.0.root={ham_root}"] if full else []
+    before = _git_status()
     r = subprocess.run([sys.executable, "-m", "skinhpc.launch", f"jobs/{name}", "--dry-run", *over],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+                       cwd=REPO, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
+    assert _git_status() == before, "a dry run must leave the checkout as it was"
+    assert str(REPO / "results") in r.stdout, r.stdout  # results go to the project's results/
     members = plan_members(load_spec(REPO / "jobs" / name, over))
     counts = re.findall(r"^  train +(\d+) of (\d+) members to run", r.stdout, re.M)
     assert counts == [(str(len(members)), str(len(members)))], r.stdout  # nothing trained yet

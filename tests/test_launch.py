@@ -68,17 +68,18 @@ def test_refuses_a_folder_holding_another_spec(tmp_path, job_writer):
 
 @pytest.mark.slow
 def test_debug_executor_runs_the_job_and_reports_a_failing_member(tmp_path, job_writer):
-    job = job_writer(sweep={"grid": {"model.name": ["resnet10t", "no_such_timm_model"]}})
+    # passes every launch check, fails on the compute node: package weights exist for lite0 only
+    job = job_writer(sweep={"grid": {"model.pretrained": ["none", "package"]}})
     spec, entries = launch_mod.launch(job, executor="debug")
     paths = JobPaths(spec.job_dir)
     assert paths.member(0).done.exists() and not paths.member(1).done.exists()
     err = paths.member(1).error.read_text()
-    assert "no_such_timm_model" in err and "Traceback" in err
+    assert "model.pretrained=package holds" in err and "Traceback" in err
     assert read_state(paths, "reduce")["state"] == "done"  # min_members=1: one member is enough
     rows = {r["stage"]: r for r in collect(paths.root)}
     assert rows["member 000"]["state"] == "done" and rows["reduce"]["state"] == "done"
     assert rows["member 001"]["state"] == "failed"
-    assert "no_such_timm_model" in rows["member 001"]["reason"]
+    assert "model.pretrained=package holds" in rows["member 001"]["reason"]
     status = subprocess.run([PY, "-m", "skinhpc.cli", "status", str(paths.root)], capture_output=True, text=True)
     assert status.returncode == 1 and "traceback: " + str(paths.member(1).error) in status.stdout
 

@@ -48,7 +48,7 @@ def test_random_sweep_log_uniform_and_seeded(tmp_path: Path) -> None:
 
 
 def test_sweep_key_typo_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match=r"sweep: train\.weight_decai.*did you mean 'weight_decay'"):
+    with pytest.raises(SpecError, match=r"sweep\.grid\.train\.weight_decai.*did you mean 'weight_decay'"):
         from_dict({"name": "x", "base_dir": str(tmp_path), "sweep": {"grid": {"train.weight_decai": [0.1]}}})
 
 

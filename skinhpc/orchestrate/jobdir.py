@@ -27,7 +27,7 @@ def inside(path: str | Path, parent: str | Path) -> bool:
 def job_paths(spec: JobSpec) -> JobPaths:
     """The job's :class:`JobPaths`, refused (SpecError naming ``name``) unless its folder is
     strictly inside ``results_dir``."""
-    parent = spec.resolve(spec.results_dir)
+    parent = spec.results_root
     root = Path(parent) / spec.name
     if not spec.name or Path(spec.name).name != spec.name or not inside(root, parent):
         raise SpecError(f"name: {spec.name!r} does not name a folder inside results_dir ({parent}); "
