@@ -64,17 +64,18 @@ def test_three_member_array_with_dependent_reduce_then_relaunch_skips(
 
 
 def test_failing_member_reported_and_reduce_still_runs(slurm_cluster, tmp_path, job_writer):
-    job = job_writer(sweep={"grid": {"model.name": ["resnet10t", "no_such_timm_model"]}})
+    # passes every launch check, fails on the compute node: package weights exist for lite0 only
+    job = job_writer(sweep={"grid": {"model.pretrained": ["none", "package"]}})
     spec, paths, _ = slurm_launch(job)
     wait_all(spec, paths)
     assert paths.member(0).done.exists(), logs(paths)
     rows = {r["stage"]: r for r in collect(paths.root)}
     bad = rows["member 001"]
-    assert bad["state"] == "failed" and "no_such_timm_model" in bad["reason"]
+    assert bad["state"] == "failed" and "model.pretrained=package holds" in bad["reason"]
     assert "Traceback" in Path(bad["error_file"]).read_text()
     assert bad["log"] and Path(bad["log"]).exists()
     out = subprocess.run([PY, "-m", "skinhpc.cli", "status", str(paths.root)], capture_output=True, text=True)
-    assert "no_such_timm_model" in out.stdout and "FAILED" in out.stdout
+    assert "model.pretrained=package holds" in out.stdout and "FAILED" in out.stdout
     assert rows["reduce"]["state"] == "done", logs(paths)  # afterany + min_members=1
 
 
