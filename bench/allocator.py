@@ -12,7 +12,9 @@ steps at batch 32), so what glibc does at start-up is part of the measurement:
 * ``env``: the ``MALLOC_*`` variables in the environment at exec (what a child of a skinhpc
   process gets), glibc applies them before Python starts.
 
-Reports images/s (best of --reps passes in a process, best of --rounds processes) and the
+Reports minor page faults per image in the timed passes (each one a fresh zeroed page from the
+kernel: the cost the allocator setting removes; a count, so machine load does not move it),
+images/s (best of --reps passes in a process, best of --rounds processes) and the
 child's user and system CPU seconds (``os.wait4``, whole process, warm-up included).
 Then the thread count (mallopt allocator): torch threads 1, 2, ... including more than the CPUs.
 Exits non-zero when ``mallopt`` is slower than ``env`` by more than 10 % (the in-process call
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -72,11 +75,14 @@ def child(args: argparse.Namespace) -> None:
             return args.n
     work()  # warm-up: first-touch of weights and oneDNN kernels
     rates = []
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(args.reps):  # best of a few: other processes on the machine only slow a rep down
         t = time.perf_counter()
         n = work()
         rates.append(n / (time.perf_counter() - t))
-    print(json.dumps({"img_s": max(rates), "threads": torch.get_num_threads()}))
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    print(json.dumps({"img_s": max(rates), "threads": torch.get_num_threads(),
+                      "faults_per_img": faults / (args.reps * args.n)}))
 
 
 def run_case(args: argparse.Namespace, workload: str, mode: str, threads: int = 0) -> dict:
@@ -126,12 +132,12 @@ def main() -> int:
                 k = (w, m)
                 if k not in best or r["img_s"] > best[k]["img_s"]:
                     best[k] = r
-    print("| workload | allocator | images/s | child user s | child sys s | vs system |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("| workload | allocator | images/s | page faults / image | child user s | child sys s | vs system |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for w in workloads:
         for m in modes:
             r = best[(w, m)]
-            print(f"| {w} | {m} | {r['img_s']:.1f} | {r['user']:.1f} | {r['sys']:.1f} | "
+            print(f"| {w} | {m} | {r['img_s']:.1f} | {r['faults_per_img']:.0f} | {r['user']:.1f} | {r['sys']:.1f} | "
                   f"{r['img_s'] / best[(w, 'system')]['img_s']:.2f}x |")
     counts = [int(t) for t in args.threads.split(",") if t]
     tbest: dict[int, float] = {}
