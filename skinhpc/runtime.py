@@ -33,11 +33,12 @@ import ctypes
 import ctypes.util
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 SWITCH = "SKINHPC_MALLOC"  # "system": glibc defaults; anything else (or unset): keep memory
 SWITCH_OFF = "system"
+THREADS_MARK = "SKINHPC_THREADS"  # the OMP_NUM_THREADS skinhpc set (not the user): recomputed in children
 
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -80,13 +81,13 @@ def glibc_version() -> str | None:
     return fn().decode()
 
 
-def cpu_count() -> int:
+def cpu_count(env: Mapping[str, str] = os.environ) -> int:
     """CPUs this process should use: affinity mask, capped by SLURM's ``--cpus-per-task``."""
     try:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # macOS has no affinity call
         n = os.cpu_count() or 1
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    slurm = env.get("SLURM_CPUS_PER_TASK", "")
     if slurm.isdigit() and int(slurm) > 0:
         n = min(n, int(slurm))
     return max(1, n)
@@ -109,14 +110,15 @@ def configure_malloc(env: MutableMapping[str, str] = os.environ) -> RuntimeState
 
 
 def configure_threads(env: MutableMapping[str, str] = os.environ) -> int | None:
-    """One OpenMP thread per CPU this task owns, unless the user chose a count; the count set."""
-    if "OMP_NUM_THREADS" in env:
+    """One OpenMP thread per CPU this task owns, unless the user chose a count; the count set.
+
+    A count a skinhpc parent set (marked by ``SKINHPC_THREADS``) is worked out again: ``sbatch``
+    exports the login node's environment to the compute task, whose CPUs differ.
+    """
+    if "OMP_NUM_THREADS" in env and env.get("OMP_NUM_THREADS") != env.get(THREADS_MARK):
         return None
-    n = cpu_count()
-    env["OMP_NUM_THREADS"] = str(n)
-    torch = sys.modules.get("torch")  # already loaded: OMP_NUM_THREADS came too late for it
-    if torch is not None and hasattr(torch, "set_num_threads") and torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+    n = cpu_count(env)
+    env["OMP_NUM_THREADS"] = env[THREADS_MARK] = str(n)
     return n
 
 
@@ -126,5 +128,8 @@ def configure() -> RuntimeState:
     if not _CONFIGURED:
         STATE = configure_malloc()
         STATE.threads = configure_threads()
+        torch = sys.modules.get("torch")  # already loaded: OMP_NUM_THREADS came too late for it
+        if STATE.threads and torch is not None and hasattr(torch, "set_num_threads"):
+            torch.set_num_threads(STATE.threads)
         _CONFIGURED.append(True)
     return STATE

@@ -74,7 +74,7 @@ def run_probe(tmp_path: Path, **env: str) -> dict:
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
     clean = {k: v for k, v in os.environ.items()
-             if not k.startswith("MALLOC_") and k not in ("OMP_NUM_THREADS", runtime.SWITCH, "SLURM_CPUS_PER_TASK")}
+             if not k.startswith("MALLOC_") and k not in ("OMP_NUM_THREADS", runtime.THREADS_MARK, runtime.SWITCH, "SLURM_CPUS_PER_TASK")}
     clean.update(env, PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, str(script)], env=clean, capture_output=True, text=True,
                          timeout=240, cwd=tmp_path)
@@ -117,6 +117,11 @@ def test_a_users_choices_are_kept():
     assert env["OMP_NUM_THREADS"] == "3" and env["MALLOC_TOP_PAD_"] == "0"
     if runtime.glibc_version() is not None:
         assert env["MALLOC_MMAP_THRESHOLD_"] == str(4 * 2**30)
+    # a count a skinhpc parent set on another machine (sbatch exports the login node's
+    # environment) is worked out again for this task's CPUs
+    inherited = {"OMP_NUM_THREADS": "48", runtime.THREADS_MARK: "48", "SLURM_CPUS_PER_TASK": "1"}
+    runtime.configure_threads(inherited)
+    assert inherited["OMP_NUM_THREADS"] == "1"
     off = {runtime.SWITCH: runtime.SWITCH_OFF}
     runtime.configure_malloc(off)
     assert not any(k.startswith("MALLOC_") for k in off)
