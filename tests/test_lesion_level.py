@@ -148,3 +148,20 @@ def test_evaluation_report_has_the_per_lesion_column(tmp_path: Path, ham_root: P
     n = result["by_group"]["n"]
     assert f"per lesion/patient group ({n} groups)" in html and f"{n} groups / " in html
     assert f"{len(s.frame)} images in {n} groups" in html
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_one_image_per_group_gives_the_per_image_figures(n_classes: int) -> None:
+    """With every group a single image the group rows are the image rows: every figure equal."""
+    rng = np.random.default_rng(n_classes)
+    y = np.r_[np.arange(n_classes), rng.integers(0, n_classes, 40)]
+    probs = rng.dirichlet(np.ones(n_classes), y.size)
+    groups = [f"image:{i}" for i in range(y.size)]
+    names = [f"c{k}" for k in range(n_classes)]
+    common = {"class_names": names, "threshold": 0.3 if n_classes == 2 else None, "gate": 0.4,
+              "bootstrap": 25, "seed": 5}
+    per_image = metrics.evaluate(y, probs, groups=groups, **common)
+    per_group = metrics.evaluate_groups(y, probs, groups, **common)
+    extra = {"unit", "threshold_from", "label_conflicts", "images_per_group"}
+    assert {k: v for k, v in per_group.items() if k not in extra} == per_image
+    assert per_group["images_per_group"]["max"] == 1 and per_group["label_conflicts"] == 0
