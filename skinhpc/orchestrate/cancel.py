@@ -33,6 +33,21 @@ def _signal(pid: int, sig: int, group: bool = False) -> bool:
         return False
 
 
+def _local_tasks(paths: JobPaths) -> list[int]:
+    """Live processes of this job's submitit folder (by command line), this process excluded."""
+    needle = str(paths.submitit).encode()
+    found = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def cancel(job_dir: str | Path, grace_s: float = GRACE_S) -> list[str]:
     """Stop the job's SLURM jobs and local processes; returns one phrase per thing stopped."""
     paths = JobPaths(Path(job_dir))
@@ -61,6 +76,10 @@ def cancel(job_dir: str | Path, grace_s: float = GRACE_S) -> list[str]:
         _signal(pid, signal.SIGKILL)
     if driver:  # every process the driver started shares its session: no orphan left training
         _signal(driver, signal.SIGKILL, group=True)
+    strays = _local_tasks(paths)  # a controller started as the driver was stopped is in no record
+    for pid in strays:
+        _signal(pid, signal.SIGKILL)
+    stopped += [f"local task {pid} (killed)" for pid in strays]
     stopped += [f"local {stage} job {pid}" + (" (killed)" if pid in waiting else "")
                 for pid, stage in controllers.items()]
     if driver:
