@@ -78,3 +78,17 @@ def test_internal_imports_inside_functions_say_why():
                     if "# deferred:" not in lines[sub.lineno - 1]:
                         offenders.append(f"{path.relative_to(REPO)}:{sub.lineno}")
     assert offenders == [], f"internal imports inside functions without a reason: {offenders}"
+
+
+# Modules allowed past ~400 lines, each with its reason.
+LONG_MODULES = {
+    "skinhpc/config/schema.py": "every job key with its doc, default, bounds and identity in one "
+                                "place (the schema is the single owner; splitting it scatters keys)",
+}
+
+
+def test_modules_stay_small():
+    """A module over ~400 lines mixes concerns; the exceptions say why above."""
+    too_long = {str(p.relative_to(REPO)): n for p in sorted(PACKAGE.rglob("*.py"))
+                if (n := len(p.read_text().splitlines())) > 400}
+    assert set(too_long) <= set(LONG_MODULES), f"modules over 400 lines without a reason: {too_long}"
