@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import prepared_job, tiny_job
 
 from skinhpc.config import JobSpec, load_spec, plan_members
 from skinhpc.ensemble.inference import MembersMissing
@@ -31,7 +30,7 @@ THRESHOLD_KEYS = {"threshold", "method", "target", "gate", "temperature", "class
                   "chosen_on", "val"}
 
 
-def build_job(root: Path, ham_root: Path, **over) -> tuple[JobSpec, JobPaths]:
+def build_job(root: Path, ham_root: Path, tiny_job, prepared_job, **over) -> tuple[JobSpec, JobPaths]:
     """Prepare + train with the real stage functions, as the cluster would run them."""
     from skinhpc.train.member import train_member
 
@@ -47,8 +46,9 @@ def build_job(root: Path, ham_root: Path, **over) -> tuple[JobSpec, JobPaths]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, ham_root: Path) -> tuple[JobSpec, JobPaths]:
-    return build_job(tmp_path_factory.mktemp("reduce"), ham_root)
+def trained(tmp_path_factory: pytest.TempPathFactory, ham_root: Path, tiny_job,
+            prepared_job) -> tuple[JobSpec, JobPaths]:
+    return build_job(tmp_path_factory.mktemp("reduce"), ham_root, tiny_job, prepared_job)
 
 
 def copy_job(paths: JobPaths, dest: Path) -> tuple[JobSpec, JobPaths]:
@@ -145,7 +145,7 @@ def test_thresholds_ignore_test_labels(trained: tuple[JobSpec, JobPaths], tmp_pa
     assert not stale.exists()  # a rerun leaves no file of the previous run
 
 
-def test_multiclass_evaluation_has_malignant_view(tmp_path: Path, ham_root: Path) -> None:
+def test_multiclass_evaluation_has_malignant_view(tmp_path: Path, ham_root: Path, tiny_job) -> None:
     """Multiclass numbers and plots from real metrics code on fixed probabilities (no training)."""
     from skinhpc.config import Member
     from skinhpc.outputs.report import make_plots, render
