@@ -4,7 +4,10 @@ Same model, same cached images, same batch size and augmentation; the plain loop
 what one would write by hand (DataLoader, AdamW, CE, grad clip).  Prints images/s of
 both and the ratio (target: skinhpc at most 5 % slower), then DataLoader images/s per
 worker count at 224 px next to the model's own training images/s at 224 px, to show
-whether data loading or the model is the bottleneck.
+whether data loading or the model is the bottleneck. A third loop, "limit", is the bare step
+(forward, CE, backward, AdamW) on batches already in memory under the best allocator and thread
+setting (skinhpc's own, applied when skinhpc is imported): the ratio to it says how close to
+this machine's limit each loop runs.
 
     .venv/bin/python bench/train_overhead.py --model resnet10t --size 64 --images 400
 """
@@ -26,6 +29,7 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from skinhpc import runtime  # noqa: E402
 from skinhpc.config import (  # noqa: E402
     JobSpec,
     deep_merge,
@@ -92,6 +96,37 @@ def plain_loop(spec: JobSpec, epochs: int, device: torch.device) -> list[float]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.grad_clip)
             opt.step()
             n += len(y)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(n / (time.perf_counter() - t0))
+    return rates
+
+
+def limit_loop(spec: JobSpec, epochs: int, device: torch.device) -> list[float]:
+    """This machine's limit for the model: forward, CE, backward, AdamW step on batches already
+    normalised in memory (no loader, no augmentation, no clipping), under the process's allocator
+    and thread setting (skinhpc's: see skinhpc/runtime.py and bench/allocator.py)."""
+    torch.manual_seed(1)
+    cfg = data_config(spec)
+    ds = SkinDataset(train_table(spec), spec.cache_dir, cfg["mean"], cfg["std"], augment=0.0, seed=1)
+    bs = spec.train.batch_size
+    n = len(ds) // bs * bs
+    x = torch.stack([ds[i][0] for i in range(n)]).to(device)
+    y = torch.as_tensor(ds.labels[:n]).to(device)
+    model = build_model(spec).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=spec.train.weight_decay)
+    amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    rates = []
+    for _ in range(epochs):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for s in range(0, n, bs):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = torch.nn.functional.cross_entropy(model(x[s : s + bs]).float(), y[s : s + bs])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         rates.append(n / (time.perf_counter() - t0))
@@ -166,18 +201,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         spec = make_job(root, Path(args.data), args, args.size, "bench")
-        # plain, skinhpc, plain: a drift in machine load hits both sides alike
+        # limit, plain, skinhpc, plain, limit: a drift in machine load hits every loop alike
+        limit = limit_loop(spec, args.epochs, device)
         plain = plain_loop(spec, args.epochs, device)
         ours = skinhpc_loop(spec)
         plain2 = plain_loop(spec, args.epochs, device)
-        plain = plain[1:] + plain2[1:] if args.epochs > 1 else plain + plain2
-        ours = ours[1:] if args.epochs > 1 else ours
-        p = statistics.median(plain)
-        s = statistics.median(ours)
+        limit2 = limit_loop(spec, args.epochs, device)
+        skip = 1 if args.epochs > 1 else 0  # the first epoch of each run is warm-up
+        plain = plain[skip:] + plain2[skip:]
+        limit = limit[skip:] + limit2[skip:]
+        ours = ours[skip:]
+        p, s, lim = statistics.median(plain), statistics.median(ours), statistics.median(limit)
         print(f"{'loop':<10}{'img/s (median of epochs 2+)':>30}   per epoch (after the first)")
-        print(f"{'plain':<10}{p:>30.1f}   {', '.join(f'{r:.1f}' for r in plain)}")
-        print(f"{'skinhpc':<10}{s:>30.1f}   {', '.join(f'{r:.1f}' for r in ours)}")
+        for name, med, rates in (("limit", lim, limit), ("plain", p, plain), ("skinhpc", s, ours)):
+            print(f"{name:<10}{med:>30.1f}   {', '.join(f'{r:.1f}' for r in rates)}")
         print(f"skinhpc / plain = {s / p:.3f}  (target >= 0.95)")
+        print(f"skinhpc / limit = {s / lim:.3f}  plain / limit = {p / lim:.3f}  "
+              f"(limit: bare step on in-memory batches, allocator {runtime.STATE.malloc}, "
+              f"{torch.get_num_threads()} threads)")
         if not args.skip_224:
             spec224 = make_job(root, Path(args.data), args, 224, "bench224")
             workers = [int(w) for w in args.loader_workers.split(",")]

@@ -77,6 +77,11 @@ def test_reduce_writes_documented_files(trained: tuple[JobSpec, JobPaths]) -> No
     assert 0 <= metrics["test"]["auc"] <= 1 and "bootstrap" in metrics["test"]
     assert [r["member"] for r in metrics["members"]] == ["000", "001"]
     assert {"majority", "random"} <= set(metrics["baselines"])
+    # per lesion/patient group beside per image, at the same validation threshold
+    by_group, ipg = metrics["test_by_group"], metrics["images_per_group"]["test"]
+    assert by_group["threshold"] == metrics["test"]["threshold"] == th["threshold"]
+    assert by_group["n"] == ipg["groups"] <= ipg["images"] == metrics["n_test"]
+    assert by_group["bootstrap"]["unit"] == "group" and metrics["val_by_group"]["n"] <= metrics["n_val"]
 
     table = pd.read_csv(paths.splits)
     for split in ("val", "test"):
@@ -94,6 +99,7 @@ def test_reduce_writes_documented_files(trained: tuple[JobSpec, JobPaths]) -> No
     assert metrics["gradcam"]["items"], metrics["gradcam"]
     html = (ens / "report.html").read_text()
     assert "chosen on the validation split" in html and "coverage" in html
+    assert f"per lesion/patient group ({ipg['groups']} groups)" in html
 
 
 def test_member_without_checkpoint_is_left_out(trained: tuple[JobSpec, JobPaths], tmp_path: Path) -> None:

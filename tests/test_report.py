@@ -63,6 +63,9 @@ def test_report_is_self_contained_and_honest(reduced: tuple[JobSpec, JobPaths]) 
         assert section in html, section
     assert "akiec" in html  # the explicit malignant list in the label map
     assert "baseline: majority" in html and "member 001" in html
+    ipg = metrics["images_per_group"]["test"]  # per-lesion figures beside per-image ones
+    assert f"per lesion/patient group ({ipg['groups']} groups)" in html
+    assert f"{ipg['images']} images in {ipg['groups']} groups" in html
     assert html.count("data:image/png;base64,") == len(metrics["plots"]) + len(metrics["gradcam"]["items"])
 
 
@@ -75,6 +78,7 @@ def test_reduce_hands_over_to_onnx_and_mlflow(reduced: tuple[JobSpec, JobPaths])
     client = mlflow.MlflowClient(tracking_uri=spec.reduce.mlflow.tracking_uri)
     run = client.get_run(metrics["mlflow_run_id"])
     assert any(k.endswith("gated.coverage") for k in run.data.metrics)
+    assert run.data.metrics["test_by_group.auc"] == pytest.approx(metrics["test_by_group"]["auc"])
 
 
 def find_chromium() -> str | None:

@@ -17,9 +17,13 @@ Files written to ``results/<job>/ensemble/`` (atomically; a rerun overwrites cle
   scale every image is ranked against: see :func:`skinhpc.ensemble.inference.combine`).
 - ``metrics.json``: task, class_names, positive, views, ensemble, temperature, members_used,
   members_missing, thresholds, val, test (``metrics.evaluate`` dicts: full set + "gated"
-  with coverage + CIs), members (table rows), baselines, subgroups, risk_coverage,
+  with coverage + CIs), val_by_group and test_by_group (the same per lesion/patient group:
+  mean probabilities of its images, at the per-image validation threshold, see
+  :mod:`skinhpc.metrics.groups`), images_per_group ({val, test}: groups, images, mean/max),
+  members (table rows), baselines, subgroups, risk_coverage,
   reliability, confusion ({at_threshold, gated, coverage}), malignant (multiclass),
-  plots, gradcam, onnx, mlflow_run_id.
+  plots, gradcam, onnx, mlflow_run_id.  The per-image figures stay the headline; the malignant
+  view of a multiclass job has its own val_by_group/test_by_group.
 - ``plots/*.png``, ``gradcam/*.png``, ``report.html``.
 """
 
@@ -127,6 +131,13 @@ def _evaluate(spec: JobSpec, y: np.ndarray, probs: np.ndarray, names: Sequence[s
     )
 
 
+def _evaluate_groups(spec: JobSpec, view: View, names: Sequence[str], threshold: float | None,
+                     bootstrap: int) -> dict[str, Any]:
+    """The same evaluation per lesion/patient group, at the per-image validation threshold."""
+    return metrics.evaluate_groups(view.y, view.probs, view.groups, class_names=list(names), threshold=threshold,
+                                   gate=spec.reduce.gate, bootstrap=bootstrap, seed=spec.data.split.seed)
+
+
 def confusion(y: np.ndarray, calls: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
     """Confusion matrices at the threshold (referrals counted by their forced decision) and gated."""
     kept = calls != REFER
@@ -172,6 +183,8 @@ def evaluate_view(spec: JobSpec, names: Sequence[str], val: View, test: View, th
     out: dict[str, Any] = {"threshold": point}
     out["val"] = _evaluate(spec, val.y, val.probs, names, thr, val.groups, 0)
     out["test"] = _evaluate(spec, test.y, test.probs, names, thr, test.groups, spec.reduce.bootstrap)
+    out["val_by_group"] = _evaluate_groups(spec, val, names, thr, 0)
+    out["test_by_group"] = _evaluate_groups(spec, test, names, thr, spec.reduce.bootstrap)
     rows = []
     for k in range(test.members.shape[0]):
         mthr = operating_point(spec, val.y, val.members[k][:, 1])["threshold"] if thresholded else None
@@ -207,6 +220,8 @@ def evaluate(spec: JobSpec, members: list[Member], val: Split, test: Split,
     summary.update({k: v for k, v in view.items() if k != "threshold"})
     summary["thresholds"] = thresholds_record(spec, view["threshold"], summary)
     summary["baselines"] = metrics.baselines(test.y, len(names), spec.data.split.seed, prior=prior, threshold=thr)
+    summary["images_per_group"] = {"val": metrics.images_per_group(val.groups),
+                                   "test": metrics.images_per_group(test.groups)}
     summary["subgroups"] = metrics.subgroups(test.y, test.ensemble, test.frame.reset_index(drop=True),
                                              threshold=thr, class_names=names)
     return to_jsonable(summary)

@@ -88,20 +88,29 @@ def _metrics(spec: JobSpec, predictor: EnsemblePredictor, labels: np.ndarray, pr
     """The full metric set at the job's validation threshold and gate, never refitted.
 
     Multiclass jobs add ``malignant``: the binary malignant-vs-benign view at the
-    malignant threshold chosen on validation.
+    malignant threshold chosen on validation.  Each view adds ``by_group``: the same figures
+    per lesion/patient group (:func:`skinhpc.metrics.evaluate_groups`, the same threshold), and
+    the result ``images_per_group``.
     """
     th = predictor.thresholds
     gate = float(th.get("gate", spec.reduce.gate) or 0.0)
     groups = ok["group"].astype(str).to_numpy() if "group" in ok else None
     boot = min(spec.reduce.bootstrap, 200)
     common = {"gate": gate, "groups": groups, "bootstrap": boot, "seed": spec.data.split.seed}
+    def both(y: np.ndarray, p: np.ndarray, names: list[str], threshold: float | None) -> dict[str, Any]:
+        out = metrics.evaluate(y, p, class_names=names, threshold=threshold, **common)
+        if groups is not None:
+            out["by_group"] = metrics.evaluate_groups(y, p, class_names=names, threshold=threshold, **common)
+        return out
+
     if spec.data.task == "binary":
-        return metrics.evaluate(labels, probs, class_names=predictor.class_names,
-                                threshold=float(th["threshold"]), **common)
-    out = metrics.evaluate(labels, probs, class_names=predictor.class_names, **common)
-    p_mal = ok["prob_malignant"].to_numpy()
-    y_mal = to_binary_labels(labels, predictor.class_names, spec.data.malignant)
-    out["malignant"] = metrics.evaluate(y_mal, np.stack([1 - p_mal, p_mal], axis=1),
-                                        class_names=list(BINARY_CLASSES),
-                                        threshold=float(th["malignant"]["threshold"]), **common)
+        out = both(labels, probs, predictor.class_names, float(th["threshold"]))
+    else:
+        out = both(labels, probs, predictor.class_names, None)
+        p_mal = ok["prob_malignant"].to_numpy()
+        y_mal = to_binary_labels(labels, predictor.class_names, spec.data.malignant)
+        out["malignant"] = both(y_mal, np.stack([1 - p_mal, p_mal], axis=1), list(BINARY_CLASSES),
+                                float(th["malignant"]["threshold"]))
+    if groups is not None:
+        out["images_per_group"] = metrics.images_per_group(groups)
     return out

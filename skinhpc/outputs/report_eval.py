@@ -145,25 +145,31 @@ def make_evaluation_plots(spec: JobSpec, metrics: dict[str, Any], table: Any) ->
 
 def _eval_binary_headline(t: dict[str, Any], spec: JobSpec, scope: str) -> str:
     """Binary headline at the job's validation threshold (never refitted on this data)."""
+    g = t.get("by_group")
+    views = [t] + ([g] if g is not None else [])
     rows = rh.binary_rows(t, t.get("threshold"), spec.reduce.threshold, spec.reduce.target,
-                        f"<b>{EVAL_PROVENANCE}</b>")
+                          f"<b>{EVAL_PROVENANCE}</b>", g)
     rows += [
-        ["accuracy", rh.fmt(t.get("accuracy")) + rh.ci(t, "accuracy")],
-        ["Brier score / ECE", f"{rh.fmt(t.get('brier'))} / {rh.fmt(t.get('ece'))}"],
-        ["images / prevalence", f"{t.get('n')} / {rh.fmt(t.get('prevalence'))}"],
+        ["accuracy"] + [rh.fmt(v.get("accuracy")) + rh.ci(v, "accuracy") for v in views],
+        ["Brier score / ECE"] + [f"{rh.fmt(v.get('brier'))} / {rh.fmt(v.get('ece'))}" for v in views],
+        ["images / prevalence", f"{t.get('n')} / {rh.fmt(t.get('prevalence'))}"]
+        + ([f"{g.get('n')} groups / {rh.fmt(g.get('prevalence'))}"] if g is not None else []),
     ]
-    return rh.table([f"metric ({scope})", "value"], rows, "headline")
+    return rh.table(rh.group_headers(f"metric ({scope})", g), rows, "headline") + rh.group_note(g)
 
 
 def _eval_multiclass_headline(m: dict[str, Any], scope: str) -> str:
     """Macro figures, then per-class counts, AUCs and precision/recall."""
-    rows = [["macro ROC-AUC (one-vs-rest)", rh.fmt(m.get("auc_macro")) + rh.ci(m, "auc_macro")],
-            ["macro PR-AUC", rh.fmt(m.get("pr_auc_macro"))],
-            ["balanced accuracy (argmax)", rh.fmt(m.get("balanced_accuracy")) + rh.ci(m, "balanced_accuracy")],
-            ["accuracy (argmax)", rh.fmt(m.get("accuracy")) + rh.ci(m, "accuracy")],
-            ["Brier score / ECE", f"{rh.fmt(m.get('brier'))} / {rh.fmt(m.get('ece'))}"],
-            ["images", rh.fmt(m.get("n"))]]
-    head = rh.table([f"metric ({scope})", "value"], rows, "headline")
+    g = m.get("by_group")
+    views = [m] + ([g] if g is not None else [])
+    rows = [["macro ROC-AUC (one-vs-rest)"] + [rh.fmt(v.get("auc_macro")) + rh.ci(v, "auc_macro") for v in views],
+            ["macro PR-AUC"] + [rh.fmt(v.get("pr_auc_macro")) for v in views],
+            ["balanced accuracy (argmax)"]
+            + [rh.fmt(v.get("balanced_accuracy")) + rh.ci(v, "balanced_accuracy") for v in views],
+            ["accuracy (argmax)"] + [rh.fmt(v.get("accuracy")) + rh.ci(v, "accuracy") for v in views],
+            ["Brier score / ECE"] + [f"{rh.fmt(v.get('brier'))} / {rh.fmt(v.get('ece'))}" for v in views],
+            ["images", rh.fmt(m.get("n"))] + ([f"{g.get('n')} groups"] if g is not None else [])]
+    head = rh.table(rh.group_headers(f"metric ({scope})", g), rows, "headline") + rh.group_note(g)
     per = m.get("per_class") or {}
     counts = m.get("class_counts") or {}
     auc, ap = m.get("auc_per_class") or {}, m.get("pr_auc_per_class") or {}

@@ -59,22 +59,59 @@ def img(path: Path, alt: str, width: int | None = None) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'{w}>"
 
 
-def binary_rows(t: dict[str, Any], threshold: Any, method: Any, target: Any, provenance: str) -> list[list[str]]:
-    """The binary headline rows both reports share: ranking, operating point, its provenance."""
+def _binary_values(t: dict[str, Any]) -> list[str]:
     s90, s95 = t.get("sens_at_spec90") or {}, t.get("sens_at_spec95") or {}
     return [
-        ["ROC-AUC", fmt(t.get("auc")) + ci(t, "auc")],
-        ["PR-AUC (average precision)", fmt(t.get("pr_auc")) + ci(t, "pr_auc")],
-        ["sensitivity at 90 % specificity", fmt(s90.get("sensitivity"))],
-        ["sensitivity at 95 % specificity", fmt(s95.get("sensitivity"))],
-        ["threshold", f"{fmt(threshold)}: method <b>{fmt(method)}</b>"
-         + (f", target {fmt(target)}" if method in ("sens_at_spec", "spec_at_sens") else "")
-         + f", {provenance}"],
-        ["sensitivity / specificity at threshold",
-         f"{fmt(t.get('sensitivity'))}{ci(t, 'sensitivity')} / {fmt(t.get('specificity'))}{ci(t, 'specificity')}"],
-        ["precision / NPV at threshold", f"{fmt(t.get('precision'))} / {fmt(t.get('npv'))}"],
-        ["balanced accuracy", fmt(t.get("balanced_accuracy")) + ci(t, "balanced_accuracy")],
+        fmt(t.get("auc")) + ci(t, "auc"),
+        fmt(t.get("pr_auc")) + ci(t, "pr_auc"),
+        fmt(s90.get("sensitivity")),
+        fmt(s95.get("sensitivity")),
+        f"{fmt(t.get('sensitivity'))}{ci(t, 'sensitivity')} / {fmt(t.get('specificity'))}{ci(t, 'specificity')}",
+        f"{fmt(t.get('precision'))} / {fmt(t.get('npv'))}",
+        fmt(t.get("balanced_accuracy")) + ci(t, "balanced_accuracy"),
     ]
+
+
+def binary_rows(t: dict[str, Any], threshold: Any, method: Any, target: Any, provenance: str,
+                by_group: dict[str, Any] | None = None) -> list[list[str]]:
+    """The binary headline rows both reports share: ranking, operating point, its provenance.
+
+    With ``by_group`` (a lesion/patient-level evaluation) every row gets a second value column
+    beside the per-image one; the threshold row says the groups use the same threshold."""
+    labels = ["ROC-AUC", "PR-AUC (average precision)", "sensitivity at 90 % specificity",
+              "sensitivity at 95 % specificity", "sensitivity / specificity at threshold",
+              "precision / NPV at threshold", "balanced accuracy"]
+    columns = [_binary_values(t)] + ([_binary_values(by_group)] if by_group is not None else [])
+    rows = [[label, *(c[i] for c in columns)] for i, label in enumerate(labels)]
+    thr = (f"{fmt(threshold)}: method <b>{fmt(method)}</b>"
+           + (f", target {fmt(target)}" if method in ("sens_at_spec", "spec_at_sens") else "")
+           + f", {provenance}")
+    rows.insert(4, ["threshold", thr] + (["the same (per image, not refitted on groups)"]
+                                         if by_group is not None else []))
+    return rows
+
+
+def group_headers(first: str, by_group: dict[str, Any] | None) -> list[str]:
+    """Headline table headers: the metric, per image, and per lesion/patient group when there is one."""
+    if by_group is None:
+        return [first, "value"]
+    n = (by_group.get("images_per_group") or {}).get("groups", by_group.get("n"))
+    return [first, "per image", f"per lesion/patient group ({n} groups)"]
+
+
+def group_note(by_group: dict[str, Any] | None) -> str:
+    """How many images per group, how a group is scored, and how many groups disagree on the label."""
+    if by_group is None:
+        return ""
+    ipg = by_group.get("images_per_group") or {}
+    kinds = ", ".join(f"{html.escape(k)}: {v}" for k, v in (ipg.get("by_kind") or {}).items())
+    return (f"<p class=groups>Per lesion/patient group: {ipg.get('images')} images in {ipg.get('groups')} groups "
+            f"({kinds}); {fmt(ipg.get('mean'))} images per group on average, at most {ipg.get('max')}, "
+            f"{ipg.get('multi_image_groups')} groups with several images. A group's probability is the mean "
+            f"over its images and its label the group's label; groups whose images disagree on the label: "
+            f"<b>{by_group.get('label_conflicts')}</b> (counted malignant when any image is, or as their most "
+            "frequent class). Same threshold and gate as per image (chosen on validation per image, not refitted); "
+            "intervals resample the same groups.</p>")
 
 
 def gate_section(spec: JobSpec, t: dict[str, Any], binary: bool, gate: float | None = None,

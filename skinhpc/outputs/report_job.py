@@ -25,11 +25,25 @@ log = logging.getLogger(__name__)
 
 def _binary_headline(view: dict[str, Any], thr: dict[str, Any]) -> str:
     """The malignant question's test headline with the validation threshold's provenance."""
-    t = view["test"]
+    t, g = view["test"], view.get("test_by_group")
     rows = rh.binary_rows(t, thr.get("threshold"), thr.get("method"), thr.get("target"),
-                        "<b>chosen on the validation split</b> (never on test)")
-    rows.append(["test images / prevalence", f"{t.get('n')} / {rh.fmt(t.get('prevalence'))}"])
-    return rh.table(["test metric", "value"], rows, "headline")
+                          "<b>chosen on the validation split</b> (never on test)", g)
+    rows.append(["test images / prevalence", f"{t.get('n')} / {rh.fmt(t.get('prevalence'))}"]
+                + ([f"{g.get('n')} groups / {rh.fmt(g.get('prevalence'))}"] if g is not None else []))
+    return rh.table(rh.group_headers("test metric", g), rows, "headline") + rh.group_note(g)
+
+
+def _multiclass_headline(summary: dict[str, Any]) -> str:
+    """Macro figures and per-class AUCs of the argmax classifier, per image and per group."""
+    t, g = summary["test"], summary.get("test_by_group")
+    views = [t] + ([g] if g is not None else [])
+    rows = [["macro ROC-AUC (one-vs-rest)"] + [rh.fmt(v.get("auc_macro")) + rh.ci(v, "auc_macro") for v in views],
+            ["balanced accuracy (argmax)"]
+            + [rh.fmt(v.get("balanced_accuracy")) + rh.ci(v, "balanced_accuracy") for v in views],
+            ["accuracy"] + [rh.fmt(v.get("accuracy")) + rh.ci(v, "accuracy") for v in views]]
+    rows += [[f"ROC-AUC {html.escape(k)}"] + [rh.fmt((v.get("auc_per_class") or {}).get(k)) for v in views]
+             for k in (t.get("auc_per_class") or {})]
+    return rh.table(rh.group_headers("test metric", g), rows, "headline") + rh.group_note(g)
 
 
 def _model_rows(summary: dict[str, Any], view: dict[str, Any], binary: bool) -> str:
@@ -98,12 +112,7 @@ def render(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> str:
         parts.append(_binary_headline(summary, thr))
         views = [("", summary, thr.get("threshold"))]
     else:
-        t = summary["test"]
-        rows = [["macro ROC-AUC (one-vs-rest)", rh.fmt(t.get("auc_macro")) + rh.ci(t, "auc_macro")],
-                ["balanced accuracy (argmax)", rh.fmt(t.get("balanced_accuracy")) + rh.ci(t, "balanced_accuracy")],
-                ["accuracy", rh.fmt(t.get("accuracy")) + rh.ci(t, "accuracy")]]
-        rows += [[f"ROC-AUC {html.escape(k)}", rh.fmt(v)] for k, v in (t.get("auc_per_class") or {}).items()]
-        parts.append(rh.table(["test metric", "value"], rows, "headline"))
+        parts.append(_multiclass_headline(summary))
         mal = summary["malignant"]
         parts.append("<h3>Malignant vs benign view (sum of malignant class probabilities)</h3>")
         parts.append(_binary_headline(mal, {**mal["threshold"], "threshold": thr["malignant"]["threshold"]}))

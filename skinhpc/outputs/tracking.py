@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 # parts of the reduce summary that are headline numbers; the rest (curves, subgroup and
 # member tables, baselines) is in metrics.json, logged as an artifact
 HEADLINE = ("test", "val", "malignant.test", "malignant.val", "temperature", "n_val", "n_test",
-            "thresholds.threshold", "thresholds.malignant.threshold")
+            "thresholds.threshold", "thresholds.malignant.threshold",
+            "test_by_group.auc", "test_by_group.auc_macro", "malignant.test_by_group.auc")
 
 
 def headline_metrics(summary: dict[str, Any]) -> dict[str, float]:
