@@ -20,7 +20,6 @@ from skinhpc.outputs.publish import reduce
 
 pytestmark = pytest.mark.slow  # two members are trained for real (about a minute on 2 cores)
 
-REPO = Path(__file__).resolve().parents[1]
 METRICS_KEYS = {
     "task", "class_names", "positive", "views", "ensemble", "temperature", "members_used",
     "members_missing", "thresholds", "val", "test", "members", "baselines", "subgroups",
@@ -118,7 +117,7 @@ def test_member_without_checkpoint_is_left_out(trained: tuple[JobSpec, JobPaths]
         reduce(strict, paths)
 
 
-def test_thresholds_ignore_test_labels(trained: tuple[JobSpec, JobPaths], tmp_path: Path) -> None:
+def test_thresholds_ignore_test_labels(trained: tuple[JobSpec, JobPaths], tmp_path: Path, repo: Path) -> None:
     """Permuting the test labels changes test metrics but not one fitted number (CLI rerun)."""
     spec, paths = copy_job(trained[1], tmp_path)
     first = reduce(spec, paths)
@@ -138,7 +137,7 @@ def test_thresholds_ignore_test_labels(trained: tuple[JobSpec, JobPaths], tmp_pa
     manifest.to_csv(paths.manifest, index=False)
 
     proc = subprocess.run([sys.executable, "-m", "skinhpc.cli", "reduce", str(paths.root)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+                          cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     second = json.loads((paths.ensemble / "metrics.json").read_text())
     for key in ("threshold", "temperature"):
