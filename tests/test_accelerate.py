@@ -15,12 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import prepared_tiny_job as prepared_job
 
 from skinhpc.config import plan_members
 from skinhpc.train.member import train_member
 
-REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 
 SCRIPT = textwrap.dedent("""
@@ -45,26 +43,27 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_process_cpu_matches_single_process(tmp_path: Path, ham_root: Path) -> None:
+def test_two_process_cpu_matches_single_process(tmp_path: Path, ham_root: Path, repo: Path,
+                                                 prepared_tiny_job) -> None:
     train = {"phases": [{"name": "all", "epochs": 2, "lr": 2e-3}], "num_workers": 0, "augment": 0.5,
              "batch_size": 32, "grad_clip": 1.0}
     # group norm: no batch statistics, so 2 x 16 and 1 x 32 compute the same function and
     # only the order of floating-point sums differs
     model = {"name": "test_efficientnet_gn", "pretrained": "none", "drop_rate": 0.0}
-    single, spaths = prepared_job(tmp_path / "one", ham_root, subset=260, model=model, train=train)
+    single, spaths = prepared_tiny_job(tmp_path / "one", ham_root, subset=260, model=model, train=train)
     torch.set_num_threads(1)
     trained = train_member(single, spaths, plan_members(single)[0])
     assert trained is not None
     ref = {k: v.clone() for k, v in trained.weights.items()}
 
     # same data, two processes of 16: the same global batch of 32
-    double, dpaths = prepared_job(tmp_path / "two", ham_root, subset=260, model=model,
-                                  train={**train, "batch_size": 16})
+    double, dpaths = prepared_tiny_job(tmp_path / "two", ham_root, subset=260, model=model,
+                                        train={**train, "batch_size": 16})
     (tmp_path / "spec.json").write_text(json.dumps(double.to_dict()))
     (tmp_path / "run.py").write_text(SCRIPT)
     out = tmp_path / "out"
     out.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
     # `accelerate launch --cpu --num_processes 2` runs ONE process in accelerate 1.x (its CPU
     # multi-process path needs mpirun); `--multi_gpu` goes through torch.distributed.run, and
     # on a machine without CUDA (or with ACCELERATE_USE_CPU) Accelerate then picks gloo on CPU.

@@ -7,15 +7,17 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-DEF = REPO / "apptainer.def"
+
+@pytest.fixture(scope="module")
+def definition(repo: Path) -> Path:
+    return repo / "apptainer.def"
 
 
 @pytest.fixture(scope="module")
-def recipe():
+def recipe(definition: Path):
     from spython.main.parse.parsers import SingularityParser
 
-    return SingularityParser(str(DEF)).recipe["spython-base"]
+    return SingularityParser(str(definition)).recipe["spython-base"]
 
 
 def sections(text: str) -> list[str]:
@@ -23,8 +25,8 @@ def sections(text: str) -> list[str]:
     return re.findall(r"^%(\w+)", text, re.M)
 
 
-def test_bootstrap_from_official_pytorch_cuda_runtime(recipe):
-    text = DEF.read_text()
+def test_bootstrap_from_official_pytorch_cuda_runtime(recipe, definition: Path):
+    text = definition.read_text()
     assert re.search(r"^Bootstrap:\s*docker\s*$", text, re.M)
     m = re.fullmatch(r"pytorch/pytorch:(\d+\.\d+)\.\d+-cuda[\d.]+-cudnn\d+-runtime", recipe.fromHeader)
     assert m, recipe.fromHeader
@@ -33,18 +35,18 @@ def test_bootstrap_from_official_pytorch_cuda_runtime(recipe):
     assert m.group(1) == ".".join(torch.__version__.split(".")[:2]), "image torch must match the pin"
 
 
-def test_known_sections_only():
+def test_known_sections_only(definition: Path):
     known = {"labels", "files", "post", "environment", "runscript", "test", "help", "setup"}
-    found = sections(DEF.read_text())
+    found = sections(definition.read_text())
     assert set(found) <= known, set(found) - known
     assert {"files", "post", "environment", "runscript", "test"} <= set(found)
 
 
-def test_files_copy_the_project_that_pip_installs(recipe):
+def test_files_copy_the_project_that_pip_installs(recipe, repo: Path):
     sources = {line.split()[0] for line in recipe.files}
     for needed in ("skinhpc", "pyproject.toml", "setup.cfg"):
         assert needed in sources
-        assert (REPO / needed).exists(), f"%files copies {needed}, missing from the repo"
+        assert (repo / needed).exists(), f"%files copies {needed}, missing from the repo"
     dests = {line.split()[1] for line in recipe.files}
     target = next(d for d in dests if d.endswith("/skinhpc")).rsplit("/", 1)[0]
     assert any(re.search(rf"pip install .*{re.escape(target)}\b", line) for line in recipe.install)
@@ -59,8 +61,8 @@ def test_runscript_launches(recipe):
     assert "python -m skinhpc.launch" in recipe.cmd and '"$@"' in recipe.cmd
 
 
-def test_test_section_imports_and_runs_spec():
-    text = DEF.read_text()
+def test_test_section_imports_and_runs_spec(definition: Path):
+    text = definition.read_text()
     body = text.split("%test", 1)[1]
     assert "import skinhpc, torch, timm" in body and "skinhpc spec" in body
 

@@ -92,3 +92,36 @@ def test_modules_stay_small():
     too_long = {str(p.relative_to(REPO)): n for p in sorted(PACKAGE.rglob("*.py"))
                 if (n := len(p.read_text().splitlines())) > 400}
     assert set(too_long) <= set(LONG_MODULES), f"modules over 400 lines without a reason: {too_long}"
+
+
+def test_no_test_module_imports_another(repo: Path):
+    """What test modules share lives in tests/conftest.py as fixtures, requested as arguments: a
+    test module that imports another (conftest included) runs that module's import-time code under
+    another name and hides where a helper comes from.  Any name a file or folder under tests/ can be
+    imported by (pytest puts tests/ and its subfolders on sys.path) is refused, relative imports and
+    ``pytest_plugins = [...]`` naming one too."""
+    tests = repo / "tests"
+    names = set()
+    for path in [*tests.rglob("*.py"), *(d for d in tests.rglob("*") if d.is_dir())]:
+        parts = [*path.relative_to(tests).with_suffix("").parts]
+        names |= {".".join(parts[i:]) for i in range(len(parts))} | {".".join(["tests", *parts])}
+    names.discard("__init__")
+    offenders = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                imported = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                imported = ["." * node.level + base] + [f"{base}.{a.name}".lstrip(".") for a in node.names]
+            elif isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "pytest_plugins" for t in node.targets):
+                imported = [c.value for c in ast.walk(node.value) if isinstance(c, ast.Constant)]  # imported by name
+            else:
+                continue
+            for name in imported:
+                prefixes = {".".join(name.split(".")[: i + 1]) for i in range(name.count(".") + 1)}
+                if name.startswith(".") or prefixes & names:
+                    offenders.append(f"{path.relative_to(repo)}:{node.lineno} imports {name}")
+                    break
+    assert len(names) > 30, "every module under tests/ should be known"
+    assert offenders == [], f"test modules importing test modules (use a conftest fixture): {offenders}"

@@ -6,12 +6,12 @@ import csv
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import tiny_job
 from PIL import Image
 
 from skinhpc.config import JobSpec
@@ -46,13 +46,19 @@ def real_files(ham_root: Path, n: int, start: int = 0) -> list[Path]:
     return sorted((ham_root / "images").glob("*.jpg"))[start : start + n]
 
 
-def job(tmp_path: Path, ham_root: Path, **pre) -> tuple[JobSpec, JobPaths]:
-    spec = tiny_job(tmp_path, ham_root, preprocess={"size": 48, "workers": 1, **pre})
-    return spec, JobPaths(spec.job_dir)
+@pytest.fixture
+def job(tmp_path: Path, ham_root: Path, tiny_job) -> Callable[..., tuple[JobSpec, JobPaths]]:
+    """``job(**preprocess) -> (spec, paths)``: a tiny job in tmp_path, 48 px, one worker unless given."""
+
+    def make(**pre) -> tuple[JobSpec, JobPaths]:
+        spec = tiny_job(tmp_path, ham_root, preprocess={"size": 48, "workers": 1, **pre})
+        return spec, JobPaths(spec.job_dir)
+
+    return make
 
 
-def test_build_from_real_images_with_a_pool(tmp_path: Path, ham_root: Path) -> None:
-    spec, paths = job(tmp_path, ham_root, workers=2)
+def test_build_from_real_images_with_a_pool(tmp_path: Path, ham_root: Path, job, tiny_job) -> None:
+    spec, paths = job(workers=2)
     files = real_files(ham_root, 24)
     ids = write_manifest(paths, files)
     assert not prepare_complete(spec, paths)
@@ -77,8 +83,8 @@ def test_build_from_real_images_with_a_pool(tmp_path: Path, ham_root: Path) -> N
         load_cached(spec.cache_dir, "ISIC_nope")
 
 
-def test_resume_after_a_kill(tmp_path: Path, ham_root: Path) -> None:
-    spec, paths = job(tmp_path, ham_root)
+def test_resume_after_a_kill(tmp_path: Path, ham_root: Path, job) -> None:
+    spec, paths = job()
     ids = write_manifest(paths, real_files(ham_root, 12, start=100))
     build_cache(spec, paths)
     cache = spec.cache_dir
@@ -143,8 +149,8 @@ def write_zoo_manifest(paths: JobPaths, zoo: dict[str, Path]) -> None:
             w.writerow([f"ISIC_{name}", str(p), 0, "nv", f"lesion:Z{i}", "", "", "", "zoo"])
 
 
-def test_bad_images_fail_naming_the_file(tmp_path: Path, ham_root: Path, zoo: dict[str, Path]) -> None:
-    spec, paths = job(tmp_path, ham_root, on_bad_image="fail")
+def test_bad_images_fail_naming_the_file(zoo: dict[str, Path], job) -> None:
+    spec, paths = job(on_bad_image="fail")
     write_zoo_manifest(paths, zoo)
     with pytest.raises(BadImagesError) as e:
         build_cache(spec, paths)
@@ -157,8 +163,8 @@ def test_bad_images_fail_naming_the_file(tmp_path: Path, ham_root: Path, zoo: di
     assert not paths.prepare_done.exists()
 
 
-def test_bad_images_skipped_and_reported(tmp_path: Path, ham_root: Path, zoo: dict[str, Path]) -> None:
-    spec, paths = job(tmp_path, ham_root, on_bad_image="skip")
+def test_bad_images_skipped_and_reported(zoo: dict[str, Path], job) -> None:
+    spec, paths = job(on_bad_image="skip")
     write_zoo_manifest(paths, zoo)
     report = build_cache(spec, paths)
     assert {s["image_id"] for s in report["skipped"]} == {f"ISIC_{b}" for b in BAD}
@@ -176,8 +182,8 @@ def test_bad_images_skipped_and_reported(tmp_path: Path, ham_root: Path, zoo: di
     assert prepare_complete(spec, paths)
 
 
-def test_two_shards_then_finalize(tmp_path: Path, ham_root: Path) -> None:
-    spec, paths = job(tmp_path, ham_root, shards=2)
+def test_two_shards_then_finalize(ham_root: Path, job) -> None:
+    spec, paths = job(shards=2)
     ids = write_manifest(paths, real_files(ham_root, 10, start=200))
     r0 = build_cache(spec, paths, shard=0, num_shards=2)
     assert r0["n_images"] == 5
@@ -192,7 +198,7 @@ def test_two_shards_then_finalize(tmp_path: Path, ham_root: Path) -> None:
         build_cache(spec, paths, shard=2, num_shards=2)
 
 
-def test_jobs_sharing_a_cache_do_not_clash(tmp_path: Path, ham_root: Path) -> None:
+def test_jobs_sharing_a_cache_do_not_clash(tmp_path: Path, ham_root: Path, tiny_job) -> None:
     shared = str(tmp_path / "shared-cache")
     a = tiny_job(tmp_path, ham_root, name="a", preprocess={"size": 48, "cache_dir": shared})
     b = tiny_job(tmp_path, ham_root, name="b", preprocess={"size": 48, "cache_dir": shared})
@@ -212,8 +218,8 @@ def test_jobs_sharing_a_cache_do_not_clash(tmp_path: Path, ham_root: Path) -> No
         finalize(a, pa)
 
 
-def test_manifest_errors_name_the_file(tmp_path: Path, ham_root: Path) -> None:
-    spec, paths = job(tmp_path, ham_root)
+def test_manifest_errors_name_the_file(job) -> None:
+    spec, paths = job()
     with pytest.raises(FileNotFoundError, match="manifest"):
         build_cache(spec, paths)
     paths.root.mkdir(parents=True, exist_ok=True)

@@ -10,30 +10,34 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from skinhpc.cli.data import main
 from skinhpc.config import from_dict
 from skinhpc.data.prepare import load_table, prepare_tables
 from skinhpc.io.layout import JobPaths
 
-REPO = Path(__file__).resolve().parents[1]
-FRAGMENT = REPO / "configs" / "data" / "ham10000_shared.yaml"
+
+@pytest.fixture(scope="module")
+def fragment(repo: Path) -> Path:
+    """The shipped data fragment that points at the shared HAM10000 copy."""
+    return repo / "configs" / "data" / "ham10000_shared.yaml"
 
 
-def test_summary_subprocess_on_shared_fragment(ham_root, tmp_path):
+def test_summary_subprocess_on_shared_fragment(ham_root, tmp_path, repo, fragment):
     r = subprocess.run(
-        [sys.executable, "-m", "skinhpc.cli", "data", "summary", str(FRAGMENT)],
+        [sys.executable, "-m", "skinhpc.cli", "data", "summary", str(fragment)],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(repo)},
     )
     assert r.returncode == 0, r.stderr
     assert "3333 images, 2348 groups" in r.stdout
     assert "mel" in r.stdout and "malignant" in r.stdout
 
 
-def test_split_writes_tables_and_reuses_them(ham_root, tmp_path, capsys):
+def test_split_writes_tables_and_reuses_them(ham_root, tmp_path, capsys, fragment):
     out = tmp_path / "tables"
-    assert main(["split", str(FRAGMENT), "data.subset=400", "--out", str(out)]) == 0
+    assert main(["split", str(fragment), "data.subset=400", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "wrote" in text and "% of split" in text
     splits = pd.read_csv(out / "splits.csv")
@@ -41,11 +45,11 @@ def test_split_writes_tables_and_reuses_them(ham_root, tmp_path, capsys):
     assert splits["image_id"].tolist() == manifest["image_id"].tolist()
     assert splits.groupby("group")["split"].nunique().max() == 1
     mtime = (out / "manifest.csv").stat().st_mtime_ns
-    assert main(["split", str(FRAGMENT), "data.subset=400", "--out", str(out)]) == 0
+    assert main(["split", str(fragment), "data.subset=400", "--out", str(out)]) == 0
     assert "reused" in capsys.readouterr().out
     assert (out / "manifest.csv").stat().st_mtime_ns == mtime
     # a changed data spec is not served stale tables
-    assert main(["split", str(FRAGMENT), "data.subset=200", "--out", str(out)]) == 0
+    assert main(["split", str(fragment), "data.subset=200", "--out", str(out)]) == 0
     assert len(pd.read_csv(out / "manifest.csv")) < len(manifest)
 
 

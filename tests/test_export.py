@@ -6,14 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from conftest import finished_job
 
 pytestmark = pytest.mark.slow  # two ONNX exports of two members on a shared 2-core CPU
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory, ham_root):
-    return finished_job(tmp_path_factory.mktemp("export"), ham_root)
+def job(copy_finished_job, tmp_path_factory):
+    """The session's finished job, copied: the export writes ensemble/onnx/ into the job folder."""
+    return copy_finished_job(tmp_path_factory.mktemp("export"))
 
 
 def test_export_job_matches_pytorch(job):

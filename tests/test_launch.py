@@ -19,7 +19,6 @@ from skinhpc.orchestrate.plan import plan_submission
 from skinhpc.orchestrate.stages import read_state
 from skinhpc.orchestrate.status import collect
 
-pytest_plugins = ["slurm_cluster"]  # fixtures slurm_cluster, job_writer
 PY = sys.executable
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_job
 
 from skinhpc import metrics
 from skinhpc.config import Member
@@ -92,7 +91,8 @@ def _finish(summary: dict, members: list[Member], val: Split, test: Split) -> di
 
 
 @pytest.mark.parametrize("task", ["binary", "multiclass"])
-def test_reduce_adds_group_keys_and_keeps_image_figures(task: str, tmp_path: Path, ham_root: Path) -> None:
+def test_reduce_adds_group_keys_and_keeps_image_figures(task: str, tmp_path: Path, ham_root: Path,
+                                                         tiny_job) -> None:
     classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     data = {"task": "multiclass", "classes": classes} if task == "multiclass" else {}
     spec = tiny_job(tmp_path, ham_root, data=data, reduce={"bootstrap": 30, "gate": 0.5})
@@ -132,7 +132,7 @@ def test_reduce_adds_group_keys_and_keeps_image_figures(task: str, tmp_path: Pat
     assert f"{g['auc']:.3f} <span class=ci>(95 % CI {ci['lo']:.3f}-{ci['hi']:.3f})" in html
 
 
-def test_evaluation_report_has_the_per_lesion_column(tmp_path: Path, ham_root: Path) -> None:
+def test_evaluation_report_has_the_per_lesion_column(tmp_path: Path, ham_root: Path, tiny_job) -> None:
     """The evaluation report's headline from metrics shaped like ``skinhpc evaluate``'s."""
     spec = tiny_job(tmp_path, ham_root, reduce={"gate": 0.0})
     rng = np.random.default_rng(1)

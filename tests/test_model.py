@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import IN_CI, WEIGHTS, tiny_job
 
 from skinhpc.config import PhaseSpec
 from skinhpc.data.dataset import META_COLUMNS, META_DIM, SITES, encode_metadata
@@ -29,27 +28,24 @@ from skinhpc.model.net import (
     param_groups,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+
+@pytest.fixture(scope="module")
+def reference(weights_path: Path) -> dict[str, torch.Tensor]:
+    """The shared reference state dict (missing: a skip, in CI a failure; see weights_path)."""
+    return torch.load(weights_path, weights_only=True)
 
 
-def _reference() -> dict[str, torch.Tensor]:
-    if not WEIGHTS.exists():
-        if IN_CI:
-            pytest.fail(f"reference weights missing at {WEIGHTS}")
-        pytest.skip(f"reference weights not found at {WEIGHTS}")
-    return torch.load(WEIGHTS, weights_only=True)
-
-
-def test_package_weights_renamed_equal_reference_tensor_for_tensor() -> None:
-    ref = _reference()
+def test_package_weights_renamed_equal_reference_tensor_for_tensor(reference: dict[str, torch.Tensor]) -> None:
+    ref = reference
     got = package_state_dict()
     assert list(got) == list(ref)
     for k in ref:
         assert torch.equal(got[k], ref[k]), k
 
 
-def test_build_lite0_from_package_and_from_file(tmp_path: Path, ham_root: Path) -> None:
-    ref = _reference()
+def test_build_lite0_from_package_and_from_file(tmp_path: Path, ham_root: Path, tiny_job, weights_path: Path,
+                                                reference: dict[str, torch.Tensor]) -> None:
+    ref = reference
     spec = tiny_job(tmp_path, ham_root, model={"name": "tf_efficientnet_lite0", "pretrained": "package"})
     model = build_model(spec)
     own = model.backbone.state_dict()
@@ -58,7 +54,7 @@ def test_build_lite0_from_package_and_from_file(tmp_path: Path, ham_root: Path) 
     assert data_config(spec)["mean"] == (0.5, 0.5, 0.5) and data_config(spec)["std"] == (0.5, 0.5, 0.5)
     # the same weights from a state-dict file
     fspec = tiny_job(tmp_path, ham_root, model={"name": "tf_efficientnet_lite0", "pretrained": "file",
-                                                "weights": str(WEIGHTS)})
+                                                "weights": str(weights_path)})
     fown = build_model(fspec).backbone.state_dict()
     assert all(torch.equal(fown[k], own[k]) for k in own)
     # a file for another network is refused, naming the file
@@ -69,13 +65,13 @@ def test_build_lite0_from_package_and_from_file(tmp_path: Path, ham_root: Path) 
                                                          "weights": str(bad)}))
 
 
-def test_timm_weights_offline_error_tells_to_prefetch(tmp_path: Path) -> None:
+def test_timm_weights_offline_error_tells_to_prefetch(tmp_path: Path, repo: Path) -> None:
     code = (
         "from skinhpc.model.net import _timm_pretrained, ModelError\n"
         "try:\n    _timm_pretrained('resnet10t', num_classes=0)\n"
         "except ModelError as e:\n    print('ERR', e)\n"
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(REPO),
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(repo),
                TORCH_HOME=str(tmp_path / "torch"))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "ERR" in out.stdout, out.stderr[-2000:]
@@ -103,7 +99,7 @@ def test_encode_metadata_missing_values() -> None:
     assert (m[:, sites].sum(1) == 1).all()
 
 
-def test_metadata_fusion_uses_metadata(tmp_path: Path, ham_root: Path) -> None:
+def test_metadata_fusion_uses_metadata(tmp_path: Path, ham_root: Path, tiny_job) -> None:
     spec = tiny_job(tmp_path, ham_root, model={"name": "small_cnn", "pretrained": "none",
                                                 "metadata": {"enabled": True, "hidden": 8}})
     torch.manual_seed(0)
@@ -118,7 +114,7 @@ def test_metadata_fusion_uses_metadata(tmp_path: Path, ham_root: Path) -> None:
         model(x, None)
 
 
-def test_param_groups_phases_and_layer_decay(tmp_path: Path, ham_root: Path) -> None:
+def test_param_groups_phases_and_layer_decay(tmp_path: Path, ham_root: Path, tiny_job) -> None:
     model = build_model(tiny_job(tmp_path, ham_root))  # resnet10t: stem + 4 stages
     stages = backbone_stages(model)
     assert len(stages) == 5
@@ -136,7 +132,7 @@ def test_param_groups_phases_and_layer_decay(tmp_path: Path, ham_root: Path) -> 
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_head_phase_changes_only_head(tmp_path: Path, ham_root: Path) -> None:
+def test_head_phase_changes_only_head(tmp_path: Path, ham_root: Path, tiny_job) -> None:
     model = build_model(tiny_job(tmp_path, ham_root))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(param_groups(model, PhaseSpec(train="last_k", k=1, lr=1e-2)))
@@ -157,7 +153,7 @@ def test_head_phase_changes_only_head(tmp_path: Path, ham_root: Path) -> None:
     assert not any(k.startswith(("backbone.layer1", "backbone.conv1", "backbone.bn1")) for k in changed)
 
 
-def test_baselines(tmp_path: Path, ham_root: Path) -> None:
+def test_baselines(tmp_path: Path, ham_root: Path, tiny_job) -> None:
     spec = tiny_job(tmp_path, ham_root, model={"name": "baseline_majority"})
     model = build_model(spec)
     assert isinstance(model, PriorBaseline)
@@ -169,7 +165,7 @@ def test_baselines(tmp_path: Path, ham_root: Path) -> None:
     assert out[:, 1].std() > 0.5
 
 
-def test_load_checkpoint_refuses_other_model(tmp_path: Path, ham_root: Path) -> None:
+def test_load_checkpoint_refuses_other_model(tmp_path: Path, ham_root: Path, tiny_job) -> None:
     spec = tiny_job(tmp_path, ham_root, model={"name": "small_cnn", "pretrained": "none"})
     model = build_model(spec)
     path = tmp_path / "best.pt"

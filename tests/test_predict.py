@@ -1,10 +1,11 @@
 """`skinhpc predict` / `skinhpc evaluate` on a real tiny job and real shared images.
 
-``make_job`` (also used by test_tracking.py and test_export.py) builds a real
-results folder: prepare (manifest, splits, cache) on the shared HAM10000 images,
-two members trained by ``skinhpc.train.train_member`` and the real reduce for
-thresholds.json.  Prediction must not depend on its batch: an image predicted
-alone gets the score it gets among others, for every ``reduce.ensemble``.
+The session's ``finished_job`` (tests/conftest.py, shared with test_export.py and
+test_tracking.py) is a real results folder: prepare (manifest, splits, cache) on the
+shared HAM10000 images, two members trained by ``skinhpc.train.train_member`` and the
+real reduce for thresholds.json; these tests only read it.  Prediction must not depend
+on its batch: an image predicted alone gets the score it gets among others, for every
+``reduce.ensemble``.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import prepared_job, tiny_job
 
 from skinhpc import metrics as mx
 from skinhpc.cli.predict import evaluate_main, main
@@ -28,33 +27,14 @@ from skinhpc.io.layout import JobPaths
 from skinhpc.orchestrate.launch import launch
 from skinhpc.outputs.publish import reduce
 from skinhpc.outputs.report import write_evaluation_report
-from skinhpc.train.member import train_member
-
-
-def make_job(tmp_path: Path, ham_root: Path, seeds: tuple[int, ...] = (1, 2), **over: Any):
-    """A finished tiny job (see the module docstring); returns (spec, paths)."""
-    over.setdefault("reduce", {})
-    over["reduce"] = {"gate": 0.0, "onnx": False, "mlflow": {"enabled": False}, "bootstrap": 0,
-                      "gradcam": 0, **over["reduce"]}
-    spec = tiny_job(tmp_path, ham_root, seeds=list(seeds), **over)
-    paths = prepared_job(spec)
-    for m in plan_members(spec):
-        train_member(spec, paths, m)
-    reduce(spec, paths)
-    return spec, paths
-
-
-@pytest.fixture(scope="module")
-def job(tmp_path_factory: pytest.TempPathFactory, ham_root: Path):
-    return make_job(tmp_path_factory.mktemp("predict"), ham_root)
 
 
 def _shared_images(ham_root: Path, n: int) -> list[Path]:
     return sorted((ham_root / "images").glob("*.jpg"))[:n]
 
 
-def test_predict_folder_reports_bad_files_and_predicts_the_rest(job, ham_root, tmp_path, capsys):
-    spec, paths = job
+def test_predict_folder_reports_bad_files_and_predicts_the_rest(finished_job, ham_root, tmp_path, capsys):
+    spec, paths = finished_job
     folder = tmp_path / "new"
     folder.mkdir()
     good = _shared_images(ham_root, 4)
@@ -82,9 +62,9 @@ def test_predict_folder_reports_bad_files_and_predicts_the_rest(job, ham_root, t
     assert "corrupt.jpg" in capsys.readouterr().err
 
 
-def test_predict_matches_reduce_on_cached_test_images(job):
+def test_predict_matches_reduce_on_cached_test_images(finished_job):
     """New-image path (read + preprocess + TTA + temperature) reproduces the reduce's test probabilities."""
-    spec, paths = job
+    spec, paths = finished_job
     ref = pd.read_csv(paths.ensemble / "predictions_test.csv").head(8)
     table = load_table(spec, paths).set_index("image_id").loc[ref["image_id"]]
     pred = EnsemblePredictor(paths.root, "cpu").predict_files(list(table["path"]))
@@ -93,9 +73,9 @@ def test_predict_matches_reduce_on_cached_test_images(job):
 
 
 @pytest.fixture(scope="module")
-def rank_job(job, tmp_path_factory: pytest.TempPathFactory):
+def rank_job(finished_job, tmp_path_factory: pytest.TempPathFactory):
     """The same trained members reduced with ``reduce.ensemble: rank`` (a copy of the folder)."""
-    spec, paths = job
+    spec, paths = finished_job
     dest = tmp_path_factory.mktemp("rank") / paths.root.name
     shutil.copytree(paths.root, dest, ignore=shutil.ignore_patterns("ensemble"))
     rank_spec = with_overrides(spec, {"reduce.ensemble": "rank"})
@@ -106,11 +86,11 @@ def rank_job(job, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.parametrize("ensemble", ["mean", "rank"])
-def test_an_image_scores_the_same_alone_as_in_a_batch(ensemble, job, rank_job):
+def test_an_image_scores_the_same_alone_as_in_a_batch(ensemble, finished_job, rank_job):
     """Issue 9: with rank over the images of one call, a lone image scored 0.5/0.5 whatever it showed,
     and the validation threshold meant nothing on another set's ranks.  Each image now scores the same
     alone, in a batch, and in the reduce's own test table (so the threshold means the same)."""
-    spec, paths = job if ensemble == "mean" else rank_job
+    spec, paths = finished_job if ensemble == "mean" else rank_job
     ref = pd.read_csv(paths.ensemble / "predictions_test.csv").head(6)
     files = list(load_table(spec, paths).set_index("image_id").loc[ref["image_id"], "path"])
     predictor = EnsemblePredictor(paths.root, "cpu")
@@ -128,8 +108,8 @@ def test_an_image_scores_the_same_alone_as_in_a_batch(ensemble, job, rank_job):
         assert th["rank_reference"]["members"] == [m.name for m in plan_members(spec)]
 
 
-def test_predict_all_failed_exit_code_and_refer_gate(job, tmp_path):
-    spec, paths = job
+def test_predict_all_failed_exit_code_and_refer_gate(finished_job, tmp_path):
+    spec, paths = finished_job
     (tmp_path / "a.txt").write_text("x")
     assert main(["--model", str(paths.root), str(tmp_path / "a.txt"), "--out", str(tmp_path / "o.csv")]) == 1
     assert main(["--model", str(tmp_path / "nowhere"), str(tmp_path / "a.txt")]) == 2
@@ -139,8 +119,8 @@ def test_predict_all_failed_exit_code_and_refer_gate(job, tmp_path):
     assert (df["decision"] == "refer").all()
 
 
-def test_evaluate_on_folder_per_class(job, ham_root, tmp_path, capsys):
-    spec, paths = job
+def test_evaluate_on_folder_per_class(finished_job, ham_root, tmp_path, capsys):
+    spec, paths = finished_job
     meta = pd.read_csv(ham_root / "metadata.csv")
     root = tmp_path / "external"
     for dx in ("mel", "nv", "bcc"):
@@ -187,7 +167,7 @@ def _assert_self_contained(html: str, min_images: int) -> None:
             assert im.width > 50 and im.height > 50
 
 
-def test_evaluation_report_multiclass_with_malignant_view_and_subgroups(tmp_path, ham_root):
+def test_evaluation_report_multiclass_with_malignant_view_and_subgroups(tmp_path, ham_root, tiny_job):
     """The multiclass dict shape of predict._metrics (class metrics + ``malignant`` view), rendered
     without a trained job: per-class tables, the malignant view's gate section and subgroups."""
     classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
@@ -224,7 +204,7 @@ def test_evaluation_report_multiclass_with_malignant_view_and_subgroups(tmp_path
 
 
 @pytest.mark.slow
-def test_sweep_job_copied_without_its_data_predicts_evaluates_and_serves(tmp_path, ham_root):
+def test_sweep_job_copied_without_its_data_predicts_evaluates_and_serves(tmp_path, ham_root, tiny_job):
     """A results folder copied to a machine without the training data: `skinhpc predict`, `skinhpc
     evaluate` and the logged MLflow pyfunc model all work from the folder (job.yaml via load_spec)."""
     import mlflow.pyfunc

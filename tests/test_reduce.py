@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import prepared_job, tiny_job
 
 from skinhpc.config import JobSpec, load_spec, plan_members
 from skinhpc.ensemble.inference import MembersMissing
@@ -21,7 +20,6 @@ from skinhpc.outputs.publish import reduce
 
 pytestmark = pytest.mark.slow  # two members are trained for real (about a minute on 2 cores)
 
-REPO = Path(__file__).resolve().parents[1]
 METRICS_KEYS = {
     "task", "class_names", "positive", "views", "ensemble", "temperature", "members_used",
     "members_missing", "thresholds", "val", "test", "members", "baselines", "subgroups",
@@ -31,7 +29,7 @@ THRESHOLD_KEYS = {"threshold", "method", "target", "gate", "temperature", "class
                   "chosen_on", "val"}
 
 
-def build_job(root: Path, ham_root: Path, **over) -> tuple[JobSpec, JobPaths]:
+def build_job(root: Path, ham_root: Path, tiny_job, prepared_job, **over) -> tuple[JobSpec, JobPaths]:
     """Prepare + train with the real stage functions, as the cluster would run them."""
     from skinhpc.train.member import train_member
 
@@ -47,8 +45,9 @@ def build_job(root: Path, ham_root: Path, **over) -> tuple[JobSpec, JobPaths]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, ham_root: Path) -> tuple[JobSpec, JobPaths]:
-    return build_job(tmp_path_factory.mktemp("reduce"), ham_root)
+def trained(tmp_path_factory: pytest.TempPathFactory, ham_root: Path, tiny_job,
+            prepared_job) -> tuple[JobSpec, JobPaths]:
+    return build_job(tmp_path_factory.mktemp("reduce"), ham_root, tiny_job, prepared_job)
 
 
 def copy_job(paths: JobPaths, dest: Path) -> tuple[JobSpec, JobPaths]:
@@ -118,7 +117,7 @@ def test_member_without_checkpoint_is_left_out(trained: tuple[JobSpec, JobPaths]
         reduce(strict, paths)
 
 
-def test_thresholds_ignore_test_labels(trained: tuple[JobSpec, JobPaths], tmp_path: Path) -> None:
+def test_thresholds_ignore_test_labels(trained: tuple[JobSpec, JobPaths], tmp_path: Path, repo: Path) -> None:
     """Permuting the test labels changes test metrics but not one fitted number (CLI rerun)."""
     spec, paths = copy_job(trained[1], tmp_path)
     first = reduce(spec, paths)
@@ -138,7 +137,7 @@ def test_thresholds_ignore_test_labels(trained: tuple[JobSpec, JobPaths], tmp_pa
     manifest.to_csv(paths.manifest, index=False)
 
     proc = subprocess.run([sys.executable, "-m", "skinhpc.cli", "reduce", str(paths.root)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+                          cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     second = json.loads((paths.ensemble / "metrics.json").read_text())
     for key in ("threshold", "temperature"):
@@ -151,7 +150,7 @@ def test_thresholds_ignore_test_labels(trained: tuple[JobSpec, JobPaths], tmp_pa
     assert not stale.exists()  # a rerun leaves no file of the previous run
 
 
-def test_multiclass_evaluation_has_malignant_view(tmp_path: Path, ham_root: Path) -> None:
+def test_multiclass_evaluation_has_malignant_view(tmp_path: Path, ham_root: Path, tiny_job) -> None:
     """Multiclass numbers and plots from real metrics code on fixed probabilities (no training)."""
     from skinhpc.config import Member
     from skinhpc.outputs.report import make_plots, render

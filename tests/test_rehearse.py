@@ -8,31 +8,35 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, shared_dir
 
-pytest_plugins = ["slurm_cluster"]  # fixture slurm_cluster
-
-STANDIN = REPO / "slurm" / "devcluster" / "standin" / "apptainer"
 STEPS = ["clone", "apptainer-build", "apptainer-test", "download", "prefetch", "site-profile",
          "launch-dry-run", "launch", "slurm-run", "outputs", "mlflow-ui", "predict"]
 
 
-def standin(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(STANDIN), *args], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+@pytest.fixture
+def standin(repo: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """``standin(*args, cwd=..., **env)``: the stand-in ``apptainer`` run as a subprocess."""
+    program = repo / "slurm" / "devcluster" / "standin" / "apptainer"
+
+    def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(program), *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **env})
+
+    return run
 
 
 @pytest.fixture
-def image(tmp_path: Path) -> Path:
-    r = standin("build", "skinhpc.sif", str(REPO / "apptainer.def"), cwd=tmp_path)
+def image(tmp_path: Path, repo: Path, standin) -> Path:
+    r = standin("build", "skinhpc.sif", str(repo / "apptainer.def"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     return tmp_path / "skinhpc.sif"
 
 
-def test_standin_refuses_a_missing_bind_source_like_apptainer(tmp_path: Path, image: Path):
+def test_standin_refuses_a_missing_bind_source_like_apptainer(tmp_path: Path, image: Path, standin):
     (tmp_path / "data").mkdir()
     ok = standin("exec", "--nv", "--bind", f"{tmp_path / 'data'},{tmp_path}", str(image), "true", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
@@ -42,7 +46,7 @@ def test_standin_refuses_a_missing_bind_source_like_apptainer(tmp_path: Path, im
     assert f"mount source {missing} doesn't exist" in r.stderr
 
 
-def test_standin_splits_a_comma_or_colon_path_as_apptainer_does(tmp_path: Path, image: Path):
+def test_standin_splits_a_comma_or_colon_path_as_apptainer_does(tmp_path: Path, image: Path, standin):
     for name in ("a,b", "a:b"):
         odd = tmp_path / name
         odd.mkdir()
@@ -51,7 +55,8 @@ def test_standin_splits_a_comma_or_colon_path_as_apptainer_does(tmp_path: Path, 
         assert "doesn't exist" in r.stderr or "absolute path" in r.stderr
 
 
-def test_standin_runs_the_command_with_the_image_environment_and_logs_it(tmp_path: Path, image: Path):
+def test_standin_runs_the_command_with_the_image_environment_and_logs_it(tmp_path: Path, image: Path,
+                                                                          standin):
     log = tmp_path / "calls.jsonl"
     r = standin("exec", "--bind", str(tmp_path), str(image), "python", "-c",
                 "import os, sys; print(os.environ['HF_HUB_OFFLINE'], sys.prefix)",
@@ -61,19 +66,19 @@ def test_standin_runs_the_command_with_the_image_environment_and_logs_it(tmp_pat
     assert '"exec"' in log.read_text()
 
 
-def test_standin_build_refuses_a_definition_with_an_unknown_section(tmp_path: Path):
+def test_standin_build_refuses_a_definition_with_an_unknown_section(tmp_path: Path, repo: Path, standin):
     bad = tmp_path / "bad.def"
-    bad.write_text((REPO / "apptainer.def").read_text().replace("%post", "%postt"))
+    bad.write_text((repo / "apptainer.def").read_text().replace("%post", "%postt"))
     r = standin("build", "x.sif", str(bad), cwd=tmp_path)
     assert r.returncode != 0 and "%postt" in r.stderr
     assert not (tmp_path / "x.sif").exists()
 
 
 @pytest.mark.slurm
-def test_rehearsal_of_the_readme_cluster_steps_passes(slurm_cluster, tmp_path: Path):
-    env = {**os.environ, "PYTHON": sys.executable, "SKINHPC_SHARED": str(shared_dir()),
+def test_rehearsal_of_the_readme_cluster_steps_passes(slurm_cluster, tmp_path: Path, repo: Path, shared_dir: Path):
+    env = {**os.environ, "PYTHON": sys.executable, "SKINHPC_SHARED": str(shared_dir),
            "REHEARSE_DIR": str(tmp_path / "rehearsal")}
-    r = subprocess.run(["bash", str(REPO / "slurm" / "rehearse.sh")], env=env, capture_output=True,
+    r = subprocess.run(["bash", str(repo / "slurm" / "rehearse.sh")], env=env, capture_output=True,
                        text=True, timeout=2700)
     out = r.stdout + r.stderr
     print(out)  # the step timings, shown with -s

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import IN_CI, prepared_job, tiny_job
 
 from skinhpc.config import JobSpec, plan_members
 from skinhpc.io.layout import JobPaths
@@ -21,7 +20,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 
 
 @pytest.fixture(scope="module")
-def reduced(tmp_path_factory: pytest.TempPathFactory, ham_root: Path) -> tuple[JobSpec, JobPaths]:
+def reduced(tmp_path_factory: pytest.TempPathFactory, ham_root: Path, tiny_job,
+            prepared_job) -> tuple[JobSpec, JobPaths]:
     """A real prepared job whose two members are freshly initialised networks saved in the
     checkpoint contract (the report does not need trained weights; training is covered in
     test_reduce.py), then reduced."""
@@ -88,11 +88,12 @@ def find_chromium() -> str | None:
     return None
 
 
-def test_report_renders_in_headless_chromium(reduced: tuple[JobSpec, JobPaths], tmp_path: Path) -> None:
+def test_report_renders_in_headless_chromium(reduced: tuple[JobSpec, JobPaths], tmp_path: Path,
+                                            in_ci: bool) -> None:
     browser = find_chromium()
     if browser is None:
         msg = "chromium not installed (Debian package: chromium)"
-        if IN_CI:
+        if in_ci:
             pytest.fail(msg)
         pytest.skip(msg)
     _, paths = reduced

@@ -14,13 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import prepared_tiny_job as prepared_job
 
 from skinhpc.config import JobSpec, from_dict, plan_members
 from skinhpc.io.layout import JobPaths
 from skinhpc.train.member import train_member
-
-REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
@@ -64,8 +61,8 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _spec(tmp_path: Path, ham_root: Path, epochs: int = 2) -> tuple[JobSpec, JobPaths]:
-    return prepared_job(
+def _spec(prepared_tiny_job, tmp_path: Path, ham_root: Path, epochs: int = 2) -> tuple[JobSpec, JobPaths]:
+    return prepared_tiny_job(
         tmp_path, ham_root, subset=300,
         model={"name": "small_cnn", "pretrained": "none", "drop_rate": 0.3},
         train={"phases": [{"name": "all", "epochs": epochs, "lr": 3e-3}], "batch_size": 16,
@@ -73,14 +70,14 @@ def _spec(tmp_path: Path, ham_root: Path, epochs: int = 2) -> tuple[JobSpec, Job
     )
 
 
-def _run_killed(spec: JobSpec, tmp_path: Path, at_step: int, where: str) -> int:
+def _run_killed(repo: Path, spec: JobSpec, tmp_path: Path, at_step: int, where: str) -> int:
     """Train in a subprocess that receives SIGUSR1 at train step ``at_step`` (forward
     calls count validation batches too), inside the forward or inside the optimiser step."""
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(spec.to_dict()))
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(repo))
     proc = subprocess.run([sys.executable, str(script), str(spec_file), str(at_step), where], env=env,
                           capture_output=True, text=True, timeout=300)
     return proc.returncode
@@ -103,8 +100,8 @@ def _assert_identical(a: JobPaths, b: JobPaths) -> None:
 
 
 @pytest.fixture
-def straight(tmp_path: Path, ham_root: Path) -> JobPaths:
-    spec, paths = _spec(tmp_path / "straight", ham_root)
+def straight(tmp_path: Path, ham_root: Path, prepared_tiny_job) -> JobPaths:
+    spec, paths = _spec(prepared_tiny_job, tmp_path / "straight", ham_root)
     torch.set_num_threads(1)
     train_member(spec, paths, plan_members(spec)[0])
     return paths
@@ -121,13 +118,13 @@ class _AfterEpochs:
         return h.exists() and len(h.read_text().strip().splitlines()) - 1 >= self.n
 
 
-def _run_until(spec: JobSpec, tmp_path: Path, when: _AfterEpochs) -> int:
+def _run_until(repo: Path, spec: JobSpec, tmp_path: Path, when: _AfterEpochs) -> int:
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(spec.to_dict()))
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     mdir = JobPaths(spec.job_dir).member(0).root
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(repo))
     proc = subprocess.Popen([sys.executable, str(script), str(spec_file), "0", "forward"], env=env)
     deadline = time.time() + 240
     while proc.poll() is None and time.time() < deadline:
@@ -139,9 +136,10 @@ def _run_until(spec: JobSpec, tmp_path: Path, when: _AfterEpochs) -> int:
 
 
 @pytest.mark.slow
-def test_resume_after_kill_at_epoch_boundary_is_bitwise(tmp_path: Path, ham_root: Path, straight: JobPaths) -> None:
-    spec, paths = _spec(tmp_path / "killed", ham_root)
-    rc = _run_until(spec, tmp_path, _AfterEpochs(1))
+def test_resume_after_kill_at_epoch_boundary_is_bitwise(tmp_path: Path, ham_root: Path, straight: JobPaths,
+                                                        repo: Path, prepared_tiny_job) -> None:
+    spec, paths = _spec(prepared_tiny_job, tmp_path / "killed", ham_root)
+    rc = _run_until(repo, spec, tmp_path, _AfterEpochs(1))
     assert rc != 0, "the run finished before it could be killed"
     assert not paths.member(0).done.exists()
     ck = torch.load(paths.member(0).last, weights_only=True)
@@ -154,8 +152,9 @@ def test_resume_after_kill_at_epoch_boundary_is_bitwise(tmp_path: Path, ham_root
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["forward", "optimizer", "eval"])
 def test_resume_mid_epoch_on_checkpoint_request_is_bitwise(tmp_path: Path, ham_root: Path,
-                                                           straight: JobPaths, where: str) -> None:
-    spec, paths = _spec(tmp_path / "usr1", ham_root)
+                                                           straight: JobPaths, where: str, repo: Path,
+                                                           prepared_tiny_job) -> None:
+    spec, paths = _spec(prepared_tiny_job, tmp_path / "usr1", ham_root)
     table = pd.read_csv(paths.splits)
     steps = int((table["split"] == "train").sum()) // spec.train.batch_size
     # forward/optimiser calls count train steps only (validation runs the EMA copy):
@@ -164,7 +163,7 @@ def test_resume_mid_epoch_on_checkpoint_request_is_bitwise(tmp_path: Path, ham_r
     if where == "eval":  # the first validation batch after epoch 1's training
         val_batches = -(-int((table["split"] == "val").sum()) // spec.train.eval_batch_size)
         at = val_batches + 1
-    rc = _run_killed(spec, tmp_path, at, where)
+    rc = _run_killed(repo, spec, tmp_path, at, where)
     assert rc == 3, f"subprocess exit {rc}: the checkpoint hook did not run"
     pos = torch.load(paths.member(0).last, weights_only=True)["position"]
     want = {"forward": 2, "optimizer": 3, "eval": steps}[where]
@@ -174,8 +173,9 @@ def test_resume_mid_epoch_on_checkpoint_request_is_bitwise(tmp_path: Path, ham_r
     _assert_identical(straight, paths)
 
 
-def test_stale_last_checkpoint_of_other_config_is_not_resumed(tmp_path: Path, ham_root: Path) -> None:
-    spec, paths = _spec(tmp_path, ham_root, epochs=1)
+def test_stale_last_checkpoint_of_other_config_is_not_resumed(tmp_path: Path, ham_root: Path,
+                                                               prepared_tiny_job) -> None:
+    spec, paths = _spec(prepared_tiny_job, tmp_path, ham_root, epochs=1)
     spec = from_dict({**spec.to_dict(), "data": {**spec.to_dict()["data"], "subset": 300}})
     member = plan_members(spec)[0]
     mp = paths.member(member)

@@ -6,11 +6,9 @@ from pathlib import Path
 
 from skinhpc.cli.spec import schema_markdown
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "JOB_SCHEMA.md"
 
-
-def test_job_schema_doc_is_current() -> None:
-    assert DOC.read_text() == schema_markdown(), (
+def test_job_schema_doc_is_current(repo: Path) -> None:
+    assert (repo / "docs" / "JOB_SCHEMA.md").read_text() == schema_markdown(), (
         "docs/JOB_SCHEMA.md is stale: run `skinhpc spec --markdown > docs/JOB_SCHEMA.md`"
     )
 

@@ -20,7 +20,6 @@ from skinhpc.orchestrate.stages import read_state
 from skinhpc.orchestrate.status import collect
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-pytest_plugins = ["slurm_cluster"]  # fixtures slurm_cluster, job_writer
 PY = sys.executable
 
 

@@ -10,7 +10,6 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import finished_job
 
 from skinhpc.config import plan_members, with_overrides
 from skinhpc.outputs.tracking import log_job, tracking_uri
@@ -19,11 +18,11 @@ from skinhpc.outputs.tracking_store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory, ham_root):
-    """Two members (one seed x a two-point sweep).  Member 001 logs its epochs live, as it would
-    against a tracking server, before the reduce logs the job (the reduce adopts that run)."""
-    spec, paths = finished_job(tmp_path_factory.mktemp("tracking"), ham_root, seeds=(1,),
-                               sweep={"grid": {"train.weight_decay": [0.0, 0.01]}})
+def tracked(copy_finished_job, tmp_path_factory):
+    """The session's finished job (one seed x a two-point sweep: two members), copied: these tests
+    move its members/ and log it.  Member 001 logs its epochs live, as it would against a tracking
+    server, before the reduce logs the job (the reduce adopts that run)."""
+    spec, paths = copy_finished_job(tmp_path_factory.mktemp("tracking"))
     summary = json.loads((paths.ensemble / "metrics.json").read_text())  # the real reduce summary
     live_member = plan_members(spec)[1]
     logger = EpochLogger(spec, paths, live_member, uri=tracking_uri(spec))

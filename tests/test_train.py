@@ -9,8 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST_PREPROCESS, tiny_job
-from conftest import prepared_tiny_job as prepared_job
 
 from skinhpc.config import plan_members
 from skinhpc.data import prepare
@@ -21,11 +19,11 @@ from skinhpc.model.net import build_model, checkpoint_meta, load_checkpoint_mode
 from skinhpc.train.member import HISTORY_COLUMNS, auc_score, train_member
 
 
-def test_tiny_model_learns_and_beats_majority(tmp_path: Path, ham_root: Path) -> None:
+def test_tiny_model_learns_and_beats_majority(tmp_path: Path, ham_root: Path, prepared_tiny_job) -> None:
     train = {"phases": [{"name": "all", "epochs": 4, "train": "all", "lr": 3e-3}], "batch_size": 32,
              "num_workers": 0, "augment": 0.0}
-    spec, paths = prepared_job(tmp_path / "cnn", ham_root, model={"name": "small_cnn", "pretrained": "none"},
-                               train=train)
+    spec, paths = prepared_tiny_job(tmp_path / "cnn", ham_root, model={"name": "small_cnn", "pretrained": "none"},
+                                     train=train)
     member = plan_members(spec)[0]
     train_member(spec, paths, member)
     mp = paths.member(member)
@@ -48,8 +46,8 @@ def test_tiny_model_learns_and_beats_majority(tmp_path: Path, ham_root: Path) ->
     assert sum(p.numel() for p in model.parameters()) > 0
 
     # the majority baseline on the same data: a constant score, AUC 0.5
-    bspec, bpaths = prepared_job(tmp_path / "base", ham_root, model={"name": "baseline_majority"},
-                                 train={**train, "phases": [{"name": "all", "epochs": 1, "lr": 1e-3}]})
+    bspec, bpaths = prepared_tiny_job(tmp_path / "base", ham_root, model={"name": "baseline_majority"},
+                                       train={**train, "phases": [{"name": "all", "epochs": 1, "lr": 1e-3}]})
     train_member(bspec, bpaths, plan_members(bspec)[0])
     bval = pd.read_csv(bpaths.member(0).val)
     base_auc = auc_score(bval["label"].to_numpy(), bval[["prob_benign", "prob_malignant"]].to_numpy())
@@ -63,9 +61,9 @@ def test_tiny_model_learns_and_beats_majority(tmp_path: Path, ham_root: Path) ->
     assert (mp.done.stat().st_mtime_ns, mp.best.stat().st_mtime_ns) == before
 
 
-def test_bad_label_named(tmp_path: Path, ham_root: Path) -> None:
-    spec, paths = prepared_job(tmp_path, ham_root, subset=60,
-                               model={"name": "small_cnn", "pretrained": "none"})
+def test_bad_label_named(tmp_path: Path, ham_root: Path, prepared_tiny_job) -> None:
+    spec, paths = prepared_tiny_job(tmp_path, ham_root, subset=60,
+                                     model={"name": "small_cnn", "pretrained": "none"})
     man = pd.read_csv(paths.manifest)
     bad_id = man["image_id"].iloc[3]
     man.loc[3, "label"] = 7
@@ -74,10 +72,11 @@ def test_bad_label_named(tmp_path: Path, ham_root: Path) -> None:
         train_member(spec, paths, plan_members(spec)[0])
 
 
-def test_augmentation_and_order_depend_only_on_seed_epoch_index(tmp_path: Path, ham_root: Path) -> None:
+def test_augmentation_and_order_depend_only_on_seed_epoch_index(tmp_path: Path, ham_root: Path,
+                                                                 prepared_tiny_job) -> None:
     from skinhpc.data.dataset import EpochSampler, SkinDataset
 
-    spec, paths = prepared_job(tmp_path, ham_root, subset=40)
+    spec, paths = prepared_tiny_job(tmp_path, ham_root, subset=40)
     table = prepare.load_table(spec, paths)
     ds = SkinDataset(table, spec.cache_dir, (0.5,) * 3, (0.5,) * 3, augment=1.0, seed=7)
     twin = SkinDataset(table, spec.cache_dir, (0.5,) * 3, (0.5,) * 3, augment=1.0, seed=7)
@@ -97,7 +96,8 @@ def test_augmentation_and_order_depend_only_on_seed_epoch_index(tmp_path: Path, 
     assert sorted(s1) == list(range(40))
 
 
-def test_cli_trains_one_member_of_a_fresh_job(tmp_path: Path, ham_root: Path) -> None:
+def test_cli_trains_one_member_of_a_fresh_job(tmp_path: Path, ham_root: Path, repo: Path,
+                                              fast_preprocess: dict) -> None:
     """`skinhpc train JOB.yaml --member K key=value`: prepares the data when missing, then trains."""
     import subprocess
     import sys
@@ -108,14 +108,13 @@ def test_cli_trains_one_member_of_a_fresh_job(tmp_path: Path, ham_root: Path) ->
         "name": "cli", "results_dir": "results", "seeds": [3, 4],
         "data": {"sources": [{"kind": "ham10000", "root": str(ham_root), "images": ["images"]}],
                  "subset": 80, "audit": {"near_duplicates": False}},
-        "preprocess": {**FAST_PREPROCESS, "size": 32},
+        "preprocess": {**fast_preprocess, "size": 32},
         "model": {"name": "small_cnn", "pretrained": "none"},
         "train": {"phases": [{"name": "all", "epochs": 1, "lr": 1e-3}], "batch_size": 16, "num_workers": 0},
         "cluster": {"executor": "debug"},
     }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
-    repo = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "skinhpc.cli", "train", str(path), "--member", "1", "train.batch_size=8"]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -129,7 +128,8 @@ def test_cli_trains_one_member_of_a_fresh_job(tmp_path: Path, ham_root: Path) ->
     assert bad.returncode == 2 and "out of range" in bad.stderr
 
 
-def test_multiclass_phases_metadata_focal_ema_early_stopping(tmp_path: Path, ham_root: Path) -> None:
+def test_multiclass_phases_metadata_focal_ema_early_stopping(tmp_path: Path, ham_root: Path,
+                                                             prepared_tiny_job) -> None:
     classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     train = {
         "phases": [{"name": "head", "epochs": 2, "train": "head", "lr": 1e-2},
@@ -139,11 +139,11 @@ def test_multiclass_phases_metadata_focal_ema_early_stopping(tmp_path: Path, ham
         "early_stopping": {"patience": 1, "metric": "loss"},
         "scheduler": {"name": "cosine_restarts", "t0": 1, "t_mult": 2},
     }
-    spec, paths = prepared_job(tmp_path, ham_root, subset=160,
-                               data={"task": "multiclass", "classes": classes},
-                               model={"name": "small_cnn", "pretrained": "none",
-                                      "metadata": {"enabled": True, "hidden": 8}},
-                               train=train)
+    spec, paths = prepared_tiny_job(tmp_path, ham_root, subset=160,
+                                     data={"task": "multiclass", "classes": classes},
+                                     model={"name": "small_cnn", "pretrained": "none",
+                                            "metadata": {"enabled": True, "hidden": 8}},
+                                     train=train)
     member = plan_members(spec)[0]
     train_member(spec, paths, member)
     mp = paths.member(member)
@@ -158,7 +158,7 @@ def test_multiclass_phases_metadata_focal_ema_early_stopping(tmp_path: Path, ham
     assert model.head.out_features == len(classes) and model.meta_mlp is not None
 
 
-def test_multiclass_member_picked_by_malignant_auc(tmp_path: Path, ham_root: Path) -> None:
+def test_multiclass_member_picked_by_malignant_auc(tmp_path: Path, ham_root: Path, prepared_tiny_job) -> None:
     """A 7-class member judged as the binary screen it will serve: best.pt is the epoch with the
     highest malignant-vs-benign AUC (sum of mel, bcc, akiec), and val.csv reproduces it."""
     from sklearn.metrics import roc_auc_score
@@ -166,9 +166,9 @@ def test_multiclass_member_picked_by_malignant_auc(tmp_path: Path, ham_root: Pat
     classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     train = {"phases": [{"name": "all", "epochs": 3, "train": "all", "lr": 3e-3}], "batch_size": 32,
              "num_workers": 0, "augment": 0.0, "early_stopping": {"metric": "malignant_auc"}}
-    spec, paths = prepared_job(tmp_path, ham_root, subset=300,
-                               data={"task": "multiclass", "classes": classes},
-                               model={"name": "small_cnn", "pretrained": "none"}, train=train)
+    spec, paths = prepared_tiny_job(tmp_path, ham_root, subset=300,
+                                     data={"task": "multiclass", "classes": classes},
+                                     model={"name": "small_cnn", "pretrained": "none"}, train=train)
     member = plan_members(spec)[0]
     train_member(spec, paths, member)
     mp = paths.member(member)
@@ -184,7 +184,7 @@ def test_multiclass_member_picked_by_malignant_auc(tmp_path: Path, ham_root: Pat
     assert roc_auc_score(is_mal, malignant) == pytest.approx(done["best_metric"], abs=1e-6)
 
 
-def test_malignant_auc_needs_a_malignant_class(tmp_path: Path, ham_root: Path) -> None:
+def test_malignant_auc_needs_a_malignant_class(tmp_path: Path, ham_root: Path, tiny_job) -> None:
     from skinhpc.config import SpecError
 
     with pytest.raises(SpecError, match=r"train\.early_stopping\.metric.*malignant"):
@@ -205,7 +205,7 @@ def test_schedules() -> None:
     assert rest(30) == 1.0 and rest(29) < 0.01
 
 
-def test_member_files_swapped_in_from_another_seed_are_refused(tmp_path: Path, ham_root: Path) -> None:
+def test_member_files_swapped_in_from_another_seed_are_refused(tmp_path: Path, ham_root: Path, tiny_job) -> None:
     """best.pt and done.json copied from member 0 (seed 1) into member 1 (seed 2): same model and
     config, so the architecture and fingerprint checks pass; the seed and index do not."""
     spec = tiny_job(tmp_path, ham_root, seeds=[1, 2], model={"name": "small_cnn", "pretrained": "none"})

@@ -18,6 +18,7 @@ import pandas as pd
 
 from skinhpc.config import JobSpec, Member
 from skinhpc.ensemble.predictor import EnsemblePredictor
+from skinhpc.io.atomic import COMPLETE_MARKER
 from skinhpc.io.layout import JobPaths
 
 MODEL_ARTIFACT = "ensemble_model"
@@ -28,6 +29,9 @@ def stage_model_dir(paths: JobPaths, members: list[Member], dest: Path) -> Path:
     shutil.copy2(paths.job_yaml, dest / "job.yaml")
     (dest / "ensemble").mkdir(exist_ok=True)
     shutil.copy2(paths.ensemble / "thresholds.json", dest / "ensemble" / "thresholds.json")
+    # the reduce logs the model before it commits ensemble/ (its marker comes last): the copy
+    # holds what a complete reduce computed, so it is marked complete for the predictor
+    (dest / "ensemble" / COMPLETE_MARKER).write_text("")
     dest_paths = JobPaths(dest)
     for m in members:
         src, dst = paths.member(m), dest_paths.member(m)

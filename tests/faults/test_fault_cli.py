@@ -14,7 +14,6 @@ from skinhpc.io.layout import JobPaths
 from skinhpc.io.lock import JobBusy, job_lock
 
 pytestmark = pytest.mark.faults
-pytest_plugins = ["slurm_cluster"]  # fixture job_writer
 PY = sys.executable
 
 

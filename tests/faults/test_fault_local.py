@@ -19,7 +19,6 @@ from skinhpc.orchestrate.launches import read_launches
 from skinhpc.orchestrate.stages import read_state
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
-pytest_plugins = ["slurm_cluster"]  # fixture job_writer
 PY = sys.executable
 
 # imports done first, then both wait for one file: the two launches race within a millisecond

@@ -13,7 +13,6 @@ from skinhpc.config import SpecError, from_dict
 from skinhpc.orchestrate.jobdir import inside, job_paths
 
 pytestmark = pytest.mark.faults
-pytest_plugins = ["slurm_cluster"]  # fixture job_writer
 
 
 @pytest.mark.parametrize("name", ["..", ".", "a/../..", "a/b", "/tmp"])

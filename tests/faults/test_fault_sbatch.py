@@ -14,7 +14,6 @@ from skinhpc.orchestrate.evidence import active_slurm_ids
 from skinhpc.orchestrate.launches import job_ids, read_launches
 
 pytestmark = [pytest.mark.faults, pytest.mark.slurm, pytest.mark.slow]
-pytest_plugins = ["slurm_cluster"]  # fixtures slurm_cluster, job_writer
 PY = sys.executable
 
 

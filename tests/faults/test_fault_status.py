@@ -21,7 +21,6 @@ from skinhpc.orchestrate.stages import read_state, record, run_recorded
 from skinhpc.orchestrate.status import collect, exit_code
 
 pytestmark = pytest.mark.faults
-pytest_plugins = ["slurm_cluster"]  # fixture job_writer
 PY = sys.executable
 
 SLEEPER = """
