@@ -137,10 +137,11 @@ wait_done() {
     rc=0
     out=$(skinhpc status "results/$JOB" 2>&1) || rc=$?
     printf '%s  +%ds\n%s\n' "$(date -u +%T)" $((SECONDS - T0)) "$out"
-    if ((rc != 0)) || grep -Eq '^[^ ]+ +(unknown|cancelled|timeout) ' <<<"$out"; then
-      echo "a stage failed"; return 1
+    # skinhpc status: 0 all done, 4 still in progress, anything else failed/cancelled/unknown
+    ((rc == 0)) && grep -Eq '^reduce +done' <<<"$out" && return 0
+    if ((rc != 4)) || grep -Eq '^[^ ]+ +(failed|unknown|cancelled|timeout) ' <<<"$out"; then
+      echo "a stage failed (status exit $rc)"; return 1
     fi
-    grep -Eq '^reduce +done' <<<"$out" && return 0
     sleep 10
   done
   echo "not done after ${TIMEOUT}s"; return 1

@@ -74,7 +74,9 @@ def test_failing_member_reported_and_reduce_still_runs(slurm_cluster, tmp_path, 
     assert "Traceback" in Path(bad["error_file"]).read_text()
     assert bad["log"] and Path(bad["log"]).exists()
     out = subprocess.run([PY, "-m", "skinhpc.cli", "status", str(paths.root)], capture_output=True, text=True)
-    assert "model.pretrained=package holds" in out.stdout and "FAILED" in out.stdout
+    member = next(ln for ln in out.stdout.splitlines() if ln.startswith("member 001"))
+    assert member.split()[2] == "failed" and "model.pretrained=package holds" in out.stdout, out.stdout
+    assert out.returncode == 1  # a failed member: status says so in its exit code
     assert rows["reduce"]["state"] == "done", logs(paths)  # afterany + min_members=1
 
 
