@@ -16,7 +16,13 @@ import time
 from pathlib import Path
 
 from skinhpc.io.layout import JobPaths
-from skinhpc.orchestrate.evidence import active_slurm_ids, local_driver_alive, pid_alive, runs
+from skinhpc.orchestrate.evidence import (
+    active_slurm_ids,
+    cmdline,
+    local_driver_alive,
+    pid_alive,
+    runs,
+)
 from skinhpc.orchestrate.launches import append_launch, job_ids, read_launches
 
 GRACE_S = 10.0
@@ -35,17 +41,10 @@ def _signal(pid: int, sig: int, group: bool = False) -> bool:
 
 def _local_tasks(paths: JobPaths) -> list[int]:
     """Live processes of this job's submitit folder (by command line), this process excluded."""
-    needle = str(paths.submitit).encode()
-    found = []
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    needle = str(paths.submitit)
+    procs = Path("/proc")
+    pids = [int(e.name) for e in procs.iterdir() if e.name.isdigit()] if procs.is_dir() else []
+    return [pid for pid in pids if pid != os.getpid() and needle in (cmdline(pid) or "")]
 
 
 def cancel(job_dir: str | Path, grace_s: float = GRACE_S) -> list[str]:

@@ -36,14 +36,21 @@ def this_host(host: str | None) -> bool:
     return host == socket.gethostname()
 
 
+def cmdline(pid: int) -> str | None:
+    """The command line of ``pid`` from /proc, words joined by spaces; None when unreadable."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+
+
 def runs(pid: int, *words: str) -> bool:
     """The live process ``pid`` has every word in its command line: a recorded pid that the
     system has since given to another program is not ours to report or signal."""
     if not pid_alive(pid):
         return False
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
+    cmd = cmdline(pid)
+    if cmd is None:
         return True  # no /proc: trust the pid
     return all(w in cmd for w in words)
 
