@@ -8,7 +8,7 @@ import pytest
 
 from skinhpc.config import SplitSpec, from_dict
 from skinhpc.data.sources import DataError, build_manifest
-from skinhpc.data.splits import class_table, make_splits
+from skinhpc.data.splits import class_table, make_splits, member_view
 
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 
@@ -54,15 +54,22 @@ def test_split_is_deterministic_from_seed(manifests):
 
 def test_kfold_folds_partition_the_non_test_groups(manifests):
     m = manifests["binary"]
-    folds = [make_splits(m, SplitSpec(method="kfold", folds=5, fold=k)) for k in range(5)]
-    test_sets = {frozenset(f.loc[f["split"] == "test", "image_id"]) for f in folds}
+    spec = SplitSpec(method="kfold", folds=5)
+    table = make_splits(m, spec)
+    assert set(table["split"]) == {"train", "test"}
+    assert (table.loc[table["split"] == "test", "fold"] == -1).all()
+    assert sorted(table.loc[table["split"] != "test", "fold"].unique()) == [0, 1, 2, 3, 4]
+    assert table.groupby("group")["fold"].nunique().max() == 1  # a lesion sits in one fold
+    views = [member_view(table, SplitSpec(method="kfold", folds=5, fold=k)) for k in range(5)]
+    test_sets = {frozenset(v.loc[v["split"] == "test", "image_id"]) for v in views}
     assert len(test_sets) == 1  # the held-out test part does not move with the fold
-    vals = [set(f.loc[f["split"] == "val", "image_id"]) for f in folds]
-    assert sum(len(v) for v in vals) == len(set().union(*vals)) == (folds[0]["split"] != "test").sum()
-    for f in folds:
-        assert f.groupby("group")["split"].nunique().max() == 1
-        r = ratios(m, f)
+    vals = [set(v.loc[v["split"] == "val", "image_id"]) for v in views]
+    assert sum(len(v) for v in vals) == len(set().union(*vals)) == (table["split"] != "test").sum()
+    for v in views:
+        assert v.groupby("group")["split"].nunique().max() == 1
+        r = ratios(m, v.drop(columns="fold"))
         assert abs(r.loc["val", 1] - r.loc["all", 1]) <= 3.0
+    assert make_splits(m, SplitSpec(method="kfold", folds=5, fold=3)).equals(table)  # fold: a view only
 
 
 def test_group_by_image_warns_and_missing_key_fails(manifests, caplog):

@@ -89,15 +89,20 @@ class SourceSpec:
 @dataclass
 class SplitSpec:
     method: Literal["holdout", "kfold"] = doc(
-        "holdout: train/val/test by `fractions`; kfold: `folds` grouped folds, "
-        "`fold` is val and the test part of `fractions` is held out first.",
+        "holdout: train/val/test by `fractions` (the val part chooses checkpoints, temperature and "
+        "thresholds). kfold: the test part of `fractions` is held out once, the rest is dealt into "
+        "`folds` grouped folds; one member per fold x seed trains on the other folds and validates "
+        "on its own; the reduce fits temperature, thresholds and gate on the out-of-fold "
+        "predictions of every non-test image (the train/val fractions are not used).",
         default="holdout",
     )
     fractions: list[float] = doc(
         "train, val, test fractions (of groups, stratified by label).",
         default_factory=lambda: [0.7, 0.15, 0.15], min_len=3, max_len=3, ge=0, le=1)
     folds: int = doc("Number of folds for method=kfold.", default=5, ge=2)
-    fold: int = doc("Which fold is validation for method=kfold.", default=0, ge=0)
+    fold: int = doc(
+        "A k-fold member's validation fold: set by the planner for each member (one per fold), so "
+        "a value in the job file has no effect on which members run.", default=0, ge=0)
     group_by: Literal["auto", "lesion", "patient", "image"] = doc(
         "Grouping key: auto takes patient when every row has one, else lesion, "
         "else image (with a warning: image-level splits leak).",

@@ -41,6 +41,10 @@ DUPLICATES = "duplicates.json"  # images dropped as copies of others, label disa
 def data_hash(spec: JobSpec) -> str:
     """Hash of everything that changes the tables (source roots resolved to absolute paths)."""
     d = identity_view(spec, "member")["data"]
+    if d["split"]["method"] == "kfold":
+        # the tables hold every fold (a member's fold is its view, not another table); the
+        # marker also retires tables written before splits.csv carried the fold column
+        d["split"]["fold"] = "all"
     for s in d["sources"]:
         s["root"] = str(spec.resolve(s["root"]))
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -102,7 +106,8 @@ def load_table(spec: JobSpec, paths: JobPaths) -> pd.DataFrame:
         raise DataError(f"{paths.root}: manifest.csv/splits.csv missing; run the prepare stage first")
     manifest = read_manifest_csv(paths.manifest)
     splits = read_csv(paths.splits, ["image_id", "split", "group"]).drop(columns="_line")
-    table = manifest.merge(splits[["image_id", "split"]], on="image_id", how="inner", validate="1:1")
+    cols = ["image_id", "split"] + (["fold"] if "fold" in splits.columns else [])
+    table = manifest.merge(splits[cols], on="image_id", how="inner", validate="1:1")
     if len(table) != len(manifest):
         raise DataError(f"{paths.splits}: covers {len(table)} of {len(manifest)} images in {paths.manifest}")
     if paths.prepare_done.exists():

@@ -83,7 +83,11 @@ def holdout(manifest: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
 
 
 def kfold(manifest: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
-    """Test part held out first (same deal as holdout), then StratifiedGroupKFold on the rest."""
+    """Test part held out first (same deal as holdout), then StratifiedGroupKFold on the rest.
+
+    Every non-test row gets its fold (``split`` "train", ``fold`` 0..k-1; test rows fold -1):
+    the file holds all folds, and each member's train/val view is derived from it by
+    :func:`member_view`, so no member's split is ever dealt again."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     groups = resolve_groups(manifest, spec.group_by)
@@ -98,11 +102,25 @@ def kfold(manifest: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
     y = manifest["label"].to_numpy()[idx]
     if len(np.unique(groups.to_numpy()[idx])) < spec.folds:
         raise DataError(f"data.split.folds={spec.folds}: only {len(idx)} groups outside test")
+    fold_of_group = pd.Series(-1, index=split_of_group.index, dtype=int)
     for f, (_, val_idx) in enumerate(sgkf.split(idx, y, groups.to_numpy()[idx])):
-        if f == spec.fold:
-            for grp in set(groups.to_numpy()[idx][val_idx]):
-                split_of_group[grp] = "val"
-    return _frame(manifest, groups, split_of_group)
+        fold_of_group[list(set(groups.to_numpy()[idx][val_idx]))] = f
+    out = _frame(manifest, groups, split_of_group)
+    out["fold"] = groups.map(fold_of_group).to_numpy()
+    return out
+
+
+def member_view(table: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
+    """A member's train/val/test rows: k-fold: its fold (``spec.fold``) is val, the other folds
+    train, test stays test; holdout: the table as it is.  The one place a fold becomes a split."""
+    if spec.method != "kfold":
+        return table
+    if "fold" not in table.columns:
+        raise DataError("data.split.method=kfold but splits.csv has no fold column; prepare the job again")
+    cv = table["split"] != "test"
+    out = table.copy()
+    out.loc[cv, "split"] = np.where(out.loc[cv, "fold"].astype(int) == spec.fold, "val", "train")
+    return out
 
 
 def _frame(manifest: pd.DataFrame, groups: pd.Series, split_of_group: pd.Series) -> pd.DataFrame:
@@ -114,7 +132,7 @@ def _frame(manifest: pd.DataFrame, groups: pd.Series, split_of_group: pd.Series)
 
 
 def make_splits(manifest: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
-    """splits.csv rows (image_id, split, group), deterministic from ``spec.seed``."""
+    """splits.csv rows (image_id, split, group; kfold adds fold), deterministic from ``spec.seed``."""
     df = kfold(manifest, spec) if spec.method == "kfold" else holdout(manifest, spec)
     if df["split"].isna().any() or not df["split"].isin(SPLITS).all():  # pragma: no cover
         raise AssertionError("split assignment left images without a split")
@@ -122,8 +140,12 @@ def make_splits(manifest: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
 
 
 def class_table(manifest: pd.DataFrame, splits: pd.DataFrame, column: str = "label") -> pd.DataFrame:
-    """Counts per split x class (rows: splits plus 'all'), for logs, the CLI and tests."""
-    df = manifest[["image_id", column]].merge(splits[["image_id", "split"]], on="image_id")
+    """Counts per split x class (rows: splits, k-fold's folds, plus 'all'), for logs, the CLI and tests."""
+    cols = ["image_id", "split"] + (["fold"] if "fold" in splits.columns else [])
+    df = manifest[["image_id", column]].merge(splits[cols], on="image_id")
+    if "fold" in df.columns:
+        df["split"] = np.where(df["split"] == "test", "test", "fold " + df["fold"].astype(str))
     t = pd.crosstab(df["split"], df[column])
     t.loc["all"] = t.sum()
-    return t.reindex([s for s in (*SPLITS, "all") if s in t.index])
+    folds = sorted(r for r in t.index if str(r).startswith("fold "))
+    return t.reindex([s for s in (*SPLITS, *folds, "all") if s in t.index])

@@ -68,8 +68,13 @@ class Split:
 
     name: str
     frame: pd.DataFrame
-    members: np.ndarray  # (M, N, C), raw member probabilities (TTA-averaged)
+    members: np.ndarray  # (M, N, C), raw member probabilities (TTA-averaged); NaN where not held out
     ensemble: np.ndarray = field(default_factory=lambda: np.empty(0))  # (N, C) after calibration
+    held: np.ndarray | None = None  # (M, N) bool: member k held image n out (k-fold OOF); None: all
+
+    def mask(self, k: int) -> np.ndarray:
+        """The rows member ``k`` scored: all of them, or (out-of-fold) the rows of its own fold."""
+        return np.ones(len(self.frame), bool) if self.held is None else self.held[k]
 
     @property
     def y(self) -> np.ndarray:
@@ -103,14 +108,23 @@ def reference_for(spec: JobSpec, val: Split) -> np.ndarray | None:
     return rank_reference(val.members) if spec.reduce.ensemble == "rank" else None
 
 
+def ensemble_of(spec: JobSpec, split: Split, reference: np.ndarray | None) -> np.ndarray:
+    """The ensemble's raw probabilities on ``split``: every member, or (out-of-fold) only the
+    members that held each image out (the seeds of its fold), averaged."""
+    if split.held is None:
+        return combine(split.members, spec.reduce.ensemble, reference)
+    w = split.held[..., None].astype(np.float64)
+    return (np.nan_to_num(split.members) * w).sum(axis=0) / w.sum(axis=0)
+
+
 def calibrate(spec: JobSpec, val: Split, test: Split) -> float:
     """Temperature fitted on val (mean ensembles only: rank scores are not probabilities).
 
     Val and test are ensembled with the rule prediction uses (rank: against val's scores),
     so the threshold chosen on val means the same on test and on a single new image."""
     reference = reference_for(spec, val)
-    ens_val = combine(val.members, spec.reduce.ensemble, reference)
-    ens_test = combine(test.members, spec.reduce.ensemble, reference)
+    ens_val = ensemble_of(spec, val, reference)
+    ens_test = ensemble_of(spec, test, reference)
     temperature = 1.0
     if spec.reduce.temperature and spec.reduce.ensemble == "mean":
         temperature = float(metrics.fit_temperature(np.log(np.clip(ens_val, EPS, 1)), val.y))
@@ -162,16 +176,17 @@ class View:
     probs: np.ndarray
     members: np.ndarray
     groups: np.ndarray
+    split: Split
 
 
 def class_view(split: Split) -> View:
-    return View(split.y, split.ensemble, split.members, split.groups)
+    return View(split.y, split.ensemble, split.members, split.groups, split)
 
 
 def malignant_split_view(spec: JobSpec, split: Split) -> View:
     probs, y = malignant_view(spec, split.ensemble, split.y)
     members = np.stack([malignant_view(spec, p, split.y)[0] for p in split.members])
-    return View(y, probs, members, split.groups)
+    return View(y, probs, members, split.groups, split)
 
 
 def evaluate_view(spec: JobSpec, names: Sequence[str], val: View, test: View, thresholded: bool) -> dict[str, Any]:
@@ -187,7 +202,8 @@ def evaluate_view(spec: JobSpec, names: Sequence[str], val: View, test: View, th
     out["test_by_group"] = _evaluate_groups(spec, test, names, thr, spec.reduce.bootstrap)
     rows = []
     for k in range(test.members.shape[0]):
-        mthr = operating_point(spec, val.y, val.members[k][:, 1])["threshold"] if thresholded else None
+        own = val.split.mask(k)  # a k-fold member's threshold comes from its own fold
+        mthr = operating_point(spec, val.y[own], val.members[k][own][:, 1])["threshold"] if thresholded else None
         rows.append({"threshold": mthr, "test": _evaluate(spec, test.y, test.members[k], names, mthr, None, 0)})
     out["members"] = rows
     out["risk_coverage"] = metrics.risk_coverage(test.y, test.probs)
@@ -216,7 +232,7 @@ def evaluate(spec: JobSpec, members: list[Member], val: Split, test: Split,
     thr: float | None = view["threshold"]["threshold"]
     for k, row in enumerate(view["members"]):
         m = members[k]
-        row.update({"member": m.name, "seed": m.seed, "overrides": m.overrides})
+        row.update({"member": m.name, "seed": m.seed, "overrides": m.overrides, "fold": m.fold})
     summary.update({k: v for k, v in view.items() if k != "threshold"})
     summary["thresholds"] = thresholds_record(spec, view["threshold"], summary)
     summary["baselines"] = metrics.baselines(test.y, len(names), spec.data.split.seed, prior=prior, threshold=thr)
@@ -225,6 +241,12 @@ def evaluate(spec: JobSpec, members: list[Member], val: Split, test: Split,
     summary["subgroups"] = metrics.subgroups(test.y, test.ensemble, test.frame.reset_index(drop=True),
                                              threshold=thr, class_names=names)
     return to_jsonable(summary)
+
+
+def chosen_on(spec: JobSpec) -> str:
+    """Which images chose temperature, thresholds and gate: ``val``, or ``oof`` (k-fold: every
+    non-test image, scored by the members that held it out)."""
+    return "oof" if spec.data.split.method == "kfold" else "val"
 
 
 def thresholds_record(spec: JobSpec, point: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
@@ -236,7 +258,7 @@ def thresholds_record(spec: JobSpec, point: dict[str, Any], summary: dict[str, A
         "temperature": summary.get("temperature", 1.0),
         "class_names": spec.class_names,
         "positive": summary.get("positive"),
-        "chosen_on": "val",
+        "chosen_on": chosen_on(spec),
         "tta": list(spec.reduce.tta),
         "ensemble": spec.reduce.ensemble,
         "choice": {k: v for k, v in point.items() if k != "threshold"},
@@ -245,7 +267,7 @@ def thresholds_record(spec: JobSpec, point: dict[str, Any], summary: dict[str, A
     if "malignant" in summary:
         mal = summary["malignant"]
         rec["malignant"] = {"threshold": mal["threshold"]["threshold"], "classes": list(spec.data.malignant),
-                            "method": spec.reduce.threshold, "target": spec.reduce.target, "chosen_on": "val",
+                            "method": spec.reduce.threshold, "target": spec.reduce.target, "chosen_on": chosen_on(spec),
                             "val": mal["val"]}
     return rec
 
@@ -260,6 +282,8 @@ def predictions_frame(spec: JobSpec, split: Split, summary: dict[str, Any]) -> p
         "group": split.frame["group"].astype(str).to_numpy(),
         "label": split.y,
     })
+    if "fold" in split.frame.columns and split.name == "val":
+        df["fold"] = split.frame["fold"].astype(int).to_numpy()
     for i, c in enumerate(names):
         df[f"prob_{c}"] = split.ensemble[:, i]
     df["decision"] = calls["class"]
@@ -293,6 +317,44 @@ class Reduced:
         return rec
 
 
+def calibration_split(spec: JobSpec, paths: JobPaths, table: pd.DataFrame, members: list[Member],
+                      models: Sequence[torch.nn.Module], device: torch.device) -> tuple[Split, dict[str, Any]]:
+    """The images that choose temperature, thresholds and gate, as the "val" split.
+
+    holdout: the val split, scored by every member.  k-fold: the out-of-fold set, every
+    non-test image scored only by the members whose validation fold holds it (its seeds), so
+    no score comes from a member that trained on the image; a fold without a finished member
+    leaves its images out, and the record says how many."""
+    if spec.data.split.method != "kfold":
+        frame = table[table["split"] == "val"].reset_index(drop=True)
+        if frame.empty:
+            raise ValueError(f"{paths.root}: the val split is empty; reduce needs val and test images")
+        split = Split("val", frame, split_probs(spec, models, frame, device))
+        return split, {"set": "val", "images": len(frame)}
+    cv = table[table["split"] != "test"]
+    folds = sorted({int(m.fold) for m in members if m.fold is not None})
+    frame = cv[cv["fold"].astype(int).isin(folds)].reset_index(drop=True)
+    if frame.empty:
+        raise ValueError(f"{paths.root}: no out-of-fold images: no finished member holds out a fold")
+    fold_of = frame["fold"].astype(int).to_numpy()
+    probs = np.full((len(members), len(frame), len(spec.class_names)), np.nan)
+    held = np.zeros((len(members), len(frame)), bool)
+    for f in folds:
+        rows = np.flatnonzero(fold_of == f)
+        ks = [k for k, m in enumerate(members) if m.fold == f]
+        p = split_probs(spec, [models[k] for k in ks], frame.iloc[rows], device)
+        probs[np.ix_(ks, rows)] = p
+        held[np.ix_(ks, rows)] = True
+    missing = sorted(set(range(spec.data.split.folds)) - set(folds))
+    record = {"set": "oof", "images": len(frame), "folds": spec.data.split.folds, "folds_used": folds,
+              "folds_missing": missing, "not_covered": int(len(cv) - len(frame)),
+              "members_per_image": float(held.sum(axis=0).mean())}
+    if missing:
+        log.warning("out-of-fold set leaves out %d image(s) of fold(s) %s: no finished member holds them out",
+                    record["not_covered"], missing)
+    return Split("val", frame, probs, held=held), record
+
+
 def compute(spec: JobSpec, paths: JobPaths) -> Reduced:
     """Members -> calibrated ensemble -> operating point on val -> metrics; writes nothing."""
 
@@ -304,17 +366,16 @@ def compute(spec: JobSpec, paths: JobPaths) -> Reduced:
     log.info("reduce %s: %d member(s) on %s, views %s", spec.name, len(models), device, spec.reduce.tta)
 
     table = load_table(spec, paths)
-    splits = {}
-    for name in ("val", "test"):
-        frame = table[table["split"] == name].reset_index(drop=True)
-        if frame.empty:
-            raise ValueError(f"{paths.root}: the {name} split is empty; reduce needs val and test images")
-        splits[name] = Split(name, frame, split_probs(spec, models, frame, device))
+    test_frame = table[table["split"] == "test"].reset_index(drop=True)
+    if test_frame.empty:
+        raise ValueError(f"{paths.root}: the test split is empty; reduce needs val and test images")
+    val, coverage = calibration_split(spec, paths, table, members, models, device)
+    splits = {"val": val, "test": Split("test", test_frame, split_probs(spec, models, test_frame, device))}
     val, test = splits["val"], splits["test"]
     temperature = calibrate(spec, val, test)
 
     summary: dict[str, Any] = {"temperature": temperature}
-    train_y = table.loc[table["split"] == "train", "label"].to_numpy(dtype=int)
+    train_y = table.loc[table["split"] == "train", "label"].to_numpy(dtype=int)  # k-fold: every fold
     prior = np.bincount(train_y, minlength=len(spec.class_names)) if train_y.size else None
     summary.update(evaluate(spec, members, val, test, prior))
     summary["temperature"] = temperature
@@ -327,6 +388,7 @@ def compute(spec: JobSpec, paths: JobPaths) -> Reduced:
         "members_missing": [missing_record(m) for m in missing],
         "n_val": len(val.frame),
         "n_test": len(test.frame),
+        "calibration": coverage,
     })
     reference = reference_for(spec, val)
     record = None if reference is None else {"members": [m.name for m in members], "val_scores": reference}

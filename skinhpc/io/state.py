@@ -89,12 +89,12 @@ def done_members(spec: JobSpec, paths: JobPaths, members: Iterable[Member]) -> s
         names = set(os.listdir(root))
     except OSError:
         return set()
-    fingerprints: dict[str, str] = {}  # per sweep point: the seeds of one point share it
+    fingerprints: dict[str, str] = {}  # per sweep point and fold: the seeds of one point share it
     done = set()
     for m in members:
         if m.name not in names or not os.path.exists(os.path.join(root, m.name, "done.json")):
             continue
-        key = json.dumps(m.overrides, sort_keys=True, default=str)
+        key = m.point
         if key not in fingerprints:
             fingerprints[key] = member_fingerprint(m.spec(spec))
         if member_done_problem(spec, paths, m, fingerprints[key]) is None:

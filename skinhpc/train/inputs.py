@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from skinhpc.config import JobSpec, Member
 from skinhpc.data.dataset import EpochSampler, SkinDataset, balanced_weights, class_counts
 from skinhpc.data.prepare import load_table
+from skinhpc.data.splits import member_view
 from skinhpc.io.layout import JobPaths
 from skinhpc.model.net import data_config
 
@@ -24,8 +25,9 @@ SPLITS = ("train", "val", "test")
 
 
 def labelled_table(spec: JobSpec, paths: JobPaths) -> pd.DataFrame:
-    """The prepared table, refusing a label outside the job's classes (naming the image)."""
-    table = load_table(spec, paths)
+    """The member's view of the prepared table (its fold is val in a k-fold job), refusing a label
+    outside the job's classes (naming the image)."""
+    table = member_view(load_table(spec, paths), spec.data.split)
     n = len(spec.class_names)
     bad = table[~table["label"].astype(int).between(0, n - 1)]
     if len(bad):
