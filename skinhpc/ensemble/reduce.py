@@ -196,7 +196,8 @@ def evaluate_view(spec: JobSpec, names: Sequence[str], val: View, test: View, th
              else {"threshold": None, "method": "argmax"})
     thr = point["threshold"]
     out: dict[str, Any] = {"threshold": point}
-    out["val"] = _evaluate(spec, val.y, val.probs, names, thr, val.groups, 0)
+    # CIs (group bootstrap) on val too: the OOF set of a k-fold job is where recipes are compared
+    out["val"] = _evaluate(spec, val.y, val.probs, names, thr, val.groups, spec.reduce.bootstrap)
     out["test"] = _evaluate(spec, test.y, test.probs, names, thr, test.groups, spec.reduce.bootstrap)
     out["val_by_group"] = _evaluate_groups(spec, val, names, thr, 0)
     out["test_by_group"] = _evaluate_groups(spec, test, names, thr, spec.reduce.bootstrap)

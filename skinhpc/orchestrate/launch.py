@@ -99,7 +99,8 @@ def describe_plan(spec: JobSpec, paths: JobPaths, plan: SubmissionPlan) -> str:
     todo = {m.index for m in plan.todo}
     for m in plan.members:
         state = "todo" if m.index in todo else "done"
-        lines.append(f"  {m.name}  seed {m.seed:<6} {state:<5} {json.dumps(m.overrides) if m.overrides else ''}")
+        fold = f"fold {m.fold} " if m.fold is not None else ""
+        lines.append(f"  {m.name}  seed {m.seed:<6} {fold}{state:<5} {json.dumps(m.overrides) if m.overrides else ''}")
     lines.append("resources (submitit parameters):")
     for stage, params in plan.resources.items():
         lines.append(f"  {stage:<8} {json.dumps(params, sort_keys=True)}")

@@ -23,11 +23,24 @@ from skinhpc.outputs import report_html as rh
 log = logging.getLogger(__name__)
 
 
-def _binary_headline(view: dict[str, Any], thr: dict[str, Any]) -> str:
-    """The malignant question's test headline with the validation threshold's provenance."""
+def chosen_on_text(summary: dict[str, Any]) -> str:
+    """Where temperature, threshold and gate were chosen: the validation split, or (k-fold) the
+    out-of-fold predictions, with how much of the non-test data they cover."""
+    cal = summary.get("calibration") or {}
+    if cal.get("set") != "oof":
+        return "the validation split"
+    text = (f"the out-of-fold predictions ({cal.get('images')} images of {cal.get('folds')} folds, each "
+            f"scored only by the members that held it out)")
+    if cal.get("folds_missing"):
+        text += f"; fold(s) {cal['folds_missing']} had no finished member: {cal.get('not_covered')} images not covered"
+    return text
+
+
+def _binary_headline(view: dict[str, Any], thr: dict[str, Any], chosen: str = "the validation split") -> str:
+    """The malignant question's test headline with the threshold's provenance."""
     t, g = view["test"], view.get("test_by_group")
     rows = rh.binary_rows(t, thr.get("threshold"), thr.get("method"), thr.get("target"),
-                          "<b>chosen on the validation split</b> (never on test)", g)
+                          f"<b>chosen on {html.escape(chosen)}</b> (never on test)", g)
     rows.append(["test images / prevalence", f"{t.get('n')} / {rh.fmt(t.get('prevalence'))}"]
                 + ([f"{g.get('n')} groups / {rh.fmt(g.get('prevalence'))}"] if g is not None else []))
     return rh.table(rh.group_headers("test metric", g), rows, "headline") + rh.group_note(g)
@@ -53,6 +66,7 @@ def _model_rows(summary: dict[str, Any], view: dict[str, Any], binary: bool) -> 
     rows = [["<b>ensemble</b>", rh.fmt(view["threshold_value"])] + [rh.fmt(view["test"].get(k)) for k in keys]]
     for r in view["members"]:
         rows.append([f"member {html.escape(str(r.get('member')))} (seed {r.get('seed')}"
+                     + (f", fold {r.get('fold')}" if r.get("fold") is not None else "")
                      + (f", {html.escape(json.dumps(r.get('overrides')))}" if r.get("overrides") else "") + ")",
                      rh.fmt(r.get("threshold"))] + [rh.fmt(r["test"].get(k)) for k in keys])
     base = summary.get("baselines") or {}
@@ -99,7 +113,9 @@ def render(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> str:
         f"<p>Task <b>{html.escape(spec.data.task)}</b>; {len(used)} member(s) "
         f"({html.escape(spec.model.name)}), ensemble <b>{html.escape(summary.get('ensemble', ''))}</b> over "
         f"TTA views {html.escape(', '.join(summary.get('views', [])))}; temperature "
-        f"{summary.get('temperature', 1.0):.3f} fitted on validation; {summary.get('n_val')} validation and "
+        f"{summary.get('temperature', 1.0):.3f}, threshold and gate fitted on "
+        f"{html.escape(chosen_on_text(summary))}; {summary.get('n_val')} "
+        f"{'out-of-fold' if (summary.get('calibration') or {}).get('set') == 'oof' else 'validation'} and "
         f"{summary.get('n_test')} test images, split grouped by lesion/patient.</p>")
     if miss:
         items = "".join(f"<li>member {html.escape(str(m.get('name')))}: {html.escape(str(m.get('reason')))}</li>"
@@ -109,13 +125,14 @@ def render(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> str:
     parts.append("<h2>Headline (test split)</h2>")
     thr = summary["thresholds"]
     if binary:
-        parts.append(_binary_headline(summary, thr))
+        parts.append(_binary_headline(summary, thr, chosen_on_text(summary)))
         views = [("", summary, thr.get("threshold"))]
     else:
         parts.append(_multiclass_headline(summary))
         mal = summary["malignant"]
         parts.append("<h3>Malignant vs benign view (sum of malignant class probabilities)</h3>")
-        parts.append(_binary_headline(mal, {**mal["threshold"], "threshold": thr["malignant"]["threshold"]}))
+        parts.append(_binary_headline(mal, {**mal["threshold"], "threshold": thr["malignant"]["threshold"]},
+                                      chosen_on_text(summary)))
         views = [("", summary, None), ("malignant view: ", mal, thr["malignant"]["threshold"])]
 
     parts.append("<h2>Referral gate: coverage beside every gated number</h2>")
@@ -125,7 +142,8 @@ def render(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> str:
         parts.append(rh.gate_section(spec, view["test"], binary or bool(label)))
 
     parts.append("<h2>Members, ensemble and baselines (test)</h2>")
-    parts.append("<p>Each member's threshold is chosen on validation like the ensemble's. Baselines "
+    parts.append("<p>Each member's threshold is chosen on its own validation images (k-fold: its fold) like the "
+                 "ensemble's. Baselines "
                  "ignore the image: majority predicts the training prior, random draws probabilities.</p>")
     for label, view, t in views:
         if label:
