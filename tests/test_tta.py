@@ -129,3 +129,19 @@ def test_rank_score_of_an_image_does_not_depend_on_its_batch() -> None:
     np.testing.assert_array_equal(alone, batch)
     assert not np.allclose(alone, 1 / 3)  # a lone image is scored, not flattened
 
+
+
+def test_rechunk_passes_full_batches_through_and_regroups_the_rest():
+    """Full batches are yielded as they are (no copy of every image); odd sizes are regrouped to
+    exactly ``size`` rows, in order, nothing lost."""
+    import torch
+
+    from skinhpc.ensemble.inference import _rechunk
+
+    full = [torch.full((4, 1), float(i)) for i in range(3)]
+    out = list(_rechunk(iter(full), 4))
+    assert all(a is b for a, b in zip(out, full, strict=True))
+    odd = [torch.arange(0, 3), torch.arange(3, 8), torch.arange(8, 12), torch.arange(12, 13)]
+    out = list(_rechunk(iter(odd), 4))
+    assert [len(b) for b in out] == [4, 4, 4, 1]
+    assert torch.equal(torch.cat(out), torch.arange(13))

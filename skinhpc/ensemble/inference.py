@@ -179,12 +179,18 @@ def predict_probs(
 
 
 def _rechunk(batches: Iterable[torch.Tensor], size: int | None) -> Iterator[torch.Tensor]:
+    """Batches of exactly ``size`` rows (the last one shorter).  A batch that already has
+    ``size`` rows with nothing buffered passes through untouched: the reduce and evaluate feed
+    full batches, and concatenating and slicing each one was a copy of every image."""
     if not size:
         yield from batches
         return
     buf: list[torch.Tensor] = []
     have = 0
     for b in batches:
+        if not have and b.shape[0] == size:
+            yield b
+            continue
         buf.append(b)
         have += b.shape[0]
         while have >= size:
