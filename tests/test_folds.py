@@ -12,6 +12,8 @@ import pytest
 from accelerate import Accelerator
 
 from skinhpc.config import plan_members
+from skinhpc.data.prepare import load_table
+from skinhpc.ensemble.predictor import EnsemblePredictor
 from skinhpc.ensemble.reduce import compute
 from skinhpc.io.state import done_members, member_fingerprint
 from skinhpc.outputs.publish import reduce
@@ -83,6 +85,11 @@ def test_reduce_fits_on_oof_and_writes_oof_predictions(fold_job, tmp_path):
     fold_of = dict(zip(non_test["image_id"], non_test["fold"], strict=True))
     assert (oof["fold"] == oof["image_id"].map(fold_of)).all()
     assert [r["fold"] for r in metrics["members"]] == [m.fold for m in plan_members(spec)]
+    # a new image goes through every member of every fold, as the reduce scored test
+    ref = pd.read_csv(paths.ensemble / "predictions_test.csv").head(6)
+    table = load_table(spec, paths).set_index("image_id").loc[ref["image_id"]]
+    pred = EnsemblePredictor(paths.root, "cpu").predict_files(list(table["path"]))
+    np.testing.assert_allclose(pred["prob_malignant"], ref["prob_malignant"], atol=1e-4)
 
 
 def _permute_test_labels(paths, seed: int) -> None:
