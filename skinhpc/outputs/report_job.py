@@ -135,6 +135,18 @@ def render(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> str:
                                       chosen_on_text(summary)))
         views = [("", summary, None), ("malignant view: ", mal, thr["malignant"]["threshold"])]
 
+    oof = (summary.get("calibration") or {}).get("set") == "oof"
+    parts.append(f"<h2>{'Out-of-fold' if oof else 'Validation'} figures (where the choices were made)</h2>")
+    parts.append(f"<p>The images that chose the threshold and temperature: {html.escape(chosen_on_text(summary))}. "
+                 "Optimistic for the operating point (it was fitted here); the test table above is the one "
+                 "to quote.</p>")
+    for label, view, t in views:
+        if t is None:
+            continue
+        v = view["val"]
+        parts.append(rh.table([f"{label or ''}{'OOF' if oof else 'validation'} metric", "value"],
+                              rh.binary_rows(v, t, None, None, "chosen here")[:4]))
+
     parts.append("<h2>Referral gate: coverage beside every gated number</h2>")
     for label, view, _ in views:
         if label:
