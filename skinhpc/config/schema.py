@@ -352,6 +352,32 @@ class ReduceSpec:
 
 # --------------------------------------------------------------------------- cluster
 @dataclass
+class StageResources:
+    partition: str | None = doc("SLURM partition of this stage; null: cluster.partition.", default=None)
+    account: str | None = doc("SLURM account of this stage; null: cluster.account.", default=None)
+    qos: str | None = doc("SLURM QOS of this stage; null: cluster.qos.", default=None)
+    constraint: str | None = doc("SLURM node constraint of this stage; null: cluster.constraint.", default=None)
+    time_min: int | None = doc(
+        "Time limit of one task of this stage in minutes; null: cluster.time_min (train), "
+        "prepare_time_min, reduce_time_min.", default=None, ge=1)
+    mem_gb: int | None = doc("Memory of one task of this stage in GB; null: cluster.mem_gb.", default=None, ge=1)
+    cpus: int | None = doc(
+        "CPU cores of one task of this stage; null: preprocess.workers (prepare), cpus_per_gpu x its GPUs "
+        "(train, reduce).", default=None, ge=1)
+    sbatch: dict[str, Any] = doc(
+        "Extra sbatch parameters of this stage, over cluster.sbatch (a key set to null drops one, "
+        "e.g. {requeue: null}).", default_factory=dict)
+
+
+@dataclass
+class StagesSpec:
+    prepare: StageResources = doc("Tables, cache shards and finalize: CPU only, never a GPU.",
+                                  default_factory=StageResources)
+    train: StageResources = doc("Every member task.", default_factory=StageResources)
+    reduce: StageResources = doc("The reduce task.", default_factory=StageResources)
+
+
+@dataclass
 class ClusterSpec:
     executor: Literal["slurm", "local", "debug"] = doc(
         "slurm (sbatch arrays), local (subprocesses on this machine) or debug (in-process).",
@@ -366,12 +392,26 @@ class ClusterSpec:
     reduce_time_min: int = doc("Time limit of the reduce task.", default=120, ge=1)
     cpus_per_gpu: int = doc("CPU cores per GPU (or per member on CPU).", default=2, ge=1)
     mem_gb: int = doc("Memory per member task in GB.", default=16, ge=1)
-    gpus_per_member: int = doc("GPUs per member (0: CPU); >1 runs Accelerate DDP on one node.", default=0, ge=0, le=8)
+    gpus_per_member: int = doc(
+        "GPUs per member (0: CPU); >1 runs Accelerate DDP on one node (one process per GPU).",
+        default=0, ge=0, le=8)
+    gpu_request: Literal["gpus-per-node", "gres", "none"] = doc(
+        "How sbatch is asked for GPUs: --gpus-per-node=[TYPE:]N, --gres=gpu:[TYPE:]N, or none (no GPU "
+        "line: sites whose GPU partitions give whole nodes; CPU processes in tests).",
+        default="gpus-per-node")
+    gpu_type: str | None = doc("GPU type in the request (a100 -> gpu:a100:N); null: any.",
+                               default=None, pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+    stages: StagesSpec = doc(
+        "Per-stage overrides of partition, account, qos, constraint, time, memory, cpus and sbatch "
+        "lines (a CPU partition for prepare, a GPU one for train and reduce).", default_factory=StagesSpec)
     array_parallelism: int = doc("Most member tasks running at once.", default=64, ge=1)
     max_array_size: int | None = doc(
         "Cluster MaxArraySize; null: read from slurm.conf (else `scontrol show config`), else 1001.", default=None, ge=1)
     max_num_timeout: int = doc("Requeues after time-outs before a member fails.", default=3, ge=0)
-    sbatch: dict[str, Any] = doc("Extra sbatch parameters, e.g. {mail-type: END}.", default_factory=dict)
+    sbatch: dict[str, Any] = doc(
+        "Extra sbatch parameters of every stage, e.g. {mail-type: END}. Member and reduce scripts carry "
+        "--requeue (sites whose default is no-requeue refuse submitit's requeue otherwise); {requeue: null} "
+        "drops it.", default_factory=dict)
     setup: list[str] = doc("Shell lines run before each task (module load ...).", default_factory=list)
     container: str | None = doc("Apptainer image: every stage runs `apptainer exec --nv IMAGE python`.", default=None)
     binds: list[str] = doc("Extra Apptainer bind paths (data, cache and results are bound already).", default_factory=list)

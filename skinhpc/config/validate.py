@@ -249,9 +249,11 @@ def validate(spec: JobSpec) -> None:
             raise _fail("data.malignant", "every class is malignant: no benign class left for malignant_auc")
     if spec.model.pretrained == "file" and not spec.model.weights:
         raise _fail("model.weights", "pretrained=file needs a weights path")
-    if spec.cluster.time_min * 60 <= CHECKPOINT_SIGNAL_MARGIN_S:
-        raise _fail("cluster.time_min", f"must be longer than the checkpoint signal margin "
-                    f"({CHECKPOINT_SIGNAL_MARGIN_S} s before the limit), got {spec.cluster.time_min} min")
+    for key, minutes in (("cluster.time_min", spec.cluster.time_min),
+                         ("cluster.stages.train.time_min", spec.cluster.stages.train.time_min)):
+        if minutes is not None and minutes * 60 <= CHECKPOINT_SIGNAL_MARGIN_S:
+            raise _fail(key, f"must be longer than the checkpoint signal margin "
+                        f"({CHECKPOINT_SIGNAL_MARGIN_S} s before the limit), got {minutes} min")
     for section, space in (("grid", spec.sweep.grid), ("random", spec.sweep.random)):
         for key, values in space.items():
             check_dotted_in(f"sweep.{section}", key)

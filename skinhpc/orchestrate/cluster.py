@@ -32,8 +32,13 @@ from skinhpc.orchestrate.plan import (
 __all__ = [
     "DEFAULT_MAX_ARRAY_SIZE", "SubmissionPlan", "active_slurm_ids", "append_launch",
     "conf_max_array_size", "container_python", "job_ids", "local_driver_alive", "plan_submission",
-    "read_launches", "resources", "scontrol_max_array_size", "submit",
+    "read_launches", "resources", "sbatch_scripts", "scontrol_max_array_size", "submit",
 ]
+
+
+def sbatch_scripts(spec: JobSpec, paths: JobPaths, plan: SubmissionPlan) -> list[tuple[str, str]]:
+    """(stage, sbatch script) of every submission a SLURM launch would make (the dry run)."""
+    return slurm.scripts(spec, paths, pipeline(spec, plan, paths.root))
 
 
 def submit(spec: JobSpec, paths: JobPaths, plan: SubmissionPlan | None = None) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
 from skinhpc.io.lock import LOCK_NAME, job_lock
 from skinhpc.orchestrate.checks import check_environment
-from skinhpc.orchestrate.cluster import submit
+from skinhpc.orchestrate.cluster import sbatch_scripts, submit
 from skinhpc.orchestrate.evidence import active_slurm_ids, busy, local_driver_alive
 from skinhpc.orchestrate.jobdir import job_paths
 from skinhpc.orchestrate.launches import job_ids
@@ -106,7 +106,21 @@ def describe_plan(spec: JobSpec, paths: JobPaths, plan: SubmissionPlan) -> str:
         lines.append(f"  {stage:<8} {json.dumps(params, sort_keys=True)}")
     if plan.python:
         lines.append(f"python: {plan.python}")
+    if spec.cluster.executor == "slurm":
+        lines += _scripts(spec, paths, plan)
     return "\n".join(lines)
+
+
+def _scripts(spec: JobSpec, paths: JobPaths, plan: SubmissionPlan) -> list[str]:
+    """The sbatch scripts, verbatim, as submitit would write them (job ids come at submission)."""
+    try:
+        scripts = sbatch_scripts(spec, paths, plan)
+    except RuntimeError as e:  # submitit's SLURM executor wants srun on PATH
+        return [f"sbatch scripts: not shown here ({e})"]
+    lines = ["sbatch scripts (a dependency names the stage it waits for; ids come at submission):"]
+    for stage, text in scripts:
+        lines += [f"----- {stage}", text.rstrip()]
+    return lines
 
 
 def wait_for(spec: JobSpec, paths: JobPaths, poll_s: float = 2.0) -> None:

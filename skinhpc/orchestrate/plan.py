@@ -88,33 +88,66 @@ def container_python(spec: JobSpec) -> str | None:
     return f"apptainer exec --nv --bind {shlex.quote(','.join(binds))} {image} python"
 
 
-def resources(spec: JobSpec, stage: str) -> dict[str, Any]:
-    """submitit AutoExecutor parameters for one stage (``prepare``, ``train``, ``reduce``)."""
+STAGES = ("prepare", "train", "reduce")
+# scripts SLURM may requeue (preemption, submitit's time-out requeue): a site whose default is
+# no-requeue refuses submitit's `scontrol requeue` without it ("presently disabled")
+REQUEUED_STAGES = ("train", "reduce")
+
+
+def stage_gpus(spec: JobSpec, stage: str) -> int:
+    """GPUs one task of ``stage`` uses: a member's, one for the reduce's TTA when members have
+    any, none for prepare (tables and cache are CPU work)."""
+    g = spec.cluster.gpus_per_member
+    return {"prepare": 0, "train": g, "reduce": 1 if g else 0}[stage]
+
+
+def stage_setting(spec: JobSpec, stage: str, key: str) -> Any:
+    """``cluster.stages.<stage>.<key>`` when set, else the cluster-wide ``cluster.<key>``."""
+    own = getattr(getattr(spec.cluster.stages, stage), key)
+    return own if own is not None else getattr(spec.cluster, key, None)
+
+
+def gpu_request(spec: JobSpec, gpus: int) -> dict[str, Any]:
+    """The submitit parameter asking for ``gpus`` in the form the site accepts
+    (``cluster.gpu_request``): --gpus-per-node=[TYPE:]N or --gres=gpu:[TYPE:]N, or nothing."""
     c = spec.cluster
-    gpus = c.gpus_per_member if stage == "train" else (1 if c.gpus_per_member and stage == "reduce" else 0)
-    cpus = {
-        "prepare": max(1, spec.preprocess.workers),
-        "train": c.cpus_per_gpu * max(1, c.gpus_per_member),
-        "reduce": c.cpus_per_gpu * max(1, gpus),
-    }[stage]
-    minutes = {"prepare": c.prepare_time_min, "train": c.time_min, "reduce": c.reduce_time_min}[stage]
+    if not gpus or c.gpu_request == "none":
+        return {}
+    count = f"{c.gpu_type}:{gpus}" if c.gpu_type else gpus
+    if c.gpu_request == "gres":
+        return {"slurm_gres": f"gpu:{count}"}
+    return {"slurm_gpus_per_node": count}
+
+
+def resources(spec: JobSpec, stage: str) -> dict[str, Any]:
+    """submitit AutoExecutor parameters for one stage (``prepare``, ``train``, ``reduce``): the
+    cluster-wide settings with ``cluster.stages.<stage>`` over them."""
+    c = spec.cluster
+    s = getattr(c.stages, stage)
+    gpus = stage_gpus(spec, stage)
+    cpus = s.cpus or (max(1, spec.preprocess.workers) if stage == "prepare" else c.cpus_per_gpu * max(1, gpus))
+    minutes = s.time_min or {"prepare": c.prepare_time_min, "train": c.time_min, "reduce": c.reduce_time_min}[stage]
     p: dict[str, Any] = {
         "name": f"skinhpc-{spec.name}-{stage}",
         "timeout_min": minutes,
         "nodes": 1,
         "tasks_per_node": 1,
         "cpus_per_task": cpus,
-        "mem_gb": c.mem_gb,
+        "mem_gb": s.mem_gb or c.mem_gb,
     }
-    if gpus:
-        p["gpus_per_node"] = gpus
+    p.update(gpu_request(spec, gpus))
     for key in ("partition", "account", "qos", "constraint"):
-        if getattr(c, key):
-            p[f"slurm_{key}"] = getattr(c, key)
+        value = stage_setting(spec, stage, key)
+        if value:
+            p[f"slurm_{key}"] = value
     if c.setup:
         p["slurm_setup"] = list(c.setup)
-    if c.sbatch:
-        p["slurm_additional_parameters"] = {k.replace("-", "_"): v for k, v in c.sbatch.items()}
+    extra: dict[str, Any] = {"requeue": True} if stage in REQUEUED_STAGES else {}
+    for lines in (c.sbatch, s.sbatch):  # mail-type and mail_type are one key
+        extra.update({k.replace("-", "_"): v for k, v in lines.items()})
+    extra = {k: v for k, v in extra.items() if v is not None}
+    if extra:
+        p["slurm_additional_parameters"] = extra
     if stage == "train":
         p["slurm_array_parallelism"] = c.array_parallelism
     return p
@@ -152,6 +185,6 @@ def plan_submission(spec: JobSpec, paths: JobPaths) -> SubmissionPlan:
         todo=todo,
         arrays=arrays,
         max_array_size=size,
-        resources={s: resources(spec, s) for s in ("prepare", "train", "reduce")},
+        resources={s: resources(spec, s) for s in STAGES},
         python=container_python(spec),
     )

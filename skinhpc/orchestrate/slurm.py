@@ -60,8 +60,7 @@ def submit_array(ex: Any, task: Any, n: int, folder: Path) -> str:
     delayed = DelayedSubmission(task)
     delayed.set_timeout(slurm.parameters.get("time", 5), slurm.max_num_timeout)
     delayed.dump(template)
-    command = " ".join([slurm.python, "-u -m skinhpc.orchestrate.worker array-task",
-                        shlex.quote(str(folder)), shlex.quote(str(template))])
+    command = array_command(slurm, folder, template)
     slurm.parameters["map_count"] = n  # submitit's own --array=0-(n-1)%parallelism line
     try:
         job = slurm._submit_command(command)
@@ -71,6 +70,12 @@ def submit_array(ex: Any, task: Any, n: int, folder: Path) -> str:
     finally:
         slurm.parameters.pop("map_count", None)
     return str(job.job_id)
+
+
+def array_command(slurm: Any, folder: Path, template: Path) -> str:
+    """The command line of every task of an array submitted by :func:`submit_array`."""
+    return " ".join([slurm.python, "-u -m skinhpc.orchestrate.worker array-task",
+                     shlex.quote(str(folder)), shlex.quote(str(template))])
 
 
 def run_array_task(folder: Path, template: Path) -> None:
@@ -99,12 +104,39 @@ def sbatch_message(error: BaseException) -> str:
     return (said or lines or [type(error).__name__])[-1]
 
 
-def _sbatch(spec: JobSpec, paths: JobPaths, step: Step, params: dict[str, Any], dep: str | None) -> str:
-    ex = _executor(spec, paths, params, dep)
+def _step_executor(spec: JobSpec, paths: JobPaths, step: Step, dep: str | None) -> Any:
+    """The executor of one step: its stage's resources, its dependency, its array throttle."""
+    ex = _executor(spec, paths, resources(spec, step.resources), dep)
+    if step.array is not None:
+        ex.update_parameters(slurm_array_parallelism=step.parallel)
+    return ex
+
+
+def _sbatch(spec: JobSpec, paths: JobPaths, step: Step, dep: str | None) -> str:
+    ex = _step_executor(spec, paths, step, dep)
     if step.array is None:
         return str(ex.submit(step.task).job_id)
-    ex.update_parameters(slurm_array_parallelism=step.parallel)
     return submit_array(ex, step.task, len(step.array), paths.submitit)
+
+
+def scripts(spec: JobSpec, paths: JobPaths, steps: list[Step]) -> list[tuple[str, str]]:
+    """(stage, sbatch script) of every step as :func:`submit` would write it, submitting nothing
+    (the dry run). Job ids do not exist yet: a dependency names the steps it waits for
+    (``afterok:<prepare>``), an array's pickle is ``array_<uuid>.pkl``."""
+    names = [s.name for s in steps]
+    labels = {i: f"<{n}>" if names.count(n) == 1 else f"<{n}-{names[:i].count(n) + 1}>"
+              for i, n in enumerate(names)}  # two train arrays: <train-1>, <train-2>
+    out = []
+    for step in steps:
+        dep = dependency(step, labels)
+        slurm = _step_executor(spec, paths, step, dep)._executor
+        if step.array is None:
+            out.append((step.name, slurm._make_submission_file_text(slurm._submitit_command_str, "dry-run")))
+            continue
+        slurm.parameters["map_count"] = len(step.array)
+        command = array_command(slurm, paths.submitit, paths.submitit / "array_<uuid>.pkl")
+        out.append((step.name, slurm._make_submission_file_text(command, "dry-run")))
+    return out
 
 
 def submit(spec: JobSpec, paths: JobPaths, steps: list[Step]) -> list[dict[str, Any]]:
@@ -113,10 +145,9 @@ def submit(spec: JobSpec, paths: JobPaths, steps: list[Step]) -> list[dict[str, 
     entries: list[dict[str, Any]] = []
     for i, step in enumerate(steps):
         dep = dependency(step, ids)
-        params = dict(resources(spec, step.resources))
         try:  # submitit prints sbatch's stderr itself when it fails: the message below says it once
             with contextlib.redirect_stderr(io.StringIO()):
-                ids[i] = _sbatch(spec, paths, step, params, dep)
+                ids[i] = _sbatch(spec, paths, step, dep)
         except KeyboardInterrupt as e:  # Ctrl-C mid-launch: undone as well
             with contextlib.suppress(SubmitError):
                 undo(paths, ids, step, e)

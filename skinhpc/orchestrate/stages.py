@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
+import socket
 import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -184,6 +185,26 @@ class MemberTask(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(MemberTask(self.job_dir), given)
 
 
+def accelerate_launch() -> list[str]:
+    """``accelerate launch`` of the Python running this task: the script beside it (a venv run
+    as ``.venv/bin/python -m ...`` is not on PATH, so ``shutil.which`` misses it), else the
+    module through this interpreter."""
+    script = Path(sys.executable).parent / "accelerate"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script), "launch"]
+    return [sys.executable, "-m", "accelerate.commands.launch"]
+
+
+def free_port() -> int:
+    """A TCP port free on this node now, for the member's process group: two multi-GPU members
+    on one node would both take Accelerate's default 29500 (EADDRINUSE). Chosen here rather
+    than with ``--main_process_port 0``, which Accelerate honours only from 1.7 (setup.cfg
+    allows 1.5)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
 def _train(spec: JobSpec, paths: JobPaths, member: Member) -> None:
     """In this process for 0-1 GPU; ``accelerate launch`` on this node for 2+ GPUs.
 
@@ -193,9 +214,9 @@ def _train(spec: JobSpec, paths: JobPaths, member: Member) -> None:
     """
     gpus = spec.cluster.gpus_per_member
     if gpus > 1 and "LOCAL_RANK" not in os.environ:
-        accelerate = shutil.which("accelerate") or "accelerate"
         cmd = [
-            accelerate, "launch", "--num_processes", str(gpus), "--num_machines", "1",
+            *accelerate_launch(), "--num_processes", str(gpus), "--num_machines", "1",
+            "--main_process_port", str(free_port()),
             "--multi_gpu", "-m", "skinhpc.orchestrate.worker", "member", str(paths.root), str(member.index),
         ]
         log.info("member %s: %s", member.index, " ".join(cmd))

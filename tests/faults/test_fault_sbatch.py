@@ -1,5 +1,7 @@
-"""A launch is all or nothing: sbatch refusing one array (2 GPUs a member on the GPU-less dev
-node) cancels what was already submitted, records it, and says so in one line (exit 1)."""
+"""A launch is all or nothing: sbatch refusing one array (the member array sent to a partition
+the dev cluster does not have, through cluster.stages.train) cancels what was already
+submitted, records it, and says so in one line (exit 1). Too many GPUs a member, the first
+way this was seen, is now refused at launch from sinfo (tests/test_slurm_site.py)."""
 
 from __future__ import annotations
 
@@ -18,13 +20,13 @@ PY = sys.executable
 
 
 def test_refused_array_undoes_the_launch(slurm_cluster, job_writer):
-    job = job_writer(cluster={"gpus_per_member": 2})
+    job = job_writer(cluster={"stages": {"train": {"partition": "nosuch"}}})
     r = subprocess.run([PY, "-m", "skinhpc.launch", str(job), "--executor", "slurm"],
                        capture_output=True, text=True, timeout=120)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1, r.stdout + r.stderr
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert "sbatch refused the train stage" in lines[0] and "error" in lines[0].lower()
+    assert "sbatch refused the train stage" in lines[0] and "invalid partition" in lines[0].lower()
     paths = JobPaths(load_spec(job, ["cluster.executor=slurm"]).job_dir)
     launches = read_launches(paths)
     assert [e["stage"] for e in launches] == ["prepare", "launch-failed"], launches
