@@ -143,3 +143,30 @@ def test_k_of_n_members_reduce_and_report_the_uncovered_fold(fold_job, tmp_path)
     assert cal["folds_used"] == [0, 1] and cal["folds_missing"] == [2]
     assert cal["not_covered"] == int((splits["fold"] == 2).sum()) > 0
     assert len(summary["members_used"]) == 4 and len(summary["members_missing"]) == 2
+
+
+def test_rank_fold_ensemble_ranks_each_member_against_its_own_fold(fold_job, tmp_path):
+    """reduce.ensemble=rank on a k-fold job: each member's scale is its own fold's scores (no
+    padding counted), and a new image scores as the reduce scored it."""
+    import shutil
+
+    from skinhpc.config import dump_yaml, with_overrides
+    from skinhpc.io.layout import JobPaths
+
+    spec, paths = fold_job
+    dest = tmp_path / paths.root.name
+    shutil.copytree(paths.root, dest, ignore=shutil.ignore_patterns("ensemble"))
+    rank_spec = with_overrides(spec, {"reduce.ensemble": "rank"})
+    (dest / "job.yaml").write_text(dump_yaml(rank_spec))
+    rank_paths = JobPaths(dest)
+    reduce(rank_spec, rank_paths)
+    thresholds = json.loads((rank_paths.ensemble / "thresholds.json").read_text())
+    splits = pd.read_csv(paths.splits)
+    ref = thresholds["rank_reference"]["val_scores"]
+    for k, m in enumerate(plan_members(spec)):
+        scored = [v for v in ref[k][0] if v is not None]
+        assert len(scored) == int((splits["fold"] == m.fold).sum())  # its fold, nothing else
+    want = pd.read_csv(rank_paths.ensemble / "predictions_test.csv").head(6)
+    table = load_table(spec, paths).set_index("image_id").loc[want["image_id"]]
+    pred = EnsemblePredictor(dest, "cpu").predict_files(list(table["path"]))
+    np.testing.assert_allclose(pred["prob_malignant"], want["prob_malignant"], atol=1e-6)

@@ -234,9 +234,6 @@ def validate(spec: JobSpec) -> None:
         raise _fail("data.split.fractions", f"expected three numbers >= 0 summing to 1, got {show(fr)}")
     if spec.data.split.method == "kfold" and not spec.data.split.fold < spec.data.split.folds:
         raise _fail("data.split.fold", f"must be in 0..{spec.data.split.folds - 1} (data.split.folds - 1)")
-    if spec.data.split.method == "kfold" and spec.reduce.ensemble == "rank":
-        raise _fail("reduce.ensemble", "rank needs one validation set shared by every member; a k-fold job's "
-                    "members each have their own fold (use mean)")
     if spec.data.task == "multiclass" and not spec.data.classes:
         raise _fail("data.classes", "task=multiclass needs the class order (dx codes), e.g. [akiec, bcc, bkl, df, mel, nv, vasc]")
     if len(set(spec.data.classes)) != len(spec.data.classes):

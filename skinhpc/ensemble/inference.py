@@ -204,11 +204,30 @@ def _rechunk(batches: Iterable[torch.Tensor], size: int | None) -> Iterator[torc
 
 def rank_reference(val_member_probs: np.ndarray) -> np.ndarray:
     """``(M, C, N_val)``: each member's validation scores per class, sorted, the scale that
-    :func:`combine` ranks every image against (stored by the reduce in thresholds.json)."""
+    :func:`combine` ranks every image against (stored by the reduce in thresholds.json).
+
+    NaN marks an image the member did not score (a k-fold member scores only its own fold):
+    sorted to the end, and not counted in the member's scale."""
     p = np.asarray(val_member_probs, dtype=np.float64)
     if p.ndim != 3 or p.shape[1] == 0:
         raise ValueError(f"rank_reference: expected (members, images, classes), got shape {p.shape}")
     return np.sort(p.transpose(0, 2, 1), axis=2)
+
+
+def rank_scores(member_probs: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``(M, N, C)``: each member's score for each class ranked against that member's own
+    validation scores, (number of them <= it, plus 1) / (their count + 1), in (0, 1]."""
+    p = np.asarray(member_probs, dtype=np.float64)
+    ref = np.asarray(reference, dtype=np.float64)
+    if ref.shape[:2] != (p.shape[0], p.shape[2]):
+        raise ValueError(f"rank reference of shape {ref.shape} does not fit {p.shape[0]} members x "
+                         f"{p.shape[2]} classes")
+    r = np.empty_like(p)
+    for m in range(p.shape[0]):
+        for c in range(p.shape[2]):
+            scale = ref[m, c][np.isfinite(ref[m, c])]
+            r[m, :, c] = (np.searchsorted(scale, p[m, :, c], side="right") + 1.0) / (len(scale) + 1.0)
+    return r
 
 
 def combine(member_probs: np.ndarray, method: str = "mean", reference: np.ndarray | None = None) -> np.ndarray:
@@ -216,10 +235,10 @@ def combine(member_probs: np.ndarray, method: str = "mean", reference: np.ndarra
 
     mean: average probabilities (stays calibrated-ish, temperature scaling applies).
     rank: each member's score for each class is ranked against that member's VALIDATION
-    scores (``reference`` from :func:`rank_reference`): (number of validation scores <= it,
-    plus 1) / (N_val + 1), in (0, 1]; averaged over members, rows renormalised to sum 1.
-    Robust to members with different calibration; the scores are not probabilities, but an
-    image gets the same score alone or in any batch, so the validation threshold holds.
+    scores (``reference`` from :func:`rank_reference`, see :func:`rank_scores`), averaged over
+    members, rows renormalised to sum 1.  Robust to members with different calibration; the
+    scores are not probabilities, but an image gets the same score alone or in any batch, so
+    the validation threshold holds.
     """
     p = np.asarray(member_probs, dtype=np.float64)
     if p.ndim != 3:
@@ -229,14 +248,6 @@ def combine(member_probs: np.ndarray, method: str = "mean", reference: np.ndarra
     if method == "rank":
         if reference is None:
             raise ValueError("reduce.ensemble=rank needs each member's validation scores (rank_reference)")
-        ref = np.asarray(reference, dtype=np.float64)
-        if ref.shape[:2] != (p.shape[0], p.shape[2]):
-            raise ValueError(f"rank reference of shape {ref.shape} does not fit {p.shape[0]} members x "
-                             f"{p.shape[2]} classes")
-        r = np.empty_like(p)
-        for m in range(p.shape[0]):
-            for c in range(p.shape[2]):
-                r[m, :, c] = np.searchsorted(ref[m, c], p[m, :, c], side="right")
-        s = ((r + 1.0) / (ref.shape[2] + 1.0)).mean(axis=0)
+        s = rank_scores(p, reference).mean(axis=0)
         return s / s.sum(axis=1, keepdims=True)
     raise ValueError(f"reduce.ensemble: unknown method {method!r}; valid: mean, rank")

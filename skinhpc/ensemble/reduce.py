@@ -51,6 +51,7 @@ from skinhpc.ensemble.inference import (
     gather_members,
     predict_probs,
     rank_reference,
+    rank_scores,
     require_members,
 )
 from skinhpc.io.atomic import to_jsonable
@@ -114,7 +115,11 @@ def ensemble_of(spec: JobSpec, split: Split, reference: np.ndarray | None) -> np
     if split.held is None:
         return combine(split.members, spec.reduce.ensemble, reference)
     w = split.held[..., None].astype(np.float64)
-    return (np.nan_to_num(split.members) * w).sum(axis=0) / w.sum(axis=0)
+    p = np.nan_to_num(split.members)
+    if spec.reduce.ensemble == "rank":
+        p = rank_scores(p, reference)
+    s = (p * w).sum(axis=0) / w.sum(axis=0)
+    return s / s.sum(axis=1, keepdims=True) if spec.reduce.ensemble == "rank" else s
 
 
 def calibrate(spec: JobSpec, val: Split, test: Split) -> float:
