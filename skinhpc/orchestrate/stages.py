@@ -66,7 +66,12 @@ def run_recorded(paths: JobPaths, stage: str, fn: Any, *args: Any) -> Any:
     before = read_state(paths, stage)
     attempts = int(before.get("attempts", 0)) + 1
     requeues = int(before.get("requeues", 0)) + (before.get("state") == "requeued")
-    record(paths, stage, "running", attempts=attempts, requeues=requeues, started=time.time())
+    now = time.time()
+    # the first attempt's start survives requeues and resumes (status's elapsed time); a stage
+    # that finished and runs again starts afresh
+    first = before.get("first_started") if before.get("state") not in (None, "done") else None
+    record(paths, stage, "running", attempts=attempts, requeues=requeues, started=now,
+           first_started=first or now)
     try:
         out = fn(*args)
     except SystemExit as e:
