@@ -85,7 +85,7 @@ def test_status_of_a_finished_job_text_json_and_watch(job_writer):
     text = status(str(paths.root))
     assert text.returncode == 0, text.stdout + text.stderr
     line = next(x for x in text.stdout.splitlines() if x.startswith("member 000"))
-    assert "done" in line and "epoch 2/2" in line and f"val AUC {hist['val_auc'].iloc[-1]:.3f}" in line
+    assert "done" in line and "2/2 epochs" in line and f"val AUC {hist['val_auc'].iloc[-1]:.3f}" in line
     assert f"{hist['images_per_s'].iloc[-1]:.0f} img/s" in line and "took " in line and "left" not in line
 
     js = status(str(paths.root), "--json")
@@ -117,7 +117,7 @@ def test_status_of_a_finished_job_text_json_and_watch(job_writer):
             break
         screen += chunk
     os.close(leader)
-    assert screen.startswith(b"\033[H\033[2J") and b"epoch 2/2" in screen
+    assert screen.startswith(b"\033[H\033[2J") and b"2/2 epochs" in screen
 
     bad = status(str(paths.root), "--watch", "0")
     assert bad.returncode == 2 and "--watch" in bad.stderr
@@ -126,7 +126,7 @@ def test_status_of_a_finished_job_text_json_and_watch(job_writer):
 @pytest.mark.slow
 def test_running_member_progress_and_live_mlflow_epochs(job_writer, mlflow_server):
     """A member training under the local executor with a tracking server as the job's store:
-    status shows it running at epoch k of 16 in its second phase with time left, its epochs are
+    status shows it running at k of 16 epochs in its second phase with time left, its epochs are
     already on its MLflow run (before done.json and before the reduce), ``--watch`` piped prints
     timed blocks until the job ends (exit 0), and the reduce adopts the live run: one run per
     member, each epoch once."""
@@ -173,14 +173,14 @@ def test_running_member_progress_and_live_mlflow_epochs(job_writer, mlflow_serve
             assert q["elapsed_s"] > 0 and q["remaining_s"] > 0
         line = next(x for x in text.stdout.splitlines() if x.startswith("member 000"))
         if " running " in line:
-            assert "epoch " in line and "/16 (phase all 2/2)" in line and "val AUC" in line
+            assert "/16 epochs (phase all 2/2)" in line and "val AUC" in line
             assert "img/s" in line and "elapsed, ~" in line and " left" in line
 
         watched = status(str(paths.root), "--watch", "1", timeout=600)
         assert watched.returncode == 0, watched.stdout[-3000:] + watched.stderr[-3000:]
         blocks = watched.stdout.split(f"{paths.root}  ")
         assert len(blocks) >= 3, watched.stdout  # refreshed while the job ran
-        assert "reduce       done" in blocks[-1] and "epoch 16/16 (phase all 2/2)" in blocks[-1]
+        assert "reduce       done" in blocks[-1] and "16/16 epochs (phase all 2/2)" in blocks[-1]
         assert "\033[" not in watched.stdout
     finally:
         if local_driver_alive(paths):

@@ -126,8 +126,9 @@ def _duration(seconds: float) -> str:
 
 
 def format_progress(p: dict[str, Any], state: str) -> str:
-    """One line's worth: ``epoch 3/10 (phase head 1/2)  val AUC 0.712  41 img/s  2m05s, ~3m10s left``."""
-    parts = [f"epoch {p['epoch']}/{p['epochs']}"
+    """One line's worth: ``3/10 epochs (phase head 1/2)  val AUC 0.712  41 img/s  2m05s elapsed,
+    ~3m10s left`` (epochs done of planned; ``took`` when done, ``ran`` when it ended otherwise)."""
+    parts = [f"{p['epoch']}/{p['epochs']} epochs"
              + (f" (phase {p['phase']} {p['phase_index']}/{p['phases']})" if p["phases"] > 1 else "")]
     if p["val_auc"] is not None:
         parts.append(f"val AUC {p['val_auc']:.3f}")
@@ -135,6 +136,7 @@ def format_progress(p: dict[str, Any], state: str) -> str:
         parts.append(f"{p['images_per_s']:.0f} img/s")
     if p["elapsed_s"] is not None:
         took = _duration(p["elapsed_s"])
-        parts.append((f"took {took}" if state == "done" else f"{took} elapsed")
+        word = {"done": f"took {took}", "running": f"{took} elapsed"}.get(state, f"ran {took}")
+        parts.append(word
                      + (f", ~{_duration(p['remaining_s'])} left" if p["remaining_s"] is not None else ""))
     return "  ".join(parts)
