@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import shutil
 import signal
 import socket
 import subprocess
@@ -203,3 +204,41 @@ def test_running_member_progress_and_live_mlflow_epochs(job_writer, mlflow_serve
     assert abs(run.info.end_time - done["finished"] * 1000) < 10_000
     assert (run.info.end_time - run.info.start_time) / 1000 >= hist["seconds"].sum()
     assert load_spec(paths.job_yaml).reduce.mlflow.tracking_uri == mlflow_server
+
+
+def test_mlflow_runs_page_in_headless_chromium(mlflow_server, copy_finished_job, tmp_path, in_ci):
+    """The runs page as a reviewer opens it, rendered by headless Chromium from the real server
+    through the link skinhpc gives (``ui_route``): the experiment's training runs, not MLflow 3's
+    GenAI overview, the job and its members listed; the screenshot is kept in the test's folder."""
+    from mlflow import MlflowClient
+
+    from skinhpc.config import with_overrides
+    from skinhpc.outputs.tracking import log_job
+    from skinhpc.outputs.tracking_store import ui_route
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        msg = "chromium not installed (Debian package: chromium)"
+        if in_ci:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    spec, paths = copy_finished_job(tmp_path)
+    spec = with_overrides(spec, {"reduce.mlflow.tracking_uri": mlflow_server, "reduce.mlflow.experiment": "review"})
+    run_id = log_job(spec, paths, json.loads((paths.ensemble / "metrics.json").read_text()))
+    exp_id = MlflowClient(mlflow_server).get_run(run_id).info.experiment_id
+    url = f"{mlflow_server}/{ui_route(exp_id)}"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1600,1000",
+             "--virtual-time-budget=30000"]
+    dom = subprocess.run([browser, *flags, f"--user-data-dir={tmp_path / 'p1'}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=180)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    shot = tmp_path / "mlflow-runs.png"
+    proc = subprocess.run([browser, *flags, f"--user-data-dir={tmp_path / 'p2'}", f"--screenshot={shot}", url],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and shot.stat().st_size > 20_000, proc.stderr[-2000:]
+    html = dom.stdout
+    (tmp_path / "mlflow-runs.html").write_text(html)
+    # the runs table: the job's run (its members nested under it: 3 runs), not the GenAI overview
+    assert "Model training" in html and f">{spec.name}<" in html and "<strong>3</strong> matching runs" in html
+    assert "Detect Issues" not in html and "Token Usage" not in html

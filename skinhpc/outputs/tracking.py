@@ -41,6 +41,7 @@ from skinhpc.outputs.tracking_store import (
     read_json,
     spec_params,
     tracking_uri,
+    ui_route,
 )
 
 __all__ = ["EnsembleModel", "headline_metrics", "log_job", "tracking_uri"]  # EnsembleModel: pickled models
@@ -183,6 +184,6 @@ def log_job(spec: JobSpec, paths: JobPaths, summary: dict[str, Any], *, started:
     except BaseException:
         client.set_terminated(pid, "FAILED")
         raise
-    log.info("MLflow: job %s logged as run %s in %s (experiment %s)", spec.name, pid, uri,
-             spec.reduce.mlflow.experiment)
+    log.info("MLflow: job %s logged as run %s in %s (experiment %s); in the UI: <server>/%s", spec.name, pid,
+             uri, spec.reduce.mlflow.experiment, ui_route(exp_id))
     return pid
