@@ -31,7 +31,7 @@ bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 mlflow-ui: $(STAMP)
-	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (model-training view)"
+	@echo "open http://127.0.0.1:5000, choose Model training (top left) once, or open #/experiments/<id>?workflowType=machine_learning"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 clean:
