@@ -31,7 +31,8 @@ bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 mlflow-ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --port 5000
+	@echo "open http://127.0.0.1:5000, choose Model training (top left) once, or open #/experiments/<id>?workflowType=machine_learning"
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache

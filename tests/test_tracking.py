@@ -21,12 +21,19 @@ from skinhpc.outputs.tracking_store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 def tracked(copy_finished_job, tmp_path_factory):
     """The session's finished job (one seed x a two-point sweep: two members), copied: these tests
     move its members/ and log it.  Member 001 logs its epochs live, as it would against a tracking
-    server, before the reduce logs the job (the reduce adopts that run)."""
+    server, before the reduce logs the job (the reduce adopts that run): its task is requeued after
+    the first epoch (a second logger goes on in the same run) and the last epoch never reaches the
+    server (the reduce adds it)."""
     spec, paths = copy_finished_job(tmp_path_factory.mktemp("tracking"))
     summary = json.loads((paths.ensemble / "metrics.json").read_text())  # the real reduce summary
     live_member = plan_members(spec)[1]
-    logger = EpochLogger(spec, paths, live_member, uri=tracking_uri(spec))
-    for row in pd.read_csv(paths.member(live_member).history).to_dict("records"):
+    rows = pd.read_csv(paths.member(live_member).history).to_dict("records")
+    assert len(rows) >= 2
+    first = EpochLogger(spec, paths, live_member, uri=tracking_uri(spec))
+    first(rows[0])
+    logger = EpochLogger(spec, paths, live_member, uri=tracking_uri(spec))  # the requeued attempt
+    assert logger.run_id == first.run_id
+    for row in rows[1:-1]:
         logger(row)
     logger.close()
     started = time.time() - 5.0
@@ -88,13 +95,20 @@ def test_runs_carry_the_real_training_and_reduce_times(tracked):
             continue  # live: its clock is the logger's, checked in test_live_run_is_adopted
         mp = paths.member(int(child.data.tags["skinhpc.member"]))
         done = json.loads(mp.done.read_text())
-        end = mp.done.stat().st_mtime
-        assert child.data.tags["skinhpc.times_from"] == "done.json mtime minus its seconds"
-        assert child.info.end_time == int(end * 1000)
-        assert child.info.start_time == int((end - done["seconds"]) * 1000)
+        hist = pd.read_csv(mp.history)
+        assert child.data.tags["skinhpc.times_from"] == "done.json started/finished"
+        assert child.info.start_time == int(done["started"] * 1000)
+        assert child.info.end_time == int(done["finished"] * 1000)
+        # the run lasts the member's training: at least its train loops plus, per epoch, its
+        # validation (not the second the reduce took to log it), and no longer than the fixture
+        duration = (child.info.end_time - child.info.start_time) / 1000
+        assert duration > hist["seconds"].sum() and duration < time.time() - paths.job_yaml.stat().st_mtime
+        assert duration > hist["time"].iloc[-1] - hist["time"].iloc[0]
         stamps = [x.timestamp for x in sorted(client.get_metric_history(child.info.run_id, "train_loss"),
                                               key=lambda x: x.step)]
-        assert stamps == sorted(stamps) and child.info.start_time < stamps[0] <= stamps[-1] <= end * 1000 + 1
+        assert stamps == [int(t * 1000) for t in hist["time"]]  # each epoch at its real end
+        assert child.info.start_time < stamps[0] <= stamps[-1] <= child.info.end_time
+        assert "started" not in child.data.metrics and "finished" not in child.data.metrics
 
 
 def test_member_runs_have_full_params_and_the_parents_metric_keys(tracked):
@@ -110,6 +124,9 @@ def test_member_runs_have_full_params_and_the_parents_metric_keys(tracked):
         p = child.data.params
         member = members[name]
         assert p["seed"] == str(member.seed) and p["member"] == str(member.index)
+        for key, value in member.to_dict().items():  # every key of the member's record
+            if key != "overrides" and value is not None:
+                assert p[key] == str(value), key
         assert p["model.name"] == spec.model.name
         wd = member.overrides["train.weight_decay"]
         assert p["sweep.train.weight_decay"] == json.dumps(wd)
@@ -121,6 +138,26 @@ def test_member_runs_have_full_params_and_the_parents_metric_keys(tracked):
     assert parent.data.metrics["test.auc"] == pytest.approx(summary["test"]["auc"])
 
 
+def test_parent_compares_members_and_ensemble(tracked, tmp_path):
+    from mlflow import MlflowClient
+
+    spec, paths, run_id, uri, summary, *_ = tracked
+    client = MlflowClient(uri)
+    table = pd.read_csv(client.download_artifacts(run_id, "members.csv", str(tmp_path)), dtype={"member": str})
+    assert table["member"].tolist() == ["000", "001", "ensemble"]
+    assert {"seed", "sweep.train.weight_decay", "epochs", "best_epoch", "train_minutes", "test.auc"} <= set(table)
+    rows = {r["member"]: r for r in summary["members"]}
+    for name in ("000", "001"):
+        got = table.set_index("member").loc[name]
+        assert got["test.auc"] == pytest.approx(rows[name]["test"]["auc"])
+        assert got["train_minutes"] > 0
+    assert table.set_index("member").loc["ensemble", "test.auc"] == pytest.approx(summary["test"]["auc"])
+    m = client.get_run(run_id).data.metrics
+    best = max(r["test"]["auc"] for r in summary["members"])
+    assert m["members.test.auc.max"] == pytest.approx(best)
+    assert m["ensemble_gain.test.auc"] == pytest.approx(summary["test"]["auc"] - best)
+
+
 def test_live_run_is_adopted_not_duplicated(tracked):
     from mlflow import MlflowClient
 
@@ -129,7 +166,10 @@ def test_live_run_is_adopted_not_duplicated(tracked):
     live = client.get_run(live_id)
     assert live.data.tags["mlflow.parentRunId"] == run_id and live.data.tags["skinhpc.live"] == "true"
     hist = pd.read_csv(paths.member(1).history)
-    assert [x.step for x in client.get_metric_history(live_id, "train_loss")] == hist["epoch"].tolist()
+    series = sorted(client.get_metric_history(live_id, "train_loss"), key=lambda x: x.step)
+    # each epoch once: the requeued attempt went on in the same run, the reduce added the lost one
+    assert [x.step for x in series] == hist["epoch"].tolist()
+    assert [x.value for x in series] == pytest.approx(hist["train_loss"].tolist())
     exp_id = live.info.experiment_id
     member_runs = client.search_runs([exp_id], "tags.`skinhpc.member` = '001'")
     assert [r.info.run_id for r in member_runs] == [live_id]

@@ -67,7 +67,12 @@ def run_recorded(paths: JobPaths, stage: str, fn: Any, *args: Any) -> Any:
     before = read_state(paths, stage)
     attempts = int(before.get("attempts", 0)) + 1
     requeues = int(before.get("requeues", 0)) + (before.get("state") == "requeued")
-    record(paths, stage, "running", attempts=attempts, requeues=requeues, started=time.time())
+    now = time.time()
+    # the first attempt's start survives requeues and resumes (status's elapsed time); a stage
+    # that finished and runs again starts afresh
+    first = before.get("first_started") if before.get("state") not in (None, "done") else None
+    record(paths, stage, "running", attempts=attempts, requeues=requeues, started=now,
+           first_started=first or now)
     try:
         out = fn(*args)
     except SystemExit as e:
@@ -224,7 +229,32 @@ def _train(spec: JobSpec, paths: JobPaths, member: Member) -> None:
         return
     from skinhpc.train.member import train_member  # deferred: keeps torch out of launch
 
-    train_member(spec, paths, member)
+    logger = _live_logger(spec, paths, member)
+    if logger is None:
+        train_member(spec, paths, member)
+        return
+    try:
+        train_member(spec, paths, member, on_epoch=logger)
+    except SystemExit:  # requeued: the next attempt reopens the same run and goes on logging
+        raise
+    except KeyboardInterrupt:
+        logger.close("KILLED")
+        raise
+    except BaseException:
+        logger.close("FAILED")
+        raise
+    logger.close("FINISHED")
+
+
+def _live_logger(spec: JobSpec, paths: JobPaths, member: Member) -> Any:
+    """The member's live MLflow epoch logger (:func:`skinhpc.outputs.tracking_members.live_logger`):
+    only with a tracking server, never with the SQLite default (the reduce is its one writer),
+    and only in the main process of a multi-process member."""
+    if os.environ.get("RANK", "0") != "0" or member_done(spec, paths, member):
+        return None
+    from skinhpc.outputs.tracking_members import live_logger  # deferred: MLflow in tasks only
+
+    return live_logger(spec, paths, member)
 
 
 # --------------------------------------------------------------------------- reduce

@@ -10,6 +10,9 @@ the last word a file holds.
 Exit codes (:func:`exit_code`): 0 every stage done; 1 something failed or was cancelled;
 3 something is unknown (SLURM could not be asked, or a task vanished); 4 not finished
 yet (pending, running, not launched); 2 a usage error (no such job folder).
+
+Each member row also says how far its training is (:mod:`skinhpc.orchestrate.progress`):
+epoch of total, phase, last validation AUC, speed, elapsed and estimated time left.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from skinhpc.io.layout import JobPaths
 from skinhpc.io.state import done_members, error_file, prepare_complete, read_state
 from skinhpc.orchestrate.evidence import local_driver_alive, pid_alive, slurm_view
 from skinhpc.orchestrate.launches import job_ids, read_launches
+from skinhpc.orchestrate.progress import format_progress, member_progress
 from skinhpc.orchestrate.stages import load_job
 
 EXIT_DONE, EXIT_FAILED, EXIT_UNKNOWN, EXIT_IN_PROGRESS = 0, 1, 3, 4
@@ -60,7 +64,8 @@ def _slurm_word(slurm: str) -> str | None:
 
 
 def collect(job_dir: str | Path) -> list[dict[str, Any]]:
-    """One row a stage/member: name, state, requeues, reason, log, job id."""
+    """One row a stage/member: name, state, requeues, reason, log, job id; a member's row also
+    has its ``progress`` (:mod:`skinhpc.orchestrate.progress`, None before it begins)."""
     spec, paths = load_job(job_dir)
     launches = read_launches(paths)
     view = slurm_view(job_ids(paths, "slurm"))
@@ -133,7 +138,9 @@ def collect(job_dir: str | Path) -> list[dict[str, Any]]:
     members = plan_members(spec)
     done = done_members(spec, paths, members)
     for m in members:
-        rows.append(row(f"member-{m.index}", f"member {m.name}", m.index in done))
+        r = row(f"member-{m.index}", f"member {m.name}", m.index in done)
+        r["progress"] = member_progress(spec, paths, m, r["state"], read_state(paths, f"member-{m.index}"))
+        rows.append(r)
     rows.append(row("reduce", "reduce", read_state(paths, "reduce").get("state") == "done"))
     return rows
 
@@ -146,6 +153,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             extra.append(f"job {r['job_id']}" + (f" {r['slurm']}" if r["slurm"] else ""))
         if r["requeues"]:
             extra.append(f"requeued {r['requeues']} time" + ("s" if r["requeues"] > 1 else ""))
+        if r.get("progress"):
+            extra.append(format_progress(r["progress"], r["state"]))
         lines.append(f"{r['stage']:<12} {r['state']:<12} {'  '.join(extra)}".rstrip())
         if r["state"] in ("failed", "unknown", "cancelled"):
             if r["reason"]:

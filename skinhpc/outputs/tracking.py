@@ -23,13 +23,14 @@ results folder again marks older parents (and their children) ``skinhpc.current=
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from skinhpc.config import JobSpec, Member, plan_members
 from skinhpc.io.layout import JobPaths
-from skinhpc.outputs.tracking_members import log_member
+from skinhpc.outputs.tracking_members import log_member, members_summary, members_table
 from skinhpc.outputs.tracking_model import EnsembleModel, log_ensemble_model
 from skinhpc.outputs.tracking_store import (
     client_for,
@@ -40,6 +41,7 @@ from skinhpc.outputs.tracking_store import (
     read_json,
     spec_params,
     tracking_uri,
+    ui_route,
 )
 
 __all__ = ["EnsembleModel", "headline_metrics", "log_job", "tracking_uri"]  # EnsembleModel: pickled models
@@ -119,6 +121,19 @@ def _supersede(client: Any, exp_id: str, job_dir: str, new_id: str) -> int:
     return n
 
 
+def _log_comparison(client: Any, run_id: str, spec: JobSpec, paths: JobPaths, members: list[Member],
+                    record: dict[str, Any]) -> None:
+    """members.csv (each member and the ensemble, side by side) and its summary metrics."""
+    if not members:
+        return
+    table = members_table(spec, paths, members, record)
+    log_metrics(client, run_id, [(k, v, 0) for k, v in members_summary(table).items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "members.csv"
+        table.to_csv(out, index=False)
+        client.log_artifact(run_id, str(out))
+
+
 def log_job(spec: JobSpec, paths: JobPaths, summary: dict[str, Any], *, started: float | None = None) -> str:
     """Log the finished job (parent + one child per member + pyfunc model); returns the parent run id.
 
@@ -161,6 +176,7 @@ def log_job(spec: JobSpec, paths: JobPaths, summary: dict[str, Any], *, started:
             client.log_artifact(pid, str(f), sub)
         for m in members:
             log_member(client, exp_id, pid, spec, paths, m, record)
+        _log_comparison(client, pid, spec, paths, members, record)
         if (paths.ensemble / "thresholds.json").is_file() and members:
             model_uri = log_ensemble_model(client, pid, spec, paths, members)
             client.set_tag(pid, "skinhpc.model_uri", model_uri)
@@ -168,6 +184,6 @@ def log_job(spec: JobSpec, paths: JobPaths, summary: dict[str, Any], *, started:
     except BaseException:
         client.set_terminated(pid, "FAILED")
         raise
-    log.info("MLflow: job %s logged as run %s in %s (experiment %s)", spec.name, pid, uri,
-             spec.reduce.mlflow.experiment)
+    log.info("MLflow: job %s logged as run %s in %s (experiment %s); in the UI: <server>/%s", spec.name, pid,
+             uri, spec.reduce.mlflow.experiment, ui_route(exp_id))
     return pid

@@ -99,13 +99,17 @@ def history_metrics(history_csv: Path, start: float | None = None) -> list[tuple
 
 
 def member_params(spec: JobSpec, member: Member) -> dict[str, Any]:
-    """Seed, index, sweep values, fold when present, and the member's resolved spec flattened."""
+    """Every key of the member's record (seed, index, name, fold, ...; its sweep values as
+    ``sweep.<key>``), ``member`` = its index, and the member's resolved spec flattened
+    (``model.name``, ``train.*``, ...), so a key added to :class:`Member` becomes a param by
+    itself; a key that is None (``fold`` of a holdout member) is left out."""
     params: dict[str, Any] = spec_params(member.spec(spec))
-    params.update({"seed": member.seed, "member": member.index})
-    params.update({f"sweep.{k}": json.dumps(v) for k, v in member.overrides.items()})
-    fold = getattr(member, "fold", None)
-    if fold is not None:
-        params["fold"] = fold
+    for key, value in member.to_dict().items():
+        if key == "overrides":
+            params.update({f"sweep.{k}": json.dumps(v) for k, v in value.items()})
+        elif value is not None:
+            params[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, default=str)
+    params["member"] = member.index
     return params
 
 
@@ -121,7 +125,66 @@ def comparison_metrics(summary: dict[str, Any], member: Member) -> dict[str, flo
     return out
 
 
+def members_table(spec: JobSpec, paths: JobPaths, members: list[Member], summary: dict[str, Any]) -> pd.DataFrame:
+    """One row per member and one for the ensemble: identity (seed, sweep values, fold), training
+    (epochs, best epoch, wall minutes) and the test scores under the same columns, the parent
+    run's side-by-side view (``members.csv``)."""
+    rows = []
+    scores = {str(r.get("member")): r for r in summary.get("members") or []}
+    for m in members:
+        params = member_params(spec, m)
+        row: dict[str, Any] = {"member": m.name, "seed": m.seed}
+        row.update({k: v for k, v in params.items() if k.startswith("sweep.") or k == "fold"})
+        done = read_json(paths.member(m).done)
+        times = member_times(paths.member(m))
+        row.update({"epochs": done.get("epochs"), "best_epoch": done.get("best_epoch"),
+                    "train_minutes": None if times is None else round((times[1] - times[0]) / 60, 2)})
+        sc = scores.get(m.name, {})
+        row.update(flatten_numbers(sc.get("test") or {}, "test."))
+        row["threshold"] = sc.get("threshold")
+        rows.append(row)
+    ens: dict[str, Any] = {"member": "ensemble", **flatten_numbers(summary.get("test") or {}, "test.")}
+    ens["threshold"] = (summary.get("thresholds") or {}).get("threshold")
+    rows.append(ens)
+    df = pd.DataFrame(rows)
+    first = [c for c in ("member", "seed", "fold") if c in df.columns]
+    return df[first + [c for c in df.columns if c not in first]]
+
+
+def members_summary(table: pd.DataFrame) -> dict[str, float]:
+    """The parent's comparison metrics: each test score's mean, min and max over the members and
+    the ensemble's gain over the best member (``members.test.auc.max``, ``ensemble_gain.test.auc``)."""
+    out: dict[str, float] = {}
+    mem, ens = table[table["member"] != "ensemble"], table[table["member"] == "ensemble"]
+    for col in ("test.auc", "test.sensitivity", "test.specificity", "test.balanced_accuracy"):
+        if col not in table.columns:
+            continue
+        values = pd.to_numeric(mem[col], errors="coerce").dropna()
+        if values.empty:
+            continue
+        out.update({f"members.{col}.mean": float(values.mean()), f"members.{col}.min": float(values.min()),
+                    f"members.{col}.max": float(values.max())})
+        e = pd.to_numeric(ens[col], errors="coerce").dropna()
+        if not e.empty:
+            out[f"ensemble_gain.{col}"] = float(e.iloc[0] - values.max())
+    return out
+
+
 # --------------------------------------------------------------------------- the reduce's write
+# done.json numbers that are times or identity, not scores: the run's clock and params hold them
+_NOT_METRICS = {"started", "finished", "seed", "member"}
+
+
+def _not_logged(client: Any, run_id: str, hist: list[tuple[str, float, int, int | None]]
+                ) -> list[tuple[str, float, int, int | None]]:
+    """The history points a live run lacks (an epoch its member could not send, the server
+    being away), so adopting a live run neither duplicates nor loses an epoch."""
+    have: dict[str, set[int]] = {}
+    for key in {m[0] for m in hist}:
+        have[key] = {x.step for x in client.get_metric_history(run_id, key)}
+    return [m for m in hist if m[2] not in have[m[0]]]
+
+
 def _member_tags(spec: JobSpec, paths: JobPaths, member: Member) -> dict[str, str]:
     return {
         "mlflow.runName": f"{spec.name}/member-{member.name}",
@@ -165,11 +228,13 @@ def log_member(client: Any, exp_id: str, parent_id: str, spec: JobSpec, paths: J
         client.set_tag(rid, "skinhpc.times_from", times[2])
     log_params(client, rid, member_params(spec, member))
     hist_keys = {m[0] for m in hist}
-    done = flatten_numbers(read_json(mp.done))
+    done = {k: v for k, v in flatten_numbers(read_json(mp.done)).items() if k not in _NOT_METRICS}
     end_ms = None if times is None else int(times[1] * 1000)
     final = [(f"done.{k}" if k in hist_keys else k, v, 0, end_ms) for k, v in done.items()]
     compare = [(k, v, 0, end_ms) for k, v in comparison_metrics(summary, member).items()]
-    log_metrics(client, rid, (hist if live is None else []) + final + compare)  # live: epochs already in
+    if live is not None:  # the epochs are in already; only what the member could not send
+        hist = _not_logged(client, rid, hist)
+    log_metrics(client, rid, hist + final + compare)
     for f in (mp.history, mp.done, mp.spec_json, mp.val, mp.test):
         if f.is_file():
             client.log_artifact(rid, str(f))
@@ -194,13 +259,21 @@ class EpochLogger:
         self.uri = uri or tracking_uri(spec)
         self.client = client_for(self.uri)
         exp_id = experiment_id(self.client, spec.reduce.mlflow.experiment, self.uri)
-        tags = {**_member_tags(spec, paths, member), LIVE_TAG: "true"}
-        self.run_id = self.client.create_run(exp_id, tags=tags).info.run_id
+        earlier = _live_run(self.client, exp_id, paths, member)
+        if earlier is not None:  # a requeued or relaunched member goes on in the run it began
+            self.run_id = earlier.info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            tags = {**_member_tags(spec, paths, member), LIVE_TAG: "true"}
+            self.run_id = self.client.create_run(exp_id, tags=tags).info.run_id
+            log_params(self.client, self.run_id, member_params(spec, member))
 
     def __call__(self, row: dict[str, Any]) -> None:
         """One epoch's numbers (a history.csv row: ``epoch`` is the step)."""
         step = int(row.get("epoch", 0))
-        items = [(metric_key(str(k)), float(v), step) for k, v in row.items()
+        end = row.get("time")
+        ts = int(float(end) * 1000) if isinstance(end, (int, float)) and math.isfinite(float(end)) else None
+        items = [(metric_key(str(k)), float(v), step, ts) for k, v in row.items()
                  if k not in ("epoch", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)
                  and math.isfinite(float(v))]
         log_metrics(self.client, self.run_id, items)

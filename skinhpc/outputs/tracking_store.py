@@ -5,10 +5,13 @@ Where: ``spec.reduce.mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else
 Artifacts of a new experiment on a SQLite store go beside the database
 (``<db folder>/mlartifacts``), never into the current directory.
 
-MLflow 3 opens an experiment in its GenAI overview unless the experiment's
-``mlflow.experimentKind`` tag says otherwise; skinhpc trains classifiers, so every experiment
-it writes to is tagged ``custom_model_development`` (the model-training view with runs,
-parameters and metric charts), when created and again on every later job.
+MLflow 3 marks what an experiment is for with its ``mlflow.experimentKind`` tag; skinhpc trains
+classifiers, so every experiment it writes to is tagged ``custom_model_development``, when
+created and again on every later job.  The tag alone does not choose the page: MLflow 3.17's UI
+opens every experiment in the GenAI overview ("Traces 0") unless the browser has chosen "Model
+training" (remembered in its local storage) or the link carries ``?workflowType=machine_learning``;
+:func:`ui_route` is that link, which the reduce logs and the READMEs give (a headless-Chromium
+test renders it: tests/test_progress.py).
 """
 
 from __future__ import annotations
@@ -76,6 +79,13 @@ def experiment_id(client: Any, name: str, uri: str) -> str:
     if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by an older skinhpc, or by hand
         client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return exp.experiment_id
+
+
+def ui_route(exp_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's path (after the server's address) of an experiment's training runs, or
+    of one run, in the model-training view."""
+    page = f"#/experiments/{exp_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{page}?workflowType=machine_learning"
 
 
 # --------------------------------------------------------------------------- flattening

@@ -19,8 +19,10 @@ from skinhpc.config import JobSpec
 from skinhpc.io.atomic import atomic_path
 from skinhpc.metrics.malignant import to_binary, to_binary_labels
 
+# ``seconds`` is the epoch's train-loop time; ``time`` the wall clock (unix seconds) at the epoch's
+# end, what ``skinhpc status`` estimates the remaining time from and MLflow stamps the epoch with
 HISTORY_COLUMNS = ["phase", "epoch", "train_loss", "val_loss", "val_auc", "val_auc_malignant", "lr",
-                   "images_per_s", "seconds"]
+                   "images_per_s", "seconds", "time"]
 
 
 def auc_score(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -68,6 +70,7 @@ class Progress:
     bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    started: float | None = None  # wall clock of the first start: a resumed member keeps it
 
     def best(self) -> tuple[float | None, int, int]:
         return self.best_metric, self.best_epoch, self.bad_epochs
@@ -109,7 +112,8 @@ class Progress:
         return cls(phase=pos["phase"], epoch_in_phase=pos["epoch_in_phase"],
                    global_epoch=pos["global_epoch"], step=pos["step"], epoch_stats=dict(pos["epoch_stats"]),
                    best_metric=b["metric"], best_epoch=b["epoch"], bad_epochs=b["bad_epochs"],
-                   history=list(ckpt["history"]), seconds=float(ckpt["seconds"]))
+                   history=list(ckpt["history"]), seconds=float(ckpt["seconds"]),
+                   started=ckpt.get("started"))
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,8 +52,12 @@ def _progress_bar(it: Any, total: int, desc: str, enabled: bool) -> Any:
 class Run:
     """The state of one member's training; everything last.pt holds lives here."""
 
-    def __init__(self, spec: JobSpec, paths: JobPaths, member: Member, accelerator: Any):
+    def __init__(self, spec: JobSpec, paths: JobPaths, member: Member, accelerator: Any,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None):
         self.spec = spec
+        # called on the main process with each history row once it is on disk (live MLflow
+        # epochs, wired by the orchestrate layer: train knows no tracking store)
+        self.on_epoch = on_epoch
         self.member = member
         self.mp: MemberPaths = paths.member(member)
         self.acc = accelerator
@@ -114,6 +119,7 @@ class Run:
             "best": {"metric": best[0], "epoch": best[1], "bad_epochs": best[2]},
             "history": list(history),
             "seconds": p.seconds,
+            "started": p.started,
             "rng": rng if rng is not None else rng_state(),
         }
 
@@ -290,6 +296,16 @@ class Run:
         loss = float(self.criterion(logits.to(acc.device), labels.to(acc.device))) if len(labels) else float("nan")
         return torch.softmax(logits, 1).numpy(), labels.numpy(), loss
 
+    def _report_epoch(self, row: dict[str, Any]) -> None:
+        """Hand the epoch to ``on_epoch``; a failing observer (a tracking server down) is logged,
+        never allowed to stop training."""
+        if self.on_epoch is None:
+            return
+        try:
+            self.on_epoch(dict(row))
+        except Exception as e:
+            log.warning("member %s: epoch %s not reported (%s)", self.member.name, row.get("epoch"), e)
+
     def run(self) -> None:
         """Every phase and epoch still to do, from last.pt if there is one of this member."""
         acc = self.acc
@@ -301,6 +317,8 @@ class Run:
         phases = self.spec.train.phases
         stopping = self.spec.train.early_stopping
         p = self.progress
+        if p.started is None:
+            p.started = time.time()
         while p.phase < len(phases):
             phase = phases[p.phase]
             self.setup_phase(phase, ckpt)
@@ -319,7 +337,8 @@ class Run:
                     p.bad_epochs += 1
                 row = {"phase": phase.name, "epoch": p.global_epoch, "train_loss": ep["train_loss"],
                        "val_loss": val_loss, "val_auc": val_auc, "val_auc_malignant": val_auc_mal,
-                       "lr": ep["lr"], "images_per_s": ep["images_per_s"], "seconds": ep["seconds"]}
+                       "lr": ep["lr"], "images_per_s": ep["images_per_s"], "seconds": ep["seconds"],
+                       "time": round(time.time(), 3)}
                 p.history.append(row)
                 p.seconds += ep["seconds"]
                 log.info("member %s phase %s epoch %d: train_loss %.4f val_loss %.4f val_auc %.4f%s "
@@ -334,6 +353,7 @@ class Run:
                 self.save_last()
                 if acc.is_main_process:
                     write_history(self.mp.history, p.history)
+                    self._report_epoch(row)
                 acc.wait_for_everyone()
                 if p.epoch_in_phase == 0:  # phase over (all epochs run, or stopped early)
                     break

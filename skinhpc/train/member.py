@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,13 +69,19 @@ def finish(run: Run, spec: JobSpec, paths: JobPaths) -> None:
     if acc.is_main_process:
         write_member_done(spec, paths, run.member, best_epoch=p.best_epoch, best_metric=p.best_metric,
                           metric=run.spec.train.early_stopping.metric, epochs=p.global_epoch,
-                          seconds=round(p.seconds, 3), processes=acc.num_processes)
+                          seconds=round(p.seconds, 3), processes=acc.num_processes,
+                          started=round(p.started if p.started is not None else time.time(), 3),
+                          finished=round(time.time(), 3))
     acc.wait_for_everyone()
 
 
-def train_member(spec: JobSpec, paths: JobPaths, member: Member) -> Trained | None:
+def train_member(spec: JobSpec, paths: JobPaths, member: Member,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> Trained | None:
     """Train ``member`` of the job ``spec`` into ``paths.member(member)``; resumes from
-    last.pt and skips (returning None) a member already done with the same config."""
+    last.pt and skips (returning None) a member already done with the same config.
+
+    ``on_epoch(row)`` is called on the main process with each history.csv row as it is written
+    (the orchestrate layer passes live MLflow logging here)."""
     from accelerate import Accelerator  # deferred: accelerate pulls in much at import
     from accelerate.utils import set_seed  # deferred: as above
 
@@ -91,7 +98,7 @@ def train_member(spec: JobSpec, paths: JobPaths, member: Member) -> Trained | No
                                          "spec": mspec.to_dict()})
     set_seed(member.seed)
     t0 = time.time()
-    run = Run(mspec, paths, member, acc)
+    run = Run(mspec, paths, member, acc, on_epoch=on_epoch)
     signals.install_handlers(run, acc.num_processes)
     with signals.active(run):
         run.run()
