@@ -11,7 +11,8 @@ import pytest
 
 from skinhpc import metrics
 from skinhpc.config import Member
-from skinhpc.ensemble.reduce import Split, evaluate
+from skinhpc.ensemble.reduce import evaluate
+from skinhpc.ensemble.sets import Split
 from skinhpc.io.layout import JobPaths
 from skinhpc.outputs.report_eval import render_evaluation
 from skinhpc.outputs.report_job import render

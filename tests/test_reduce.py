@@ -14,7 +14,8 @@ import pytest
 
 from skinhpc.config import JobSpec, load_spec, plan_members
 from skinhpc.ensemble.inference import MembersMissing
-from skinhpc.ensemble.reduce import Split, evaluate
+from skinhpc.ensemble.reduce import evaluate
+from skinhpc.ensemble.sets import Split
 from skinhpc.io.layout import JobPaths
 from skinhpc.outputs.publish import reduce
 

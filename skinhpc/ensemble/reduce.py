@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,19 +41,15 @@ from sklearn.metrics import confusion_matrix
 
 from skinhpc import metrics
 from skinhpc.config import JobSpec, Member
-from skinhpc.data.dataset import encode_metadata
 from skinhpc.data.prepare import load_table
 from skinhpc.ensemble.decision import REFER, decide, decisions, malignant_view, operating_point
 from skinhpc.ensemble.inference import (
     MissingMember,
-    cached_batches,
-    combine,
     gather_members,
-    predict_probs,
     rank_reference,
-    rank_scores,
     require_members,
 )
+from skinhpc.ensemble.sets import Split, calibration_split, device_for, ensemble_of, split_probs
 from skinhpc.io.atomic import to_jsonable
 from skinhpc.io.layout import JobPaths
 from skinhpc.metrics.malignant import BINARY_CLASSES
@@ -63,63 +59,10 @@ log = logging.getLogger(__name__)
 EPS = 1e-7
 
 
-@dataclass
-class Split:
-    """One evaluated split: its table rows, labels, member and ensemble probabilities."""
-
-    name: str
-    frame: pd.DataFrame
-    members: np.ndarray  # (M, N, C), raw member probabilities (TTA-averaged); NaN where not held out
-    ensemble: np.ndarray = field(default_factory=lambda: np.empty(0))  # (N, C) after calibration
-    held: np.ndarray | None = None  # (M, N) bool: member k held image n out (k-fold OOF); None: all
-
-    def mask(self, k: int) -> np.ndarray:
-        """The rows member ``k`` scored: all of them, or (out-of-fold) the rows of its own fold."""
-        return np.ones(len(self.frame), bool) if self.held is None else self.held[k]
-
-    @property
-    def y(self) -> np.ndarray:
-        return self.frame["label"].to_numpy(dtype=int)
-
-    @property
-    def groups(self) -> np.ndarray:
-        return self.frame["group"].astype(str).to_numpy()
-
-
-# --------------------------------------------------------------------------- inference
-def device_for() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def split_probs(
-    spec: JobSpec, models: Sequence[torch.nn.Module], frame: pd.DataFrame, device: torch.device
-) -> np.ndarray:
-    """TTA probabilities ``(M, N, C)`` of every member for the rows of ``frame``."""
-    meta = None
-    if any(getattr(m, "uses_meta", False) for m in models):
-        meta = np.asarray(encode_metadata(frame), dtype=np.float32)
-    ids = frame["image_id"].astype(str).tolist()
-    bs = max(1, spec.train.eval_batch_size)
-    return predict_probs(models, cached_batches(spec.cache_dir, ids, bs), meta, spec.reduce.tta, bs, device)
-
-
 # --------------------------------------------------------------------------- calibration
 def reference_for(spec: JobSpec, val: Split) -> np.ndarray | None:
     """The rank scale (each member's validation scores) for ``reduce.ensemble: rank``, else None."""
     return rank_reference(val.members) if spec.reduce.ensemble == "rank" else None
-
-
-def ensemble_of(spec: JobSpec, split: Split, reference: np.ndarray | None) -> np.ndarray:
-    """The ensemble's raw probabilities on ``split``: every member, or (out-of-fold) only the
-    members that held each image out (the seeds of its fold), averaged."""
-    if split.held is None:
-        return combine(split.members, spec.reduce.ensemble, reference)
-    w = split.held[..., None].astype(np.float64)
-    p = np.nan_to_num(split.members)
-    if spec.reduce.ensemble == "rank":
-        p = rank_scores(p, reference)
-    s = (p * w).sum(axis=0) / w.sum(axis=0)
-    return s / s.sum(axis=1, keepdims=True) if spec.reduce.ensemble == "rank" else s
 
 
 def calibrate(spec: JobSpec, val: Split, test: Split) -> float:
@@ -321,44 +264,6 @@ class Reduced:
         if self.rank_reference is not None:
             rec["rank_reference"] = self.rank_reference
         return rec
-
-
-def calibration_split(spec: JobSpec, paths: JobPaths, table: pd.DataFrame, members: list[Member],
-                      models: Sequence[torch.nn.Module], device: torch.device) -> tuple[Split, dict[str, Any]]:
-    """The images that choose temperature, thresholds and gate, as the "val" split.
-
-    holdout: the val split, scored by every member.  k-fold: the out-of-fold set, every
-    non-test image scored only by the members whose validation fold holds it (its seeds), so
-    no score comes from a member that trained on the image; a fold without a finished member
-    leaves its images out, and the record says how many."""
-    if spec.data.split.method != "kfold":
-        frame = table[table["split"] == "val"].reset_index(drop=True)
-        if frame.empty:
-            raise ValueError(f"{paths.root}: the val split is empty; reduce needs val and test images")
-        split = Split("val", frame, split_probs(spec, models, frame, device))
-        return split, {"set": "val", "images": len(frame)}
-    cv = table[table["split"] != "test"]
-    folds = sorted({int(m.fold) for m in members if m.fold is not None})
-    frame = cv[cv["fold"].astype(int).isin(folds)].reset_index(drop=True)
-    if frame.empty:
-        raise ValueError(f"{paths.root}: no out-of-fold images: no finished member holds out a fold")
-    fold_of = frame["fold"].astype(int).to_numpy()
-    probs = np.full((len(members), len(frame), len(spec.class_names)), np.nan)
-    held = np.zeros((len(members), len(frame)), bool)
-    for f in folds:
-        rows = np.flatnonzero(fold_of == f)
-        ks = [k for k, m in enumerate(members) if m.fold == f]
-        p = split_probs(spec, [models[k] for k in ks], frame.iloc[rows], device)
-        probs[np.ix_(ks, rows)] = p
-        held[np.ix_(ks, rows)] = True
-    missing = sorted(set(range(spec.data.split.folds)) - set(folds))
-    record = {"set": "oof", "images": len(frame), "folds": spec.data.split.folds, "folds_used": folds,
-              "folds_missing": missing, "not_covered": int(len(cv) - len(frame)),
-              "members_per_image": float(held.sum(axis=0).mean())}
-    if missing:
-        log.warning("out-of-fold set leaves out %d image(s) of fold(s) %s: no finished member holds them out",
-                    record["not_covered"], missing)
-    return Split("val", frame, probs, held=held), record
 
 
 def compute(spec: JobSpec, paths: JobPaths) -> Reduced:

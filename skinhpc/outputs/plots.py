@@ -22,7 +22,7 @@ from skinhpc.io.atomic import atomic_path
 from skinhpc.outputs.report_html import fmt
 
 if TYPE_CHECKING:
-    from skinhpc.ensemble.reduce import Split
+    from skinhpc.ensemble.sets import Split
 
 
 def binary_scores(spec: JobSpec, split: Split) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:

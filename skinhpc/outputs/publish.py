@@ -14,7 +14,8 @@ from typing import Any
 import pandas as pd
 
 from skinhpc.config import JobSpec
-from skinhpc.ensemble.reduce import Reduced, compute, device_for, predictions_frame
+from skinhpc.ensemble.reduce import Reduced, compute, predictions_frame
+from skinhpc.ensemble.sets import device_for
 from skinhpc.io.atomic import atomic_dir, to_jsonable, write_csv_atomic, write_json_atomic
 from skinhpc.io.layout import JobPaths
 from skinhpc.outputs import gradcam, report
