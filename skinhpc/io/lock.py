@@ -7,10 +7,11 @@ queueing behind a launch that is about to start the very members it would start 
 The kernel drops the lock when its holder exits, killed or not, so a crashed launch
 never leaves a stale lock behind; the text in the file only says who held it last.
 
-The reduce task of a batch job takes the same lock (waiting for it, bounded), so a batch
-reduce and a manual ``skinhpc reduce`` never write ``ensemble/`` at once. A process that
-already holds a folder's lock takes it again freely: the debug backend runs the reduce
-inside the launch that holds it.
+Writing ``ensemble/`` has a lock of its own, ``<job>/.reduce.lock`` (:data:`REDUCE_LOCK`):
+the batch reduce task takes it (waiting, bounded) and the manual ``skinhpc reduce`` takes it
+under the job lock, so two reduces never write at once, while ``skinhpc cancel`` (job lock
+only) can still stop a batch reduce that is running. A process that already holds a lock
+takes it again freely.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 LOCK_NAME = ".lock"
+REDUCE_LOCK = ".reduce.lock"
 POLL_S = 0.2
 
-# folders whose lock this process holds (resolved root -> depth): taken again, not refused
+# lock files this process holds (resolved path -> depth): taken again, not refused
 _held: dict[Path, int] = {}
 
 
@@ -46,8 +48,9 @@ def _holder(lock: Path) -> str:
 
 
 @contextmanager
-def job_lock(paths: Any, what: str, wait_s: float = 0.0) -> Iterator[None]:
-    """Hold ``<paths.root>/.lock`` for the body; raise :class:`JobBusy` if it is held.
+def job_lock(paths: Any, what: str, wait_s: float = 0.0, name: str = LOCK_NAME) -> Iterator[None]:
+    """Hold ``<paths.root>/<name>`` (the job lock, or :data:`REDUCE_LOCK`) for the body;
+    raise :class:`JobBusy` if it is held.
 
     ``paths`` is a :class:`skinhpc.io.layout.JobPaths` (anything with ``.root``); ``what``
     (``"launch"``, ``"reduce"``, ``"cancel"``) is what the refused command is told. It
@@ -58,15 +61,15 @@ def job_lock(paths: Any, what: str, wait_s: float = 0.0) -> Iterator[None]:
     """
     root = Path(paths.root)
     root.mkdir(parents=True, exist_ok=True)
-    key = root.resolve()
-    if _held.get(key):  # this process holds it already (debug backend: launch -> reduce)
+    lock = root / name
+    key = lock.resolve()
+    if _held.get(key):  # this process holds it already
         _held[key] += 1
         try:
             yield
         finally:
             _held[key] -= 1
         return
-    lock = root / LOCK_NAME
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         deadline = time.monotonic() + wait_s

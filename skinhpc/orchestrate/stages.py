@@ -30,7 +30,7 @@ import submitit
 from skinhpc.config import JobSpec, Member, load_spec, plan_members
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
-from skinhpc.io.lock import job_lock
+from skinhpc.io.lock import REDUCE_LOCK, job_lock
 from skinhpc.io.state import error_file, member_done, prepare_complete, read_state, record
 from skinhpc.train.signals import checkpoint_now
 
@@ -208,17 +208,18 @@ def _train(spec: JobSpec, paths: JobPaths, member: Member) -> None:
 
 
 # --------------------------------------------------------------------------- reduce
-# How long a batch reduce waits for the job folder's lock: a launch or cancel holds it for
-# seconds, a manual `skinhpc reduce` for as long as its reduce takes.
+# How long a batch reduce waits for the reduce lock: a manual `skinhpc reduce` holds it for as
+# long as its reduce takes.
 REDUCE_LOCK_WAIT_S = 900.0
 
 
 class ReduceTask:
     """Ensemble, thresholds on validation, test metrics, report; decides with min_members.
 
-    Runs under the job folder's lock, as the manual ``skinhpc reduce`` does, so two reduces
+    Runs under the job's reduce lock, as the manual ``skinhpc reduce`` does, so two reduces
     never write ``ensemble/`` at once: it waits up to ``lock_wait_s`` for a holder (a manual
-    reduce, a relaunch submitting) and then fails, recorded, naming it.
+    reduce) and then fails, recorded, naming it. It leaves the job lock alone, so ``skinhpc
+    cancel`` can stop it.
     """
 
     def __init__(self, job_dir: str | Path, lock_wait_s: float = REDUCE_LOCK_WAIT_S) -> None:
@@ -230,7 +231,7 @@ class ReduceTask:
         from skinhpc.outputs.publish import reduce  # deferred: keeps torch out of launch
 
         def locked() -> Any:
-            with job_lock(paths, "reduce", wait_s=self.lock_wait_s):
+            with job_lock(paths, "reduce", wait_s=self.lock_wait_s, name=REDUCE_LOCK):
                 return reduce(spec, paths)
 
         run_recorded(paths, "reduce", locked)

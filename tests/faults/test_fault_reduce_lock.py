@@ -1,6 +1,6 @@
-"""The batch reduce takes the job folder's lock as the manual `skinhpc reduce` does: while another
-process holds the folder it waits (bounded), then fails recorded, naming the holder; it never
-writes ensemble/ beside another reduce."""
+"""The batch reduce takes the job's reduce lock as the manual `skinhpc reduce` does: while another
+process is reducing it waits (bounded), then fails recorded, naming the holder; it never writes
+ensemble/ beside another reduce. `skinhpc cancel` is not blocked by a reduce that is running."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from skinhpc.cli.main import main as skinhpc_main
 from skinhpc.io.atomic import COMPLETE_MARKER
 from skinhpc.orchestrate.stages import ReduceTask, read_state
 
 pytestmark = pytest.mark.faults
 
-# another process holds <job>/.lock as `skinhpc reduce` would, until its stdin closes
+# another process holds <job>/.reduce.lock as a reduce writing ensemble/ does, until its stdin closes
 HOLDER = """
 import sys
 from skinhpc.io.layout import JobPaths
-from skinhpc.io.lock import job_lock
-with job_lock(JobPaths(sys.argv[1]), "reduce"):
+from skinhpc.io.lock import REDUCE_LOCK, job_lock
+with job_lock(JobPaths(sys.argv[1]), "reduce", name=REDUCE_LOCK):
     print("held", flush=True)
     sys.stdin.read()
 """
@@ -35,8 +36,8 @@ def _hold(root: Path, repo: Path) -> subprocess.Popen:
     return p
 
 
-def test_batch_reduce_waits_for_the_job_lock_then_fails_or_runs(tmp_path: Path, copy_finished_job,
-                                                                repo: Path) -> None:
+def test_batch_reduce_waits_for_the_reduce_lock_then_fails_or_runs(tmp_path: Path, copy_finished_job,
+                                                                   repo: Path, capsys) -> None:
     _, paths = copy_finished_job(tmp_path)
     marker = paths.ensemble / COMPLETE_MARKER
     before = marker.stat().st_mtime_ns
@@ -49,6 +50,11 @@ def test_batch_reduce_waits_for_the_job_lock_then_fails_or_runs(tmp_path: Path, 
         st = read_state(paths, "reduce")
         assert st["state"] == "failed" and "reduce (pid" in st["error"] and str(holder.pid) in st["error"], st
         assert marker.stat().st_mtime_ns == before
+        # a manual reduce is refused at once, one line; cancel is not blocked by a running reduce
+        assert skinhpc_main(["reduce", str(paths.root)]) == 3
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "busy" in err[0] and str(holder.pid) in err[0], err
+        assert skinhpc_main(["cancel", str(paths.root)]) == 0
 
         # released while the task waits: it runs after the release, not beside the holder
         released: list[float] = []
