@@ -9,7 +9,7 @@ from pathlib import Path
 
 from skinhpc.config import load_spec
 from skinhpc.io.layout import JobPaths
-from skinhpc.io.lock import job_lock
+from skinhpc.io.lock import REDUCE_LOCK, job_lock
 from skinhpc.orchestrate.evidence import busy
 from skinhpc.orchestrate.pipeline import LaunchError
 from skinhpc.orchestrate.stages import run_recorded
@@ -29,7 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     job_yaml = target / "job.yaml" if target.is_dir() else target
     spec = load_spec(job_yaml, args.overrides)
     paths = JobPaths(target if target.is_dir() else spec.job_dir)
-    with job_lock(paths, "reduce"):
+    # the job lock: no launch or cancel meanwhile; the reduce lock: no batch reduce writing ensemble/
+    with job_lock(paths, "reduce"), job_lock(paths, "reduce", name=REDUCE_LOCK):
         running = busy(paths)
         if running:
             raise LaunchError(f"{paths.root}: {running}; wait for it or `skinhpc cancel {paths.root}` first")

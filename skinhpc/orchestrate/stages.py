@@ -31,6 +31,7 @@ import submitit
 from skinhpc.config import JobSpec, Member, load_spec, plan_members
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
+from skinhpc.io.lock import REDUCE_LOCK, job_lock
 from skinhpc.io.state import error_file, member_done, prepare_complete, read_state, record
 from skinhpc.train.signals import checkpoint_now
 
@@ -258,15 +259,31 @@ def _live_logger(spec: JobSpec, paths: JobPaths, member: Member) -> Any:
 
 
 # --------------------------------------------------------------------------- reduce
-class ReduceTask:
-    """Ensemble, thresholds on validation, test metrics, report; decides with min_members."""
+# How long a batch reduce waits for the reduce lock: a manual `skinhpc reduce` holds it for as
+# long as its reduce takes.
+REDUCE_LOCK_WAIT_S = 900.0
 
-    def __init__(self, job_dir: str | Path) -> None:
+
+class ReduceTask:
+    """Ensemble, thresholds on validation, test metrics, report; decides with min_members.
+
+    Runs under the job's reduce lock, as the manual ``skinhpc reduce`` does, so two reduces
+    never write ``ensemble/`` at once: it waits up to ``lock_wait_s`` for a holder (a manual
+    reduce) and then fails, recorded, naming it. It leaves the job lock alone, so ``skinhpc
+    cancel`` can stop it.
+    """
+
+    def __init__(self, job_dir: str | Path, lock_wait_s: float = REDUCE_LOCK_WAIT_S) -> None:
         self.job_dir = str(job_dir)
+        self.lock_wait_s = lock_wait_s
 
     def __call__(self) -> str:
         spec, paths = load_job(self.job_dir)
         from skinhpc.outputs.publish import reduce  # deferred: keeps torch out of launch
 
-        run_recorded(paths, "reduce", reduce, spec, paths)
+        def locked() -> Any:
+            with job_lock(paths, "reduce", wait_s=self.lock_wait_s, name=REDUCE_LOCK):
+                return reduce(spec, paths)
+
+        run_recorded(paths, "reduce", locked)
         return "done"

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from skinhpc.cli.main import main as skinhpc_main
 from skinhpc.config import dump_yaml, load_spec
 from skinhpc.io.layout import JobPaths
-from skinhpc.io.lock import JobBusy, job_lock
+from skinhpc.io.lock import job_lock
 
 pytestmark = pytest.mark.faults
 PY = sys.executable
@@ -58,10 +59,7 @@ def test_locked_job_folder_refuses_cancel_and_launch(job_writer):
     paths = JobPaths(spec.job_dir)
     paths.root.mkdir(parents=True)
     paths.job_yaml.write_text(dump_yaml(spec))
-    with job_lock(paths, "reduce"):
-        with pytest.raises(JobBusy, match="reduce"):
-            with job_lock(paths, "launch"):
-                pass
+    with job_lock(paths, "reduce"):  # held by this process: the commands below run in others
         for args in (["cancel", str(paths.root)], ["launch", str(job), "--executor", "debug"]):
             r = cli(*args)
             lines = r.stderr.strip().splitlines()
@@ -69,3 +67,24 @@ def test_locked_job_folder_refuses_cancel_and_launch(job_writer):
             assert "busy" in lines[0] and "reduce" in lines[0] and str(paths.root) in lines[0]
     r = cli("cancel", str(paths.root))  # released when its holder let go
     assert r.returncode == 0 and "nothing was running" in r.stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["status"], ["status", "a", "b"], ["cancel", "--grace", "soon", "x"], ["launch", "--bogus", "x.yaml"],
+    ["reduce"], ["predict"], ["data", "download", "nosuch", "--to", "x"], ["data", "nosuch"], ["spec", "--nope"],
+    ["train"], ["evaluate"], ["prefetch", "--nope"],
+])
+def test_usage_error_is_one_line_exit_2(argv: list[str], capsys) -> None:
+    """argparse's own refusal (usage block + error line, two lines) is one line naming the
+    command's --help; --help itself still prints the usage and exits 0."""
+    assert skinhpc_main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"skinhpc {argv[0]}: error: "), err
+    assert "--help" in lines[0] and not out
+
+
+def test_help_still_works(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        skinhpc_main(["status", "--help"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: skinhpc status")
