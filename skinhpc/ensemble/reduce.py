@@ -179,9 +179,10 @@ def evaluate(spec: JobSpec, members: list[Member], val: Split, test: Split,
         summary["malignant"] = evaluate_view(spec, list(BINARY_CLASSES), malignant_split_view(spec, val),
                                              malignant_split_view(spec, test), thresholded=True)
     thr: float | None = view["threshold"]["threshold"]
-    for k, row in enumerate(view["members"]):
-        m = members[k]
-        row.update({"member": m.name, "seed": m.seed, "overrides": m.overrides, "fold": m.fold})
+    for rows in [view["members"]] + ([summary["malignant"]["members"]] if "malignant" in summary else []):
+        for k, row in enumerate(rows):
+            m = members[k]
+            row.update({"member": m.name, "seed": m.seed, "overrides": m.overrides, "fold": m.fold})
     summary.update({k: v for k, v in view.items() if k != "threshold"})
     summary["thresholds"] = thresholds_record(spec, view["threshold"], summary)
     summary["baselines"] = metrics.baselines(test.y, len(names), spec.data.split.seed, prior=prior, threshold=thr)
