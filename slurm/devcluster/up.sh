@@ -88,7 +88,9 @@ if ! alive "$STATE/run/mysqld.pid"; then
   if [ ! -d "$STATE/mysql/mysql" ]; then
     mariadb-install-db --no-defaults --user=root --datadir="$STATE/mysql" >"$STATE/log/mariadb-install.log" 2>&1
   fi
-  nohup mariadbd --no-defaults --user=root --datadir="$STATE/mysql" --port="$DB_PORT" \
+  # its own session: mariadbd does not daemonize, and a group kill in the shell or test session that
+  # ran up.sh must not take the accounting database with it (seen: sacct failing mid-suite)
+  nohup setsid mariadbd --no-defaults --user=root --datadir="$STATE/mysql" --port="$DB_PORT" \
     --bind-address=127.0.0.1 --socket="$SOCK" --pid-file="$STATE/run/mysqld.pid" \
     --log-error="$STATE/log/mariadb.log" >/dev/null 2>&1 &
   wait_for 30 mariadb mariadb-admin --socket="$SOCK" ping
