@@ -230,7 +230,8 @@ def rank_scores(member_probs: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return r
 
 
-def combine(member_probs: np.ndarray, method: str = "mean", reference: np.ndarray | None = None) -> np.ndarray:
+def combine(member_probs: np.ndarray, method: str = "mean", reference: np.ndarray | None = None,
+            held: np.ndarray | None = None) -> np.ndarray:
     """Ensemble ``(M, N, C)`` -> ``(N, C)``; each image's row depends on that image alone.
 
     mean: average probabilities (stays calibrated-ish, temperature scaling applies).
@@ -239,15 +240,23 @@ def combine(member_probs: np.ndarray, method: str = "mean", reference: np.ndarra
     members, rows renormalised to sum 1.  Robust to members with different calibration; the
     scores are not probabilities, but an image gets the same score alone or in any batch, so
     the validation threshold holds.
+
+    ``held`` ``(M, N)`` bool: average each image over only the members that scored it (a k-fold
+    job's out-of-fold set, where a member's other rows are NaN); None: every member.
     """
     p = np.asarray(member_probs, dtype=np.float64)
     if p.ndim != 3:
         raise ValueError(f"combine: expected (members, images, classes), got shape {p.shape}")
-    if method == "mean":
-        return p.mean(axis=0)
-    if method == "rank":
-        if reference is None:
-            raise ValueError("reduce.ensemble=rank needs each member's validation scores (rank_reference)")
-        s = rank_scores(p, reference).mean(axis=0)
-        return s / s.sum(axis=1, keepdims=True)
-    raise ValueError(f"reduce.ensemble: unknown method {method!r}; valid: mean, rank")
+    if method not in ("mean", "rank"):
+        raise ValueError(f"reduce.ensemble: unknown method {method!r}; valid: mean, rank")
+    if method == "rank" and reference is None:
+        raise ValueError("reduce.ensemble=rank needs each member's validation scores (rank_reference)")
+    if held is not None:
+        p = np.nan_to_num(p)
+    s = p if method == "mean" else rank_scores(p, reference)
+    if held is None:
+        s = s.mean(axis=0)
+    else:
+        w = np.asarray(held, dtype=np.float64)[..., None]
+        s = (s * w).sum(axis=0) / w.sum(axis=0)
+    return s if method == "mean" else s / s.sum(axis=1, keepdims=True)

@@ -18,7 +18,7 @@ import torch
 
 from skinhpc.config import JobSpec, Member
 from skinhpc.data.dataset import encode_metadata
-from skinhpc.ensemble.inference import cached_batches, combine, predict_probs, rank_scores
+from skinhpc.ensemble.inference import cached_batches, combine, predict_probs
 from skinhpc.io.layout import JobPaths
 
 log = logging.getLogger(__name__)
@@ -68,14 +68,7 @@ def split_probs(
 def ensemble_of(spec: JobSpec, split: Split, reference: np.ndarray | None) -> np.ndarray:
     """The ensemble's raw probabilities on ``split``: every member, or (out-of-fold) only the
     members that held each image out (the seeds of its fold), averaged."""
-    if split.held is None:
-        return combine(split.members, spec.reduce.ensemble, reference)
-    w = split.held[..., None].astype(np.float64)
-    p = np.nan_to_num(split.members)
-    if spec.reduce.ensemble == "rank":
-        p = rank_scores(p, reference)
-    s = (p * w).sum(axis=0) / w.sum(axis=0)
-    return s / s.sum(axis=1, keepdims=True) if spec.reduce.ensemble == "rank" else s
+    return combine(split.members, spec.reduce.ensemble, reference, split.held)
 
 
 def calibration_split(spec: JobSpec, paths: JobPaths, table: pd.DataFrame, members: list[Member],
