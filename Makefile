@@ -4,6 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JOB    ?= jobs/demo.yaml
+# pytest-xdist workers for `make test` (0: one process). The SLURM tests share one dev cluster and
+# run on one worker, one at a time (tests/conftest.py); the rest spread over the others.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test lint bench mlflow-ui clean
 
@@ -21,7 +24,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check skinhpc tests bench
 	$(VENV)/bin/lint-imports --config setup.cfg
-	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -ra -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check skinhpc tests bench

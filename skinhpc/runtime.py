@@ -122,6 +122,22 @@ def configure_threads(env: MutableMapping[str, str] = os.environ) -> int | None:
     return n
 
 
+def describe() -> dict[str, object]:
+    """What this process runs with and what it has cost so far, for a member's done.json: the
+    allocator setting in force, the thread count torch uses, and the process's own CPU time and
+    minor page faults (system time and faults are what the allocator setting moves; a record
+    that shows them lets anyone check a task ran with it, on any cluster)."""
+    import resource  # deferred: POSIX only, and only this reads it
+
+    torch = sys.modules.get("torch")
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return {"malloc": STATE.malloc, "glibc": STATE.glibc,
+            "malloc_env": {var: os.environ[var] for var in SETTINGS if var in os.environ},
+            "threads": torch.get_num_threads() if torch is not None else STATE.threads,
+            "user_s": round(use.ru_utime, 3), "sys_s": round(use.ru_stime, 3),
+            "minor_faults": use.ru_minflt, "max_rss_mb": round(use.ru_maxrss / 1024, 1)}
+
+
 def configure() -> RuntimeState:
     """Everything above, once per process; called by ``skinhpc/__init__.py``."""
     global STATE

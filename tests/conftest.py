@@ -49,6 +49,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("shipped_job", sorted(p.name for p in (REPO / "jobs").glob("*.yaml")))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test` runs two workers), every test of the one SLURM dev cluster
+    runs on one worker, one at a time (`--dist loadgroup`): they share the node's CPUs, its queue
+    and the session's cluster start/stop; the rest spread over the other worker."""
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
 # --------------------------------------------------------------------------- where things are
 @pytest.fixture(scope="session")
 def repo() -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from skinhpc import runtime
 from skinhpc.config import plan_members
 from skinhpc.data import prepare
 from skinhpc.ensemble.inference import gather_members
@@ -116,12 +118,21 @@ def test_cli_trains_one_member_of_a_fresh_job(tmp_path: Path, ham_root: Path, re
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     cmd = [sys.executable, "-m", "skinhpc.cli", "train", str(path), "--member", "1", "train.batch_size=8"]
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
+    # started as a user's shell would start it: none of the allocator variables this test process
+    # (which imported skinhpc) exported, so the training process must apply the setting itself
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "SKINHPC_MALLOC"}
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     mdir = tmp_path / "results" / "cli" / "members" / "001"
     spec_json = json.loads((mdir / "spec.json").read_text())
     assert spec_json["member"]["seed"] == 4 and spec_json["spec"]["train"]["batch_size"] == 8
-    assert json.loads((mdir / "done.json").read_text())["seed"] == 4
+    done = json.loads((mdir / "done.json").read_text())
+    assert done["seed"] == 4
+    # the training process ran with skinhpc's allocator setting and handed it to its children
+    if done["runtime"]["glibc"]:
+        assert done["runtime"]["malloc"] == "keep"
+        assert done["runtime"]["malloc_env"] == {var: str(v) for var, (_, v) in runtime.SETTINGS.items()}
+    assert done["runtime"]["threads"] >= 1 and done["runtime"]["sys_s"] >= 0
     assert not (tmp_path / "results" / "cli" / "members" / "000").exists()
     assert "epoch 0" in proc.stderr  # plain log lines
     bad = subprocess.run(cmd[:-2] + ["5"], cwd=repo, capture_output=True, text=True, timeout=120)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from skinhpc import runtime
 from skinhpc.config import JobSpec, Member
 from skinhpc.io.atomic import write_csv_atomic, write_json_atomic
 from skinhpc.io.checkpoint import member_checkpoint_problem
@@ -71,7 +72,7 @@ def finish(run: Run, spec: JobSpec, paths: JobPaths) -> None:
                           metric=run.spec.train.early_stopping.metric, epochs=p.global_epoch,
                           seconds=round(p.seconds, 3), processes=acc.num_processes,
                           started=round(p.started if p.started is not None else time.time(), 3),
-                          finished=round(time.time(), 3))
+                          finished=round(time.time(), 3), runtime=runtime.describe())
     acc.wait_for_everyone()
 
 
