@@ -302,7 +302,9 @@ class TrainSpec:
         ], min_len=1)
     batch_size: int = doc("Per-process batch size.", default=32, ge=1)
     eval_batch_size: int = doc("Batch size for validation and test prediction.", default=64, identity="none", ge=1)
-    num_workers: int = doc("DataLoader workers per process.", default=2, identity="none", ge=0)
+    num_workers: int = doc("DataLoader workers per process (decode + augment beside the model). 0 loads "
+                           "in the training process: the choice on a CPU-only run, where a worker competes "
+                           "with torch's threads for the same cores.", default=2, identity="none", ge=0)
     weight_decay: float = doc("AdamW weight decay.", default=0.01, ge=0)
     scheduler: SchedulerSpec = doc("Learning-rate schedule.", default_factory=SchedulerSpec)
     loss: LossSpec = doc("Loss.", default_factory=LossSpec)

@@ -63,6 +63,13 @@ class Run:
         self.acc = accelerator
         self.fingerprint = member_fingerprint(spec)
         self.inputs = build_inputs(spec, paths, member, accelerator)
+        if accelerator.device.type == "cpu" and spec.train.num_workers > 0:
+            # measured (bench/README.md, "Training overhead"): on a CPU-only run a loader worker
+            # competes with torch's threads for the same cores; lite0 trained 1.55x faster with 0
+            log.warning("member %s: train.num_workers=%d on a CPU-only run: each worker competes with "
+                        "torch's %d threads for the same CPUs; train.num_workers=0 loads in-process "
+                        "(same results, 1.5x faster measured on 2 cores)", member.name,
+                        spec.train.num_workers, torch.get_num_threads())
         self.tables, self.datasets = self.inputs.tables, self.inputs.datasets
         self.steps_per_epoch = self.inputs.steps_per_epoch
 
