@@ -150,7 +150,7 @@ def predict_probs(
     """
     views = check_views(views)
     device = torch.device(device)
-    models = [m.to(device).eval() for m in models]
+    models = [m.to(device).to(memory_format=torch.channels_last).eval() for m in models]  # see apply_views
     if not models:
         raise ValueError("predict_probs: no models")
     meta_t = None if meta is None else torch.as_tensor(np.asarray(meta), dtype=torch.float32)
