@@ -285,6 +285,19 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         subprocess.run(["bash", str(devcluster / "down.sh")], env=env, capture_output=True, timeout=120)
 
 
+def _queued_job_ids() -> set[str]:
+    """The jobs in the queue by job id (an array's tasks folded into the array's id), so a check
+    that a launch submitted nothing is not upset by an earlier test's jobs starting or ending."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=60).stdout
+    return {line.split("_")[0] for line in out.split()}
+
+
+@pytest.fixture(scope="session")
+def queued_job_ids() -> Callable[[], set[str]]:
+    """``queued_job_ids() -> set``: job ids in the dev cluster's queue now (array tasks folded)."""
+    return _queued_job_ids
+
+
 def _fast_overrides(cache_dir: Path, **over: Any) -> dict[str, Any]:
     """tiny_job made quicker still: 1 epoch of 2 steps at 32 px, no bootstrap/ONNX/MLflow,
     and a cache shared by the session so only the first job pays for preprocessing."""

@@ -123,15 +123,14 @@ def test_job_above_max_array_size_is_split(slurm_cluster, tmp_path, job_writer):
     assert read_state(paths, "reduce")["state"] == "done", logs(paths)
 
 
-def test_yaml_error_refused_before_submission(slurm_cluster, tmp_path, job_writer):
+def test_yaml_error_refused_before_submission(slurm_cluster, tmp_path, job_writer, queued_job_ids):
     job = job_writer()
     job.write_text(job.read_text().replace("executor: debug", "executor: slurm").replace("lr:", "lr_max:", 1))
-    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    before = queued_job_ids()
     r = subprocess.run([PY, "-m", "skinhpc.launch", str(job)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and str(job) in r.stderr and "lr_max" in r.stderr
     assert "Submitted" not in r.stdout and "results:" not in r.stdout
-    after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
-    assert after == before
+    assert not queued_job_ids() - before  # nothing new in the queue
     assert not (tmp_path / "results" / "tiny").exists()
 
 

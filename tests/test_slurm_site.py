@@ -102,18 +102,19 @@ def test_per_stage_resources_and_requeue_reach_slurm(slurm_cluster, job_writer):
 
 
 @pytest.mark.slurm
-def test_more_gpus_than_the_partition_has_is_refused_at_launch(slurm_cluster, job_writer, tmp_path):
+def test_more_gpus_than_the_partition_has_is_refused_at_launch(slurm_cluster, job_writer, tmp_path,
+                                                               queued_job_ids):
     """sinfo says the dev node has no GPU: 2 GPUs a member is refused before anything is
     submitted, in one line naming the key and the partition (exit 2), not by sbatch after
     prepare is queued."""
     job = job_writer(cluster={"gpus_per_member": 2, "partition": "debug"})
-    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    before = queued_job_ids()
     r = _launch(job, "--executor", "slurm")
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stdout + r.stderr
     assert "cluster.gpus_per_member: 2 per member" in lines[0] and "partition debug" in lines[0], lines
     assert "at most 0 GPUs (sinfo)" in lines[0], lines
-    assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout == before
+    assert not queued_job_ids() - before  # nothing new in the queue
     assert not (tmp_path / "results" / "tiny").exists()
 
 

@@ -239,12 +239,14 @@ class Run:
                 self.scheduler.step()
                 if self.ema is not None:
                     self.ema.update(self.raw_model, step=p.global_epoch * self.steps_per_epoch + i + 1)
+                # the epoch's running loss is part of the step too: a request handled between
+                # the step and this sum would checkpoint the step without its loss
+                stats["loss_sum"] += float(loss.detach()) * len(y)
+                stats["count"] += len(y)
+                images += len(y)
                 p.step = i + 1
                 self._step_rng = self._step_buffers = None  # at a boundary: save current state
                 self._critical = False
-            stats["loss_sum"] += float(loss.detach()) * len(y)
-            stats["count"] += len(y)
-            images += len(y)
             if self._pending:
                 self._pending = False
                 self.save_last()
