@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from skinhpc import runtime
 from skinhpc.config import JobSpec, deep_merge, dump_yaml, from_dict, plan_members
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
@@ -92,6 +93,18 @@ def weights_path(shared_dir: Path) -> Path:
     if not path.exists():
         _missing(f"reference weights not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def shell_env() -> Callable[[], dict[str, str]]:
+    """``shell_env() -> dict``: this environment as a user's shell would hand it to a skinhpc
+    command, without what ``import skinhpc`` in this test process exported (allocator variables,
+    the thread count and its mark) or the switch, so a child must set them up itself."""
+    def env() -> dict[str, str]:
+        return {k: v for k, v in os.environ.items()
+                if not k.startswith("MALLOC_")
+                and k not in ("OMP_NUM_THREADS", runtime.THREADS_MARK, runtime.SWITCH, "SLURM_CPUS_PER_TASK")}
+    return env
 
 
 # --------------------------------------------------------------------------- tiny jobs

@@ -69,11 +69,10 @@ if __name__ == "__main__":
 '''
 
 
-def run_probe(repo: Path, tmp_path: Path, **env: str) -> dict:
+def run_probe(repo: Path, tmp_path: Path, clean: dict[str, str], **env: str) -> dict:
+    """The probe in a fresh interpreter started with ``clean`` (a user's shell environment) + ``env``."""
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith("MALLOC_") and k not in ("OMP_NUM_THREADS", runtime.THREADS_MARK, runtime.SWITCH, "SLURM_CPUS_PER_TASK")}
     clean.update(env, PYTHONPATH=str(repo))
     out = subprocess.run([sys.executable, str(script)], env=clean, capture_output=True, text=True,
                          timeout=240, cwd=tmp_path)
@@ -82,9 +81,9 @@ def run_probe(repo: Path, tmp_path: Path, **env: str) -> dict:
 
 
 @pytest.mark.skipif(runtime.glibc_version() is None, reason="the allocator set-up is glibc-only")
-def test_processes_keep_memory_and_children_inherit_it(tmp_path, repo):
-    keep = run_probe(repo, tmp_path, SLURM_CPUS_PER_TASK="1")
-    system = run_probe(repo, tmp_path, **{runtime.SWITCH: runtime.SWITCH_OFF})
+def test_processes_keep_memory_and_children_inherit_it(tmp_path, repo, shell_env):
+    keep = run_probe(repo, tmp_path, shell_env(), SLURM_CPUS_PER_TASK="1")
+    system = run_probe(repo, tmp_path, shell_env(), **{runtime.SWITCH: runtime.SWITCH_OFF})
 
     # the switch off: glibc's defaults, in the process and in its spawned worker
     assert system["main"]["malloc"] == "system"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -99,7 +98,7 @@ def test_augmentation_and_order_depend_only_on_seed_epoch_index(tmp_path: Path, 
 
 
 def test_cli_trains_one_member_of_a_fresh_job(tmp_path: Path, ham_root: Path, repo: Path,
-                                              fast_preprocess: dict) -> None:
+                                              fast_preprocess: dict, shell_env) -> None:
     """`skinhpc train JOB.yaml --member K key=value`: prepares the data when missing, then trains."""
     import subprocess
     import sys
@@ -120,8 +119,7 @@ def test_cli_trains_one_member_of_a_fresh_job(tmp_path: Path, ham_root: Path, re
     cmd = [sys.executable, "-m", "skinhpc.cli", "train", str(path), "--member", "1", "train.batch_size=8"]
     # started as a user's shell would start it: none of the allocator variables this test process
     # (which imported skinhpc) exported, so the training process must apply the setting itself
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "SKINHPC_MALLOC"}
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300, env=shell_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     mdir = tmp_path / "results" / "cli" / "members" / "001"
     spec_json = json.loads((mdir / "spec.json").read_text())
