@@ -33,13 +33,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ENV_SETTING = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296",
-               "MALLOC_TOP_PAD_": "1073741824"}
+sys.path.insert(0, str(REPO))
+from skinhpc import runtime  # noqa: E402  (torch-free; the parent only builds children's environments)
 
 
 def child(args: argparse.Namespace) -> None:
     """The workload, in this (fresh) process; prints one JSON line."""
-    sys.path.insert(0, str(REPO))
     import torch
 
     import skinhpc  # noqa: F401  (applies the allocator setting unless switched off)
@@ -86,11 +85,11 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_case(args: argparse.Namespace, workload: str, mode: str, threads: int = 0) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_SETTING and k != "SKINHPC_MALLOC"}
+    env = runtime.without_setup(os.environ)
     if mode == "system":
-        env["SKINHPC_MALLOC"] = "system"
+        env[runtime.SWITCH] = runtime.SWITCH_OFF
     elif mode == "env":
-        env.update(ENV_SETTING)
+        env.update(runtime.ENVIRONMENT)
     cmd = [sys.executable, __file__, "--child", workload, "--model", args.model, "--size", str(args.size),
            "--n", str(args.n), "--batch", str(args.batch), "--set-threads", str(threads), "--reps", str(args.reps)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)

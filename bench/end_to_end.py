@@ -25,8 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-SETTINGS = {"system": {"SKINHPC_MALLOC": "system"}, "skinhpc": {}}
-GLIBC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "SKINHPC_MALLOC")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from skinhpc import runtime  # noqa: E402  (torch-free: settings and the environment children start from)
+
+SETTINGS = {"system": {runtime.SWITCH: runtime.SWITCH_OFF}, "skinhpc": {}}
 
 
 def machine_cpu_s() -> tuple[float, float]:
@@ -52,7 +54,7 @@ def numbers(obj: object, prefix: str = "") -> dict[str, float]:
 
 
 def run_once(command: list[str], out: Path, setting: str, log: Path) -> dict[str, float]:
-    env = {k: v for k, v in os.environ.items() if k not in GLIBC_VARS}
+    env = runtime.without_setup(os.environ)
     env.update(SETTINGS[setting])
     if out.exists():
         shutil.rmtree(out)

@@ -54,6 +54,18 @@ SETTINGS: dict[str, tuple[int, int]] = {
     "MALLOC_TOP_PAD_": (M_TOP_PAD, 2**30),  # grow the heap in big steps (untouched pages cost nothing)
 }
 
+# the same settings as a child process gets them, through its environment
+ENVIRONMENT: dict[str, str] = {var: str(value) for var, (_, value) in SETTINGS.items()}
+
+
+def without_setup(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` as a user's shell would hand it to a skinhpc command: without the allocator
+    variables, the switch, and a thread count skinhpc set (with its mark). Benchmarks and tests
+    start children from it, so each child sets itself up (or not) as the setting under test says."""
+    set_threads = env.get("OMP_NUM_THREADS") is not None and env.get("OMP_NUM_THREADS") == env.get(THREADS_MARK)
+    drop = {*SETTINGS, SWITCH, THREADS_MARK, *(["OMP_NUM_THREADS"] if set_threads else [])}
+    return {k: v for k, v in env.items() if k not in drop}
+
 
 @dataclass
 class RuntimeState:
@@ -102,7 +114,7 @@ def configure_malloc(env: MutableMapping[str, str] = os.environ) -> RuntimeState
     for var, (param, value) in SETTINGS.items():
         if var in env:  # the user's own choice (or a skinhpc parent's): glibc applied it at start-up
             continue
-        env[var] = str(value)
+        env[var] = ENVIRONMENT[var]
         state.exported.append(var)
         state.mallopt[var] = bool(libc.mallopt(ctypes.c_int(param), ctypes.c_int(min(value, _INT_MAX))))
     state.malloc = "keep"

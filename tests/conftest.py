@@ -117,9 +117,9 @@ def shell_env() -> Callable[[], dict[str, str]]:
     command, without what ``import skinhpc`` in this test process exported (allocator variables,
     the thread count and its mark) or the switch, so a child must set them up itself."""
     def env() -> dict[str, str]:
-        return {k: v for k, v in os.environ.items()
-                if not k.startswith("MALLOC_")
-                and k not in ("OMP_NUM_THREADS", runtime.THREADS_MARK, runtime.SWITCH, "SLURM_CPUS_PER_TASK")}
+        env = runtime.without_setup(os.environ)
+        env.pop("SLURM_CPUS_PER_TASK", None)  # a test run inside a SLURM allocation: not the user's shell
+        return env
     return env
 
 

@@ -125,6 +125,21 @@ def test_a_users_choices_are_kept():
     assert not any(k.startswith("MALLOC_") for k in off)
 
 
+def test_without_setup_undoes_what_skinhpc_set_and_nothing_the_user_set():
+    """What benchmarks and tests start children from: skinhpc's own settings gone, so the child
+    applies them itself (or, switched off, not); a user's thread count and other variables kept."""
+    ours = {"PATH": "/bin", runtime.SWITCH: runtime.SWITCH_OFF, "SLURM_CPUS_PER_TASK": "1"}
+    set_up = dict(ours)
+    del set_up[runtime.SWITCH]
+    runtime.configure_threads(set_up)
+    runtime.configure_malloc(set_up)
+    assert runtime.without_setup(set_up) == {"PATH": "/bin", "SLURM_CPUS_PER_TASK": "1"}
+    users = {"OMP_NUM_THREADS": "3", "PATH": "/bin"}
+    runtime.configure_threads(users)
+    assert runtime.without_setup(users) == users
+    assert runtime.without_setup(ours) == {"PATH": "/bin", "SLURM_CPUS_PER_TASK": "1"}
+
+
 def test_cpu_count_is_capped_by_slurm(monkeypatch):
     cpus = len(os.sched_getaffinity(0))
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
