@@ -11,7 +11,10 @@ the runs wrote (``--metrics``, relative to ``{out}``) holds the same numbers to 
     .venv/bin/python bench/end_to_end.py --label evaluate --metrics metrics.json -- \\
         .venv/bin/skinhpc evaluate --model results/lite0_member --data /tmp/eval1981 --out {out}
     .venv/bin/python bench/end_to_end.py --label demo --metrics demo/ensemble/metrics.json -- \\
-        .venv/bin/python -m skinhpc.launch jobs/demo.yaml 'results_dir={out}' --wait
+        .venv/bin/python -m skinhpc.launch jobs/demo.yaml --wait 'results_dir={out}'
+
+Other settings compare job overrides under skinhpc's allocator: ``--setting nchw=train.channels_last=false
+--order nchw,skinhpc`` appends ``train.channels_last=false`` to the command for the ``nchw`` runs.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from skinhpc import runtime  # noqa: E402  (torch-free: settings and the environment children start from)
 
-SETTINGS = {"system": {runtime.SWITCH: runtime.SWITCH_OFF}, "skinhpc": {}}
+# a setting: the environment it adds and the job overrides (``key=value``) it appends to the command
+SETTINGS: dict[str, tuple[dict[str, str], list[str]]] = {
+    "system": ({runtime.SWITCH: runtime.SWITCH_OFF}, []), "skinhpc": ({}, [])}
 
 
 def machine_cpu_s() -> tuple[float, float]:
@@ -54,11 +59,12 @@ def numbers(obj: object, prefix: str = "") -> dict[str, float]:
 
 
 def run_once(command: list[str], out: Path, setting: str, log: Path) -> dict[str, float]:
+    extra_env, overrides = SETTINGS[setting]
     env = runtime.without_setup(os.environ)
-    env.update(SETTINGS[setting])
+    env.update(extra_env)
     if out.exists():
         shutil.rmtree(out)
-    argv = [a.replace("{out}", str(out)) for a in command]
+    argv = [a.replace("{out}", str(out)) for a in command] + overrides
     u0, s0 = machine_cpu_s()
     t0 = time.perf_counter()
     with log.open("w") as f:
@@ -79,13 +85,23 @@ def main() -> None:
     ap.add_argument("--state", help="a job's state folder relative to {out}: per-stage seconds are printed")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--order", default="system,skinhpc", help="settings in the order of each round")
+    ap.add_argument("--setting", action="append", default=[], metavar="NAME=KEY=VALUE",
+                    help="a setting under skinhpc's allocator that appends the job override KEY=VALUE "
+                         "to the command (repeatable; name it in --order)")
     ap.add_argument("--base", type=Path, default=Path("/tmp/skinhpc-bench-e2e"))
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command, with {out}")
     args = ap.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command or not any("{out}" in a for a in command):
         ap.error("give the command after --, with {out} where its output folder goes")
+    for item in args.setting:
+        name, _, override = item.partition("=")
+        if not override or "=" not in override:
+            ap.error(f"--setting {item!r}: give NAME=KEY=VALUE")
+        SETTINGS.setdefault(name, ({}, []))[1].append(override)
     order = args.order.split(",")
+    if unknown := [o for o in order if o not in SETTINGS]:
+        ap.error(f"--order names unknown settings {unknown}; known: {sorted(SETTINGS)}")
     ignore = [w for w in args.ignore.split(",") if w]
     args.base.mkdir(parents=True, exist_ok=True)
 
@@ -116,8 +132,8 @@ def main() -> None:
     stages = sorted({k for _, _, t, _ in rows for k in t if k.startswith("stage ")})
     for k in stages:
         print(f"{k}: " + ", ".join(f"{s} {t.get(k, float('nan')):.1f} s" for s, _, t, _ in rows))
-    if "system" in best and "skinhpc" in best:
-        print(f"system / skinhpc wall (best of each) = {best['system'] / best['skinhpc']:.2f}x")
+    for setting in order[1:]:
+        print(f"{order[0]} / {setting} wall (best of each) = {best[order[0]] / best[setting]:.2f}x")
     if args.metrics:
         ref = rows[0][3]
         diffs = {k: max(abs(n.get(k, float("nan")) - v) for _, _, _, n in rows[1:])
@@ -126,7 +142,8 @@ def main() -> None:
         keys = set().union(*(n.keys() for _, _, _, n in rows))
         print(f"metrics ({args.metrics}): {len(ref)} numbers; "
               + ("identical in every run" if not bad and keys == set(ref)
-                 else f"{len(bad)} differ, e.g. {sorted(bad.items())[:5]}"))
+                 else f"{len(bad)} differ (largest by {max(bad.values(), default=0):.3g}), "
+                      f"e.g. {sorted(bad.items())[:5]}"))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ what one would write by hand (DataLoader, AdamW, CE, grad clip).  Prints images/
 both and the ratio (target: skinhpc at most 5 % slower), then DataLoader images/s per
 worker count at 224 px next to the model's own training images/s at 224 px, to show
 whether data loading or the model is the bottleneck. A third loop, "limit", is the bare step
-(forward, CE, backward, AdamW) on batches already in memory under the best allocator and thread
-setting (skinhpc's own, applied when skinhpc is imported): the ratio to it says how close to
-this machine's limit each loop runs.
+(forward, CE, backward, AdamW) on batches already in memory under the best allocator, thread and
+memory-layout setting found (skinhpc's own allocator and threads, applied when skinhpc is
+imported; channels-last, skinhpc/model/layout.py): the ratio to it says how close to this
+machine's limit each loop runs. The plain loop stays NCHW, as one writes it by hand.
 
     .venv/bin/python bench/train_overhead.py --model resnet10t --size 64 --images 400
 """
@@ -39,6 +40,7 @@ from skinhpc.config import (  # noqa: E402
 from skinhpc.data import prepare  # noqa: E402
 from skinhpc.data.dataset import SkinDataset  # noqa: E402
 from skinhpc.io.layout import JobPaths  # noqa: E402
+from skinhpc.model.layout import batch_to_layout, model_to_layout  # noqa: E402
 from skinhpc.model.net import build_model, data_config  # noqa: E402
 from skinhpc.train.member import train_member  # noqa: E402
 
@@ -111,9 +113,9 @@ def limit_loop(spec: JobSpec, epochs: int, device: torch.device) -> list[float]:
     ds = SkinDataset(train_table(spec), spec.cache_dir, cfg["mean"], cfg["std"], augment=0.0, seed=1)
     bs = spec.train.batch_size
     n = len(ds) // bs * bs
-    x = torch.stack([ds[i][0] for i in range(n)]).to(device)
+    x = batch_to_layout(torch.stack([ds[i][0] for i in range(n)]).to(device))
     y = torch.as_tensor(ds.labels[:n]).to(device)
-    model = build_model(spec).to(device).train()
+    model = model_to_layout(build_model(spec).to(device)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=spec.train.weight_decay)
     amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
     rates = []
@@ -217,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<10}{med:>30.1f}   {', '.join(f'{r:.1f}' for r in rates)}")
         print(f"skinhpc / plain = {s / p:.3f}  (target >= 0.95)")
         print(f"skinhpc / limit = {s / lim:.3f}  plain / limit = {p / lim:.3f}  "
-              f"(limit: bare step on in-memory batches, allocator {runtime.STATE.malloc}, "
-              f"{torch.get_num_threads()} threads)")
+              f"(limit: bare step on in-memory channels-last batches, allocator {runtime.STATE.malloc}, "
+              f"{torch.get_num_threads()} threads; skinhpc train.channels_last={spec.train.channels_last})")
         if not args.skip_224:
             spec224 = make_job(root, Path(args.data), args, 224, "bench224")
             workers = [int(w) for w in args.loader_workers.split(",")]

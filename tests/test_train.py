@@ -62,6 +62,30 @@ def test_tiny_model_learns_and_beats_majority(tmp_path: Path, ham_root: Path, pr
     assert (mp.done.stat().st_mtime_ns, mp.best.stat().st_mtime_ns) == before
 
 
+def test_channels_last_is_how_a_member_trains_not_what_it_learns(tmp_path: Path, ham_root: Path,
+                                                                 prepared_tiny_job) -> None:
+    """train.channels_last (the default) trains in NHWC: the checkpoint's convolution weights are
+    stored that way; switched off they are NCHW. The member's identity is the same and what it
+    learns agrees to float rounding (val probabilities), so the switch is run-only."""
+    train = {"phases": [{"name": "all", "epochs": 1, "train": "all", "lr": 3e-3}], "max_steps_per_epoch": 3}
+    runs = {}
+    for on in (True, False):
+        spec, paths = prepared_tiny_job(tmp_path / str(on), ham_root, subset=160,
+                                        train={**train, "channels_last": on})
+        member = plan_members(spec)[0]
+        train_member(spec, paths, member)
+        weights = torch.load(paths.member(member).last, map_location="cpu", weights_only=False)["model"]
+        convs = [w for w in weights.values() if w.ndim == 4 and w.shape[-1] > 1 and w.shape[1] > 1]
+        assert convs and all(w.is_contiguous(memory_format=torch.channels_last) == on for w in convs)
+        assert all(w.is_contiguous() != on for w in convs)
+        runs[on] = (member_identity(spec, member), pd.read_csv(paths.member(member).val))
+    assert runs[True][0] == runs[False][0]
+    on, off = runs[True][1], runs[False][1]
+    assert list(on["image_id"]) == list(off["image_id"])
+    diff = (on["prob_malignant"] - off["prob_malignant"]).abs().max()
+    assert 0 <= diff < 1e-3, diff
+
+
 def test_bad_label_named(tmp_path: Path, ham_root: Path, prepared_tiny_job) -> None:
     spec, paths = prepared_tiny_job(tmp_path, ham_root, subset=60,
                                      model={"name": "small_cnn", "pretrained": "none"})
@@ -129,7 +153,7 @@ def test_cli_trains_one_member_of_a_fresh_job(tmp_path: Path, ham_root: Path, re
     # the training process ran with skinhpc's allocator setting and handed it to its children
     if done["runtime"]["glibc"]:
         assert done["runtime"]["malloc"] == "keep"
-        assert done["runtime"]["malloc_env"] == {var: str(v) for var, (_, v) in runtime.SETTINGS.items()}
+        assert done["runtime"]["malloc_env"] == runtime.ENVIRONMENT
     assert done["runtime"]["threads"] >= 1 and done["runtime"]["sys_s"] >= 0
     assert not (tmp_path / "results" / "cli" / "members" / "000").exists()
     assert "epoch 0" in proc.stderr  # plain log lines

@@ -24,6 +24,7 @@ from skinhpc.ensemble.tta import apply_views, check_views, split_views
 from skinhpc.io.checkpoint import member_checkpoint_problem
 from skinhpc.io.layout import JobPaths
 from skinhpc.io.state import member_done_problem, member_identity
+from skinhpc.model.layout import model_to_layout
 from skinhpc.model.net import data_config, load_checkpoint_model
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def predict_probs(
     """
     views = check_views(views)
     device = torch.device(device)
-    models = [m.to(device).to(memory_format=torch.channels_last).eval() for m in models]  # see apply_views
+    models = [model_to_layout(m.to(device)).eval() for m in models]
     if not models:
         raise ValueError("predict_probs: no models")
     meta_t = None if meta is None else torch.as_tensor(np.asarray(meta), dtype=torch.float32)

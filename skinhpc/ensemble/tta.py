@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from skinhpc.model.layout import batch_to_layout
+
 
 def _crop95(x: torch.Tensor) -> torch.Tensor:
     """Zoom in: the central 95 % resized back to the input size."""
@@ -79,9 +81,7 @@ def apply_views(batch: torch.Tensor, views: Sequence[str]) -> torch.Tensor:
     h, w = batch.shape[-2:]
     if h != w and any(v in ("rot90", "rot270", "transpose") for v in views):
         raise ValueError(f"apply_views: views rot90/rot270/transpose need square images, got {h}x{w}")
-    # channels-last: the layout the cache's NHWC bytes arrive in, and the one oneDNN's convolutions
-    # run fastest on (bench/README.md, "Inference at the limit": 254 vs 359 ms a batch of 64)
-    return torch.cat([VIEWS[v](batch).contiguous(memory_format=torch.channels_last) for v in views], dim=0)
+    return torch.cat([batch_to_layout(VIEWS[v](batch)) for v in views], dim=0)  # cat keeps the layout
 
 
 def split_views(out: torch.Tensor, num_views: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ from skinhpc.config import JobSpec, Member, PhaseSpec
 from skinhpc.io.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from skinhpc.io.layout import JobPaths, MemberPaths
 from skinhpc.io.state import clean_stale_writes, member_fingerprint
+from skinhpc.model.layout import batch_to_layout, model_to_layout
 from skinhpc.model.net import (
     PriorBaseline,
     build_model,
@@ -76,7 +77,7 @@ class Run:
         self.raw_model: nn.Module = build_model(spec)
         if isinstance(self.raw_model, PriorBaseline):
             self.raw_model.set_prior(torch.as_tensor(self.inputs.train_counts))
-        self.raw_model.to(accelerator.device)
+        model_to_layout(self.raw_model.to(accelerator.device), spec.train.channels_last)
         self.criterion = build_loss(spec.train.loss, self.inputs.train_counts).to(accelerator.device)
         self.ema: Any = None
         self.progress = Progress()
@@ -224,7 +225,7 @@ class Run:
             if self._pending:
                 self._pending = False
                 self.save_last(self._step_rng)
-            logits = self.model(x, meta if use_meta else None)
+            logits = self.model(batch_to_layout(x, t.channels_last), meta if use_meta else None)
             loss = self.criterion(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
@@ -295,7 +296,7 @@ class Run:
         all_logits, all_labels = [], []
         for x, meta, y in loader:
             with acc.autocast():
-                logits = model(x, meta if use_meta else None).float()
+                logits = model(batch_to_layout(x, t.channels_last), meta if use_meta else None).float()
             logits, y = acc.gather_for_metrics((logits, y))
             all_logits.append(logits.cpu())
             all_labels.append(y.cpu())
