@@ -2,9 +2,9 @@
 
 Why: oneDNN's convolutions on a CPU (and cuDNN's on tensor cores) run fastest on NHWC; fed
 NCHW, a network pays for reorders around every convolution. Measured on the 2-core machine
-(bench/README.md, "Inference at the limit" and "Training overhead"): tf_efficientnet_lite0 at 128 px inferred a batch of 64 in
-254 ms instead of 359 ms, and trained 62 images/s instead of 41-47. The cache's bytes are NHWC
-already, so the images arrive in this layout for free.
+(bench/README.md, "Inference at the limit" and "Training overhead"): tf_efficientnet_lite0 at
+128 px inferred a batch of 64 in 254 ms instead of 359 ms, and trained 62 images/s instead of
+41-47. The cache's bytes are NHWC already, so the images arrive in this layout for free.
 
 Results agree with the NCHW path to float rounding, not bit for bit (other kernels sum in
 another order): training follows ``train.channels_last``, which is run-only (``identity: none``)
