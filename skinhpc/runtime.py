@@ -58,12 +58,16 @@ SETTINGS: dict[str, tuple[int, int]] = {
 ENVIRONMENT: dict[str, str] = {var: str(value) for var, (_, value) in SETTINGS.items()}
 
 
+def threads_set_by_skinhpc(env: Mapping[str, str]) -> bool:
+    """``OMP_NUM_THREADS`` is skinhpc's (it carries the mark), not the user's choice."""
+    return "OMP_NUM_THREADS" in env and env["OMP_NUM_THREADS"] == env.get(THREADS_MARK)
+
+
 def without_setup(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` as a user's shell would hand it to a skinhpc command: without the allocator
     variables, the switch, and a thread count skinhpc set (with its mark). Benchmarks and tests
     start children from it, so each child sets itself up (or not) as the setting under test says."""
-    set_threads = env.get("OMP_NUM_THREADS") is not None and env.get("OMP_NUM_THREADS") == env.get(THREADS_MARK)
-    drop = {*SETTINGS, SWITCH, THREADS_MARK, *(["OMP_NUM_THREADS"] if set_threads else [])}
+    drop = {*SETTINGS, SWITCH, THREADS_MARK, *(["OMP_NUM_THREADS"] if threads_set_by_skinhpc(env) else [])}
     return {k: v for k, v in env.items() if k not in drop}
 
 
@@ -127,7 +131,7 @@ def configure_threads(env: MutableMapping[str, str] = os.environ) -> int | None:
     A count a skinhpc parent set (marked by ``SKINHPC_THREADS``) is worked out again: ``sbatch``
     exports the login node's environment to the compute task, whose CPUs differ.
     """
-    if "OMP_NUM_THREADS" in env and env.get("OMP_NUM_THREADS") != env.get(THREADS_MARK):
+    if "OMP_NUM_THREADS" in env and not threads_set_by_skinhpc(env):
         return None
     n = cpu_count(env)
     env["OMP_NUM_THREADS"] = env[THREADS_MARK] = str(n)

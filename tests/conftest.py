@@ -67,12 +67,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     into the node id, which pytest 9.2 drops without a word (pytest-xdist#1386, hence the pin in
     setup.cfg); ungrouped, two workers start, share and stop the one cluster at once and one
     test's jobs land in another's queue checks."""
-    grouped = not (os.environ.get("PYTEST_XDIST_WORKER") and item.config.getvalue("loadgroup"))
-    if item.get_closest_marker("slurm") and not (grouped or item.nodeid.endswith("@slurm")):
+    grouping = os.environ.get("PYTEST_XDIST_WORKER") and item.config.getvalue("loadgroup")
+    if grouping and item.get_closest_marker("slurm") and not item.nodeid.endswith("@slurm"):
         pytest.fail(f"--dist loadgroup did not group this SLURM test: pytest {pytest.__version__} drops "
                     "xdist's group suffix (pytest-xdist#1386); install setup.cfg's pins or TEST_WORKERS=0",
                     pytrace=False)
-
 
 
 # --------------------------------------------------------------------------- where things are
