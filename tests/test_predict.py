@@ -144,6 +144,10 @@ def test_evaluate_on_folder_per_class(finished_job, ham_root, tmp_path, capsys):
     assert "chosen on the job's validation split, not refitted" in html
     assert str(root) in html and "Research use only" in html and "Label map" in html
     assert "no subgroup analysis" in html  # a folder-per-class source has no sex/age/site
+    # malignant vs each benign diagnosis (the folder names): here nv alone, so the balanced AUC is its AUC
+    bc = m["benign_classes"]
+    assert bc["n_malignant"] == 12 and set(bc["classes"]) == {"nv"} and bc["classes"]["nv"]["n"] == 6
+    assert bc["balanced_auc"] == pytest.approx(m["auc"]) and "malignant vs nv" in html
 
 
 def _assert_self_contained(html: str, min_images: int) -> None:

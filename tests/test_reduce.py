@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from skinhpc.config import JobSpec, load_spec, plan_members
 from skinhpc.ensemble.inference import MembersMissing
@@ -100,6 +101,9 @@ def test_reduce_writes_documented_files(trained: tuple[JobSpec, JobPaths]) -> No
     html = (ens / "report.html").read_text()
     assert "chosen on the validation split" in html and "coverage" in html
     assert f"per lesion/patient group ({ipg['groups']} groups)" in html
+    bc = metrics["benign_classes"]
+    assert set(bc) == {"val", "test"} and bc["test"]["n_malignant"] == metrics["test"]["class_counts"]["malignant"]
+    assert 0 <= bc["test"]["balanced_auc"] <= 1 and "benign-class-balanced AUC" in html
 
 
 def test_member_without_checkpoint_is_left_out(trained: tuple[JobSpec, JobPaths], tmp_path: Path) -> None:
@@ -167,7 +171,8 @@ def test_multiclass_evaluation_has_malignant_view(tmp_path: Path, ham_root: Path
         p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
         frame = pd.DataFrame({"image_id": [f"{name}{i}" for i in range(n)], "label": y,
                               "group": [f"lesion:{name}{i // 2}" for i in range(n)],
-                              "age": rng.integers(20, 80, n), "sex": "male", "site": "back"})
+                              "age": rng.integers(20, 80, n), "sex": "male", "site": "back",
+                              "dx": np.asarray(classes)[y]})
         return Split(name, frame, p, p.mean(0))
 
     val, test = split("v", 80), split("t", 90)
@@ -179,6 +184,14 @@ def test_multiclass_evaluation_has_malignant_view(tmp_path: Path, ham_root: Path
     assert summary["thresholds"]["malignant"]["classes"] == spec.data.malignant
     y_mal = np.isin(test.y, [0, 1, 4]).astype(int)  # akiec, bcc, mel
     assert mal["test"]["class_counts"]["malignant"] == int(y_mal.sum())
+    # malignant vs each benign diagnosis, from the malignant view's scores: bkl, df, nv, vasc
+    bc = summary["benign_classes"]["test"]
+    assert set(bc["classes"]) == {"bkl", "df", "nv", "vasc"} and bc["n_malignant"] == int(y_mal.sum())
+    p_mal = test.ensemble[:, [0, 1, 4]].sum(1)
+    nv = (test.y == 5) | (y_mal == 1)
+    assert bc["classes"]["nv"]["auc"] == pytest.approx(roc_auc_score(y_mal[nv], p_mal[nv]))
+    assert bc["balanced_auc"] == pytest.approx(np.mean([c["auc"] for c in bc["classes"].values()]))
+    assert bc["classes"]["nv"]["lo"] is not None  # reduce.bootstrap: 20 resamples by group
     summary["temperature"] = 1.0
     paths = JobPaths(tmp_path / "job")
     plots = make_plots(spec, summary, val, test, members, paths.ensemble / "plots")
@@ -188,4 +201,5 @@ def test_multiclass_evaluation_has_malignant_view(tmp_path: Path, ham_root: Path
                    members_missing=[], views=["identity"], ensemble="mean", n_val=80, n_test=90)
     html = render(spec, paths, summary)
     assert "macro ROC-AUC" in html and "Malignant vs benign view" in html
+    assert "malignant vs bkl" in html and "benign-class-balanced AUC" in html
     assert html.count("coverage") >= 2  # the argmax gate and the malignant-view gate

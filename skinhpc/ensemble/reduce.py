@@ -22,7 +22,8 @@ Files written to ``results/<job>/ensemble/`` (atomically; a rerun overwrites cle
   :mod:`skinhpc.metrics.groups`), images_per_group ({val, test}: groups, images, mean/max),
   members (table rows), baselines, subgroups, risk_coverage,
   reliability, confusion ({at_threshold, gated, coverage}), malignant (multiclass),
-  plots, gradcam, onnx, mlflow_run_id.  The per-image figures stay the headline; the malignant
+  plots, gradcam, onnx, mlflow_run_id, benign_classes ({val, test}: malignant vs each benign
+  diagnosis and their mean, :func:`benign_classes`).  The per-image figures stay the headline; the malignant
   view of a multiclass job has its own val_by_group/test_by_group.
 - ``plots/*.png``, ``gradcam/*.png``, ``report.html``.
 """
@@ -190,7 +191,21 @@ def evaluate(spec: JobSpec, members: list[Member], val: Split, test: Split,
                                    "test": metrics.images_per_group(test.groups)}
     summary["subgroups"] = metrics.subgroups(test.y, test.ensemble, test.frame.reset_index(drop=True),
                                              threshold=thr, class_names=names)
+    summary["benign_classes"] = benign_classes(spec, val, test)
     return to_jsonable(summary)
+
+
+def benign_classes(spec: JobSpec, val: Split, test: Split) -> dict[str, Any]:
+    """Malignant vs each benign diagnosis and their mean (:mod:`skinhpc.metrics.pairwise`) on the
+    set that chose (val or out-of-fold) and on test: the figure recipes are compared on, since the
+    raw AUC moves with the share of easy nevi."""
+    out = {}
+    for name, split in (("val", val), ("test", test)):
+        view = class_view(split) if spec.data.task == "binary" else malignant_split_view(spec, split)
+        out[name] = metrics.benign_class_aucs(view.y, view.probs[:, 1], split.frame["dx"].astype(str).to_numpy(),
+                                              groups=view.groups, bootstrap=spec.reduce.bootstrap,
+                                              seed=spec.data.split.seed)
+    return out
 
 
 def chosen_on(spec: JobSpec) -> str:

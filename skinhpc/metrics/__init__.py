@@ -7,7 +7,8 @@
 - :mod:`.bootstrap`: group-bootstrap intervals;
 - :mod:`.subgroups`: per-subgroup metrics and image-blind baselines;
 - :mod:`.groups`: lesion/patient-level evaluation (one row per group, the per-image threshold);
-- :mod:`.malignant`: which probability columns count as malignant, and the binary view.
+- :mod:`.malignant`: which probability columns count as malignant, and the binary view;
+- :mod:`.pairwise`: malignant vs each benign class, and their case-mix-free mean.
 """
 
 from skinhpc.metrics.arrays import as_labels, as_probs, as_scores, both_classes, predict_labels
@@ -28,11 +29,12 @@ from skinhpc.metrics.operating_point import (
     sens_at_spec,
     spec_at_sens,
 )
+from skinhpc.metrics.pairwise import benign_class_aucs
 from skinhpc.metrics.subgroups import AGE_BANDS, age_band, baselines, category, subgroups
 
 __all__ = [
     "AGE_BANDS", "METHODS", "age_band", "aggregate", "apply", "apply_temperature", "as_labels", "as_probs",
-    "as_scores", "baselines", "binary_probs", "both_classes", "category", "choose", "choose_all", "evaluate",
+    "as_scores", "baselines", "benign_class_aucs", "binary_probs", "both_classes", "category", "choose", "choose_all", "evaluate",
     "evaluate_groups", "fit_temperature", "images_per_group", "malignant_indices", "nll", "pr_points",
     "predict_labels", "reliability",
     "resample_weights", "risk_coverage", "roc_operating_points", "roc_points", "sens_at_spec",

@@ -113,4 +113,10 @@ def _metrics(spec: JobSpec, predictor: EnsemblePredictor, labels: np.ndarray, pr
                                 float(th["malignant"]["threshold"]))
     if groups is not None:
         out["images_per_group"] = metrics.images_per_group(groups)
+    if "dx" in ok:  # malignant vs each benign class: the figure another case mix reproduces
+        y_bin = labels if spec.data.task == "binary" else to_binary_labels(labels, predictor.class_names,
+                                                                          spec.data.malignant)
+        p_mal = probs[:, 1] if spec.data.task == "binary" else ok["prob_malignant"].to_numpy()
+        out["benign_classes"] = metrics.benign_class_aucs(y_bin, p_mal, ok["dx"].astype(str).to_numpy(),
+                                                          groups=groups, bootstrap=boot, seed=spec.data.split.seed)
     return out

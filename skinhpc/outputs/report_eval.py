@@ -244,6 +244,9 @@ def render_evaluation(spec: JobSpec, metrics: dict[str, Any], table: Any) -> str
             parts.append(_eval_binary_headline(a["bin"], spec, scope))
             views.append(("malignant view", a["bin"], True))
 
+    parts.append("<h2>Malignant vs each benign class</h2>")
+    parts.append(rh.benign_class_table([(scope, metrics.get("benign_classes") or {})]))
+
     parts.append("<h2>Referral gate: coverage beside every gated number</h2>")
     for label, view, vb in views:
         if label:

@@ -151,6 +151,35 @@ def subgroup_table(rows: list[dict[str, Any]], binary: bool) -> str:
     return table(["attribute", "value", "n"] + keys + ["note"], out)
 
 
+def _interval_text(iv: dict[str, Any] | None) -> str:
+    return "" if not iv or iv.get("lo") is None else f"{iv['lo']:.3f}-{iv['hi']:.3f}"
+
+
+def benign_class_table(sets: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """Malignant vs each benign diagnosis, one column per set (OOF/val, test, an evaluated set),
+    the benign-class-balanced mean last: the rows a case mix cannot inflate."""
+    sets = [(label, bc) for label, bc in sets if bc and bc.get("balanced_auc") is not None]
+    if not sets:
+        return "<p>No malignant-vs-benign-class figures (no malignant image, or no dx column).</p>"
+    names = sorted({n for _, bc in sets for n in bc.get("classes", {})})
+    rows = []
+    for name in names:
+        row = [f"malignant vs {html.escape(name)}"]
+        for _, bc in sets:
+            c = bc["classes"].get(name)
+            row.append("n/a" if c is None else f"{fmt(c['auc'])} <span class=ci>{_interval_text(c)}"
+                       f" (n {c['n']})</span>")
+        rows.append(row)
+    rows.append(["<b>benign-class-balanced AUC</b> (mean of the rows above)"]
+                + [f"<b>{fmt(bc['balanced_auc'])}</b> <span class=ci>{_interval_text(bc.get('balanced_interval'))}"
+                   "</span>" for _, bc in sets])
+    note = ("<p>AUC of every malignant image against the images of one benign diagnosis; the last row "
+            "weighs each benign class alike, whatever its count. The image-level AUC above mixes these "
+            "by the set's own case mix (many easy nevi raise it); compare recipes and data sets on the "
+            "last row. Intervals: 95 % group bootstrap.</p>")
+    return note + table(["question"] + [label for label, _ in sets], rows)
+
+
 def label_map(spec: JobSpec) -> str:
     rows = [[str(i), html.escape(c)] for i, c in enumerate(spec.class_names)]
     tab = table(["label index", "class"], rows)

@@ -147,6 +147,11 @@ def render(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> str:
         parts.append(rh.table([f"{label or ''}{'OOF' if oof else 'validation'} metric", "value"],
                               rh.binary_rows(v, t, None, None, "chosen here")[:4]))
 
+    bc = summary.get("benign_classes") or {}
+    parts.append("<h2>Malignant vs each benign class</h2>")
+    parts.append(rh.benign_class_table([("out-of-fold" if oof else "validation", bc.get("val") or {}),
+                                        ("test", bc.get("test") or {})]))
+
     parts.append("<h2>Referral gate: coverage beside every gated number</h2>")
     for label, view, _ in views:
         if label:

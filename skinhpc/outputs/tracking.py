@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 # member tables, baselines) is in metrics.json, logged as an artifact
 HEADLINE = ("test", "val", "malignant.test", "malignant.val", "temperature", "n_val", "n_test",
             "thresholds.threshold", "thresholds.malignant.threshold",
-            "test_by_group.auc", "test_by_group.auc_macro", "malignant.test_by_group.auc")
+            "test_by_group.auc", "test_by_group.auc_macro", "malignant.test_by_group.auc",
+            "benign_classes")
 
 
 def headline_metrics(summary: dict[str, Any]) -> dict[str, float]:
