@@ -48,9 +48,9 @@ def listed_code(e: BaseException) -> int | None:
     """The code of the most specific class of ``e`` in :data:`EXIT_CODES`, None when none is."""
     codes: dict[type, int] = {}
     for module, name, code in EXIT_CODES:
-        loaded = sys.modules.get(module)
-        if loaded is not None:
-            codes.setdefault(getattr(loaded, name), code)
+        cls = getattr(sys.modules.get(module), name, None)  # a renamed row: tests/faults/test_fault_cli.py
+        if cls is not None:
+            codes.setdefault(cls, code)
     return next((codes[cls] for cls in type(e).__mro__ if cls in codes), None)
 
 
