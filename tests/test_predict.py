@@ -1,6 +1,6 @@
 """`skinhpc predict` / `skinhpc evaluate` on a real tiny job and real shared images.
 
-The session's ``finished_job`` (tests/conftest.py, shared with test_export.py and
+The session's ``finished_job`` (tests/plugins/jobs.py, shared with test_export.py and
 test_tracking.py) is a real results folder: prepare (manifest, splits, cache) on the
 shared HAM10000 images, two members trained by ``skinhpc.train.train_member`` and the
 real reduce for thresholds.json; these tests only read it.  Prediction must not depend
