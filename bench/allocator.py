@@ -30,11 +30,10 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from skinhpc import runtime  # noqa: E402  (torch-free; the parent only builds children's environments)
+from common import markdown_table, verdict
+
+from skinhpc import runtime  # torch-free: the parent only builds the children's environments
 
 
 def child(args: argparse.Namespace) -> None:
@@ -131,24 +130,22 @@ def main() -> int:
                 k = (w, m)
                 if k not in best or r["img_s"] > best[k]["img_s"]:
                     best[k] = r
-    print("| workload | allocator | images/s | page faults / image | child user s | child sys s | vs system |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    for w in workloads:
-        for m in modes:
-            r = best[(w, m)]
-            print(f"| {w} | {m} | {r['img_s']:.1f} | {r['faults_per_img']:.0f} | {r['user']:.1f} | {r['sys']:.1f} | "
-                  f"{r['img_s'] / best[(w, 'system')]['img_s']:.2f}x |")
+    print(markdown_table(
+        ["workload", "allocator", "images/s", "page faults / image", "child user s", "child sys s", "vs system"],
+        [[w, m, f"{r['img_s']:.1f}", f"{r['faults_per_img']:.0f}", f"{r['user']:.1f}", f"{r['sys']:.1f}",
+          f"{r['img_s'] / best[(w, 'system')]['img_s']:.2f}x"]
+         for w in workloads for m in modes for r in [best[(w, m)]]], left=2))
     counts = [int(t) for t in args.threads.split(",") if t]
     tbest: dict[int, float] = {}
     for _ in range(args.rounds):
         for t in counts:
             tbest[t] = max(tbest.get(t, 0.0), run_case(args, "infer", "mallopt", t)["img_s"])
-    print("\n| torch threads (inference, mallopt) | images/s |\n| ---: | ---: |")
-    for t in counts:
-        print(f"| {t} | {tbest[t]:.1f} |")
+    print()
+    print(markdown_table(["torch threads (inference, mallopt)", "images/s"],
+                         [[t, f"{tbest[t]:.1f}"] for t in counts], left=0))
     gap = min(best[(w, "mallopt")]["img_s"] / best[(w, "env")]["img_s"] for w in workloads)
-    print(f"\nmallopt / env (worst workload) = {gap:.2f} (target >= 0.9)")
-    return 0 if gap >= 0.9 else 1
+    print()
+    return 0 if verdict("mallopt / env (worst workload)", gap, ">=", 0.9, unit="") else 1
 
 
 if __name__ == "__main__":

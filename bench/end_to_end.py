@@ -28,8 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from skinhpc import runtime  # noqa: E402  (torch-free: settings and the environment children start from)
+from skinhpc import runtime  # torch-free: settings and the environment children start from
 
 # a setting: the environment it adds and the job overrides (``key=value``) it appends to the command
 SETTINGS: dict[str, tuple[dict[str, str], list[str]]] = {

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,17 +35,16 @@ import numpy as np
 import pandas as pd
 import timm
 import torch
-from torch.utils.data import DataLoader
+from common import loader_rates, markdown_table
+
+from skinhpc import runtime
+from skinhpc.config import JobSpec, load_spec, with_overrides
+from skinhpc.data.cache import cache_path
+from skinhpc.data.dataset import SkinDataset
+from skinhpc.ensemble.inference import Normalized, autocast, predict_probs
+from skinhpc.model.net import build_model, data_config
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from skinhpc import runtime  # noqa: E402
-from skinhpc.config import JobSpec, load_spec, with_overrides  # noqa: E402
-from skinhpc.data.cache import cache_path  # noqa: E402
-from skinhpc.data.dataset import SkinDataset  # noqa: E402
-from skinhpc.ensemble.inference import Normalized, autocast, predict_probs  # noqa: E402
-from skinhpc.model.net import build_model, data_config  # noqa: E402
 
 
 def timed(fn: Callable[[], None], steps: int, warmup: int, sync: Callable[[], None]) -> float:
@@ -74,8 +72,9 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device:
     return step
 
 
-def loader_rates(spec: JobSpec, workers: list[int], batches: int, root: Path) -> dict[int, float]:
-    """SkinDataset images/s per worker count on a synthetic cache of the job's size."""
+def synthetic_dataset(spec: JobSpec, batches: int, root: Path) -> SkinDataset:
+    """SkinDataset (the job's augmentation and normalisation) over a synthetic cache of the
+    job's image size in ``root``: ``batches`` + 1 batches of random images."""
     size, n = spec.preprocess.size, spec.train.batch_size * (batches + 1)
     rng = np.random.default_rng(0)
     ids = [f"img{i:05d}" for i in range(n)]
@@ -83,18 +82,7 @@ def loader_rates(spec: JobSpec, workers: list[int], batches: int, root: Path) ->
         np.save(cache_path(root, i), rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
     table = pd.DataFrame({"image_id": ids, "label": rng.integers(0, 2, n)})
     cfg = data_config(spec)
-    ds = SkinDataset(table, root, cfg["mean"], cfg["std"], augment=spec.train.augment, seed=1)
-    out = {}
-    for w in workers:
-        loader = DataLoader(ds, batch_size=spec.train.batch_size, shuffle=True, num_workers=w,
-                            drop_last=True, pin_memory=torch.cuda.is_available())
-        it = iter(loader)
-        next(it)  # worker start-up is not throughput
-        t, seen = time.perf_counter(), 0
-        for x, _, _ in it:
-            seen += len(x)
-        out[w] = seen / (time.perf_counter() - t)
-    return out
+    return SkinDataset(table, root, cfg["mean"], cfg["std"], augment=spec.train.augment, seed=1)
 
 
 def main() -> int:
@@ -147,20 +135,19 @@ def main() -> int:
     step_timm = train_step(theirs, xn, y, device, torch.optim.AdamW(theirs.parameters(), lr=1e-5), False)
     rows.append(("training", bs / timed(step_ours, args.steps, args.warmup, sync),
                  bs / timed(step_timm, args.steps, args.warmup, sync)))
-    print("| | skinhpc img/s | timm benchmark img/s | skinhpc / timm |\n| --- | ---: | ---: | ---: |")
-    for what, a, b in rows:
-        print(f"| {what} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+    print(markdown_table(["", "skinhpc img/s", "timm benchmark img/s", "skinhpc / timm"],
+                         [[what, f"{a:.1f}", f"{b:.1f}", f"{a / b:.2f}"] for what, a, b in rows]))
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
     train_rate = rows[1][1]
     workers = [int(w) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        rates = loader_rates(spec, workers, args.loader_batches, Path(tmp))
+        rates = loader_rates(synthetic_dataset(spec, args.loader_batches, Path(tmp)), bs, workers,
+                             pin_memory=torch.cuda.is_available())
     print(f"\nSkinDataset at {size} px, augment {spec.train.augment}, batch {bs}, {os.cpu_count()} CPUs:")
-    print("| workers | images/s | per worker |\n| ---: | ---: | ---: |")
-    for w, r in rates.items():
-        print(f"| {w} | {r:.1f} | {r / max(w, 1):.1f} |")
+    print(markdown_table(["workers", "images/s", "per worker"],
+                         [[w, f"{r:.1f}", f"{r / max(w, 1):.1f}"] for w, r in rates.items()], left=0))
     per_worker = max(r / max(w, 1) for w, r in rates.items() if w > 0) if any(w > 0 for w in rates) else rates[0]
     need = math.ceil(train_rate / per_worker)
     print(f"- one GPU trains {train_rate:.0f} img/s; one worker loads {per_worker:.0f} img/s: "

@@ -22,33 +22,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import best_of, markdown_table, verdict
+
+from skinhpc import runtime
+from skinhpc.config import from_dict
+from skinhpc.data.images import read_rgb
+from skinhpc.data.preprocess import preprocess
+from skinhpc.ensemble.inference import Normalized, predict_probs, to_unit_tensor
+from skinhpc.model.net import build_model, data_config
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from skinhpc import runtime  # noqa: E402
-from skinhpc.config import from_dict  # noqa: E402
-from skinhpc.data.images import read_rgb  # noqa: E402
-from skinhpc.data.preprocess import preprocess  # noqa: E402
-from skinhpc.ensemble.inference import Normalized, predict_probs, to_unit_tensor  # noqa: E402
-from skinhpc.model.net import build_model, data_config  # noqa: E402
-
-
-def best_of(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    best = {k: float("inf") for k in cases}
-    for _ in range(rounds):
-        for k, fn in cases.items():  # interleaved: machine load hits every case alike
-            t = time.perf_counter()
-            fn()
-            best[k] = min(best[k], time.perf_counter() - t)
-    return best
 
 
 def bare(net: torch.nn.Module, x: torch.Tensor, batch: int, grad_mode: str = "inference") -> None:
@@ -102,19 +90,18 @@ def main() -> int:
     skinhpc()
     t = best_of(candidates, args.rounds)
     n = len(images)
-    print("\n| bare forward (limit candidates) | images/s |\n| --- | ---: |")
-    for k, s in t.items():
-        print(f"| {k} | {n / s:.1f} |")
+    print()
+    print(markdown_table(["bare forward (limit candidates)", "images/s"], [[k, f"{n / s:.1f}"] for k, s in t.items()]))
     limit_name = min(t, key=t.get)
     limit = candidates[limit_name]
 
     r = best_of({"skinhpc": skinhpc, "limit": limit}, args.rounds)
     ratio = r["limit"] / r["skinhpc"]
-    print("\n| case | images/s |\n| --- | ---: |")
-    print(f"| skinhpc evaluate path (predict_probs, batch {batch}) | {n / r['skinhpc']:.1f} |")
-    print(f"| limit: bare forward, {limit_name} | {n / r['limit']:.1f} |")
-    print(f"- skinhpc / limit = **{ratio:.2f}** (target >= 0.9): {'PASS' if ratio >= 0.9 else 'FAIL'}")
-    return 0 if ratio >= 0.9 else 1
+    print()
+    print(markdown_table(["case", "images/s"], [
+        [f"skinhpc evaluate path (predict_probs, batch {batch})", f"{n / r['skinhpc']:.1f}"],
+        [f"limit: bare forward, {limit_name}", f"{n / r['limit']:.1f}"]]))
+    return 0 if verdict("skinhpc / limit", ratio, ">=", 0.9, unit="") else 1
 
 
 if __name__ == "__main__":

@@ -16,20 +16,17 @@ import argparse
 import dataclasses
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
+from common import best_of, verdict
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from skinhpc.config import HairSpec, PreprocessSpec  # noqa: E402
-from skinhpc.data.cache import load_cached  # noqa: E402
-from skinhpc.data.images import read_rgb  # noqa: E402
-from skinhpc.data.preprocess import (  # noqa: E402
+from skinhpc.config import HairSpec, PreprocessSpec
+from skinhpc.data.cache import load_cached
+from skinhpc.data.images import read_rgb
+from skinhpc.data.preprocess import (
     _shrink_short_side,
     hair_mask,
     preprocess,
@@ -38,19 +35,14 @@ from skinhpc.data.preprocess import (  # noqa: E402
     resize_square,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 HAM = REPO.parent / "shared" / "data" / "ham10000" / "images"
 
 
 def rates(cases: dict[str, tuple[Callable[[object], object], list]], rounds: int = 3) -> dict[str, float]:
-    """Images per second, best of ``rounds``; the cases alternate inside each round so a
-    change of load on the shared machine hits them all alike and the ratios stay fair."""
-    best = dict.fromkeys(cases, float("inf"))
-    for _ in range(rounds):
-        for name, (fn, items) in cases.items():
-            t0 = time.perf_counter()
-            for x in items:
-                fn(x)
-            best[name] = min(best[name], time.perf_counter() - t0)
+    """Images per second of each case (a function applied to each of its items), best of ``rounds``."""
+    best = best_of({name: lambda fn=fn, items=items: [fn(x) for x in items]
+                    for name, (fn, items) in cases.items()}, rounds)
     return {name: len(cases[name][1]) / best[name] for name in cases}
 
 
@@ -110,9 +102,8 @@ def main() -> None:
     print(f"{'(b) decode + full preprocessing (median)':42s} {b:9.0f} img/s")
     print(f"{'(b2) same with hair method=telea':42s} {bt:9.0f} img/s")
     print(f"{'(c) load from cache (np.load)':42s} {c:9.0f} img/s")
-    ok_ba, ok_cb = a / b <= 10, c / b >= 10
-    print(f"time ratio b/a = {a / b:.1f}x  (target <= 10: {'PASS' if ok_ba else 'FAIL'})")
-    print(f"cache speedup c/b = {c / b:.1f}x  (target >= 10: {'PASS' if ok_cb else 'FAIL'})")
+    ok_ba = verdict("time ratio b/a", a / b, "<=", 10, digits=1)
+    ok_cb = verdict("cache speedup c/b", c / b, ">=", 10, digits=1)
     print(f"cache vs decode+resize c/a = {c / a:.1f}x;  telea/median time = {b / bt:.1f}x")
     if args.figures:
         for p in figures(files, cfg, args.figures):

@@ -18,21 +18,17 @@ Exits non-zero when the TTA target is missed.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import best_of, markdown_table, verdict
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from skinhpc.config import from_dict  # noqa: E402
-from skinhpc.ensemble.inference import Normalized, autocast, predict_probs  # noqa: E402
-from skinhpc.ensemble.tta import VIEWS, view  # noqa: E402
-from skinhpc.model.net import build_model, data_config  # noqa: E402
+from skinhpc.config import from_dict
+from skinhpc.ensemble.inference import Normalized, autocast, predict_probs
+from skinhpc.ensemble.tta import VIEWS, view
+from skinhpc.model.net import build_model, data_config
 
 
 def members(name: str, size: int, count: int, device: torch.device) -> list[torch.nn.Module]:
@@ -73,18 +69,6 @@ def limit(models: list[torch.nn.Module], stacked: torch.Tensor, rows: int, devic
                     model.model(x, None)
 
 
-def best_of(cases: dict[str, Callable[[], None]], rounds: int, sync: Callable[[], None]) -> dict[str, float]:
-    best = {k: float("inf") for k in cases}
-    for _ in range(rounds):
-        for k, fn in cases.items():  # interleaved: machine load hits every case alike
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            best[k] = min(best[k], time.perf_counter() - t)
-    return best
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tf_efficientnet_lite0")
@@ -116,12 +100,12 @@ def main() -> int:
                  "tta": lambda: tta(models, images, views, args.batch, device),
                  "limit": lambda: limit(models, stacked, rows, device)}, args.rounds, sync)
     ratio = t["plain"] / t["tta"]
-    print("| case | image-forwards/s |\n| --- | ---: |")
-    print(f"| (a) plain: {len(views)} passes of {args.batch} per batch and member | {total / t['plain']:.0f} |")
-    print(f"| (b) TTA batched: 1 pass of {len(views) * args.batch} per batch and member | {total / t['tta']:.0f} |")
-    print(f"| (limit) bare networks, views applied and normalised in memory, batch {rows} | "
-          f"{total / t['limit']:.0f} |")
-    print(f"- b/a = **{ratio:.2f}x** (target >= 0.9): {'PASS' if ratio >= 0.9 else 'FAIL'}")
+    print(markdown_table(["case", "image-forwards/s"], [
+        [f"(a) plain: {len(views)} passes of {args.batch} per batch and member", f"{total / t['plain']:.0f}"],
+        [f"(b) TTA batched: 1 pass of {len(views) * args.batch} per batch and member", f"{total / t['tta']:.0f}"],
+        [f"(limit) bare networks, views applied and normalised in memory, batch {rows}",
+         f"{total / t['limit']:.0f}"]]))
+    ok = verdict("b/a", ratio, ">=", 0.9)
     print(f"- b/limit = **{t['limit'] / t['tta']:.2f}** (1.0: skinhpc's TTA runs at this machine's limit)")
 
     if not args.skip_onnx:
@@ -147,17 +131,16 @@ def main() -> int:
                     sess.run(["probs"], {"image": xn})
 
             run_torch(), run_ort()
-            o = best_of({"torch": run_torch, "ort": run_ort}, args.rounds, lambda: None)
+            o = best_of({"torch": run_torch, "ort": run_ort}, args.rounds)
             with torch.inference_mode():
                 diff = float(np.abs(sess.run(["probs"], {"image": xn})[0] - cpu_model(x).numpy()).max())
         n = 4 * args.batch
         print(f"\nCPU, one member, batch {args.batch} ({torch.get_num_threads()} torch threads, "
               f"onnxruntime default threads):")
-        print("| case | images/s |\n| --- | ---: |")
-        print(f"| (c) PyTorch eager | {n / o['torch']:.0f} |")
-        print(f"| (d) onnxruntime | {n / o['ort']:.0f} |")
+        print(markdown_table(["case", "images/s"], [["(c) PyTorch eager", f"{n / o['torch']:.0f}"],
+                                                    ["(d) onnxruntime", f"{n / o['ort']:.0f}"]]))
         print(f"- d/c = **{o['torch'] / o['ort']:.2f}x**; max abs prob diff {diff:.1e}")
-    return 0 if ratio >= 0.9 else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

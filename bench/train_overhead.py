@@ -25,24 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import loader_rates, verdict
 from torch.utils.data import DataLoader
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from skinhpc import runtime
+from skinhpc.config import JobSpec, deep_merge, from_dict, plan_members
+from skinhpc.data import prepare
+from skinhpc.data.dataset import SkinDataset
+from skinhpc.io.layout import JobPaths
+from skinhpc.model.layout import batch_to_layout, model_to_layout
+from skinhpc.model.net import build_model, data_config
+from skinhpc.train.member import train_member
 
-from skinhpc import runtime  # noqa: E402
-from skinhpc.config import (  # noqa: E402
-    JobSpec,
-    deep_merge,
-    from_dict,
-    plan_members,  # noqa: E402
-)
-from skinhpc.data import prepare  # noqa: E402
-from skinhpc.data.dataset import SkinDataset  # noqa: E402
-from skinhpc.io.layout import JobPaths  # noqa: E402
-from skinhpc.model.layout import batch_to_layout, model_to_layout  # noqa: E402
-from skinhpc.model.net import build_model, data_config  # noqa: E402
-from skinhpc.train.member import train_member  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_job(root: Path, data: Path, args: argparse.Namespace, size: int, name: str) -> JobSpec:
@@ -144,21 +139,10 @@ def skinhpc_loop(spec: JobSpec) -> list[float]:
     return [row["images_per_s"] for row in trained.history]
 
 
-def loader_rates(spec: JobSpec, workers: list[int], batches: int) -> dict[int, float]:
+def train_dataset(spec: JobSpec) -> SkinDataset:
+    """The job's training images as training reads them (cache, augmentation, normalisation)."""
     cfg = data_config(spec)
-    ds = SkinDataset(train_table(spec), spec.cache_dir, cfg["mean"], cfg["std"], augment=spec.train.augment, seed=1)
-    out = {}
-    for w in workers:
-        loader = DataLoader(ds, batch_size=spec.train.batch_size, shuffle=True, num_workers=w, drop_last=True)
-        it = iter(loader)
-        next(it)  # worker start-up is not throughput
-        t0, n = time.perf_counter(), 0
-        for i, (x, _, _) in enumerate(it):
-            n += len(x)
-            if i + 1 >= batches:
-                break
-        out[w] = n / (time.perf_counter() - t0)
-    return out
+    return SkinDataset(train_table(spec), spec.cache_dir, cfg["mean"], cfg["std"], augment=spec.train.augment, seed=1)
 
 
 def model_rate(spec: JobSpec, device: torch.device, steps: int) -> float:
@@ -217,14 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'loop':<10}{'img/s (median of epochs 2+)':>30}   per epoch (after the first)")
         for name, med, rates in (("limit", lim, limit), ("plain", p, plain), ("skinhpc", s, ours)):
             print(f"{name:<10}{med:>30.1f}   {', '.join(f'{r:.1f}' for r in rates)}")
-        print(f"skinhpc / plain = {s / p:.3f}  (target >= 0.95)")
+        verdict("skinhpc / plain", s / p, ">=", 0.95, unit="", digits=3)
         print(f"skinhpc / limit = {s / lim:.3f}  plain / limit = {p / lim:.3f}  "
               f"(limit: bare step on in-memory channels-last batches, allocator {runtime.STATE.malloc}, "
               f"{torch.get_num_threads()} threads; skinhpc train.channels_last={spec.train.channels_last})")
         if not args.skip_224:
             spec224 = make_job(root, Path(args.data), args, 224, "bench224")
             workers = [int(w) for w in args.loader_workers.split(",")]
-            rates = loader_rates(spec224, workers, args.loader_batches)
+            rates = loader_rates(train_dataset(spec224), spec224.train.batch_size, workers, args.loader_batches)
             mrate = model_rate(spec224, device, steps=3)
             print(f"224 px: model training {mrate:.1f} img/s ({args.model}, batch {args.batch_size})")
             for w, r in rates.items():

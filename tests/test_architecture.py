@@ -95,18 +95,21 @@ def test_modules_stay_small():
 
 
 def test_no_test_module_imports_another(repo: Path):
-    """What test modules share lives in tests/conftest.py as fixtures, requested as arguments: a
-    test module that imports another (conftest included) runs that module's import-time code under
-    another name and hides where a helper comes from.  Any name a file or folder under tests/ can be
-    imported by (pytest puts tests/ and its subfolders on sys.path) is refused, relative imports and
-    ``pytest_plugins = [...]`` naming one too."""
+    """What test modules share are fixtures of the plugins under tests/plugins/ (one concern each),
+    requested as arguments: a test module that imports another (conftest or a plugin included)
+    runs that module's import-time code under another name and hides where a helper comes from.
+    Any name a file or folder under tests/ can be imported by (pytest puts tests/ and its
+    subfolders on sys.path) is refused, relative imports too; the one exception is conftest.py's
+    ``pytest_plugins``, which registers the plugins by name, each of them (a plugin nobody
+    registers is dead code).  A plugin imports no other module of tests/ either."""
     tests = repo / "tests"
     names = set()
     for path in [*tests.rglob("*.py"), *(d for d in tests.rglob("*") if d.is_dir())]:
         parts = [*path.relative_to(tests).with_suffix("").parts]
         names |= {".".join(parts[i:]) for i in range(len(parts))} | {".".join(["tests", *parts])}
     names.discard("__init__")
-    offenders = []
+    plugins = {f"plugins.{p.stem}" for p in (tests / "plugins").glob("*.py") if p.stem != "__init__"}
+    offenders, registered = [], []
     for path in sorted(tests.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
@@ -116,6 +119,9 @@ def test_no_test_module_imports_another(repo: Path):
                 imported = ["." * node.level + base] + [f"{base}.{a.name}".lstrip(".") for a in node.names]
             elif isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "pytest_plugins" for t in node.targets):
                 imported = [c.value for c in ast.walk(node.value) if isinstance(c, ast.Constant)]  # imported by name
+                if path == tests / "conftest.py":
+                    registered += [name for name in imported if name in plugins]
+                    imported = [name for name in imported if name not in plugins]
             else:
                 continue
             for name in imported:
@@ -124,4 +130,6 @@ def test_no_test_module_imports_another(repo: Path):
                     offenders.append(f"{path.relative_to(repo)}:{node.lineno} imports {name}")
                     break
     assert len(names) > 30, "every module under tests/ should be known"
-    assert offenders == [], f"test modules importing test modules (use a conftest fixture): {offenders}"
+    assert len(plugins) >= 4, "the shared fixtures live in tests/plugins/"
+    assert offenders == [], f"test modules importing test modules (use a plugin's fixture): {offenders}"
+    assert sorted(registered) == sorted(plugins), f"plugins conftest.py does not register: {plugins - set(registered)}"

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from skinhpc.cli.data import main
+from skinhpc.cli.main import main as skinhpc_main
 from skinhpc.config import from_dict
 from skinhpc.data.prepare import load_table, prepare_tables
 from skinhpc.io.layout import JobPaths
@@ -56,7 +57,7 @@ def test_split_writes_tables_and_reuses_them(ham_root, tmp_path, capsys, fragmen
 def test_bad_fragment_key_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data:\n  sorces: []\n")
-    assert main(["summary", str(bad)]) == 2
+    assert skinhpc_main(["data", "summary", str(bad)]) == 2  # errors meet the user in the dispatcher
     assert "did you mean 'sources'" in capsys.readouterr().err
 
 

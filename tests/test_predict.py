@@ -1,6 +1,6 @@
 """`skinhpc predict` / `skinhpc evaluate` on a real tiny job and real shared images.
 
-The session's ``finished_job`` (tests/conftest.py, shared with test_export.py and
+The session's ``finished_job`` (tests/plugins/jobs.py, shared with test_export.py and
 test_tracking.py) is a real results folder: prepare (manifest, splits, cache) on the
 shared HAM10000 images, two members trained by ``skinhpc.train.train_member`` and the
 real reduce for thresholds.json; these tests only read it.  Prediction must not depend
@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from skinhpc import metrics as mx
+from skinhpc.cli.main import main as skinhpc_main
 from skinhpc.cli.predict import evaluate_main, main
 from skinhpc.config import dump_yaml, plan_members, with_overrides
 from skinhpc.data.prepare import load_table
@@ -112,7 +113,7 @@ def test_predict_all_failed_exit_code_and_refer_gate(finished_job, tmp_path):
     spec, paths = finished_job
     (tmp_path / "a.txt").write_text("x")
     assert main(["--model", str(paths.root), str(tmp_path / "a.txt"), "--out", str(tmp_path / "o.csv")]) == 1
-    assert main(["--model", str(tmp_path / "nowhere"), str(tmp_path / "a.txt")]) == 2
+    assert skinhpc_main(["predict", "--model", str(tmp_path / "nowhere"), str(tmp_path / "a.txt")]) == 2
     pred = EnsemblePredictor(paths.root, "cpu")
     pred.thresholds["gate"] = 0.9999  # tiny members are never this sure: everything is referred
     df = pred.predict_files(sorted((spec.resolve(spec.data.sources[0].root) / "images").glob("*.jpg"))[:3])

@@ -239,6 +239,8 @@ def test_mlflow_runs_page_in_headless_chromium(mlflow_server, copy_finished_job,
     assert proc.returncode == 0 and shot.stat().st_size > 20_000, proc.stderr[-2000:]
     html = dom.stdout
     (tmp_path / "mlflow-runs.html").write_text(html)
-    # the runs table: the job's run (its members nested under it: 3 runs), not the GenAI overview
-    assert "Model training" in html and f">{spec.name}<" in html and "<strong>3</strong> matching runs" in html
-    assert "Detect Issues" not in html and "Token Usage" not in html
+    # the runs table, not the GenAI overview: it links the job's run, by its id, at the run's own
+    # route (the one skinhpc gives for a run) under the job's name; asserted from the run we
+    # logged, not from MLflow's wording, which changes between releases
+    run_link = ui_route(exp_id, run_id).split("?")[0]
+    assert f'href="{run_link}"' in html and f">{spec.name}<" in html, run_link

@@ -124,6 +124,7 @@ def test_augmentation_and_order_depend_only_on_seed_epoch_index(tmp_path: Path, 
 def test_cli_trains_one_member_of_a_fresh_job(tmp_path: Path, ham_root: Path, repo: Path,
                                               fast_preprocess: dict, shell_env) -> None:
     """`skinhpc train JOB.yaml --member K key=value`: prepares the data when missing, then trains."""
+    import resource
     import subprocess
     import sys
 
@@ -143,7 +144,9 @@ def test_cli_trains_one_member_of_a_fresh_job(tmp_path: Path, ham_root: Path, re
     cmd = [sys.executable, "-m", "skinhpc.cli", "train", str(path), "--member", "1", "train.batch_size=8"]
     # started as a user's shell would start it: none of the allocator variables this test process
     # (which imported skinhpc) exported, so the training process must apply the setting itself
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300, env=shell_env())
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert proc.returncode == 0, proc.stderr[-3000:]
     mdir = tmp_path / "results" / "cli" / "members" / "001"
     spec_json = json.loads((mdir / "spec.json").read_text())
@@ -154,7 +157,15 @@ def test_cli_trains_one_member_of_a_fresh_job(tmp_path: Path, ham_root: Path, re
     if done["runtime"]["glibc"]:
         assert done["runtime"]["malloc"] == "keep"
         assert done["runtime"]["malloc_env"] == runtime.ENVIRONMENT
-    assert done["runtime"]["threads"] >= 1 and done["runtime"]["sys_s"] >= 0
+    # the CPU time done.json records is the training process's own, as the kernel counted it for
+    # us when it ended: positive, no more than that (done.json is written a moment before the
+    # end), and mostly user time (training is user-space work; a swapped field fails this)
+    rt = done["runtime"]
+    assert rt["threads"] >= 1
+    assert 0 < rt["user_s"] <= used.ru_utime - before.ru_utime + 0.01
+    assert 0 < rt["sys_s"] <= used.ru_stime - before.ru_stime + 0.01
+    assert rt["sys_s"] < rt["user_s"]
+    assert 0 < rt["minor_faults"] <= used.ru_minflt - before.ru_minflt
     assert not (tmp_path / "results" / "cli" / "members" / "000").exists()
     assert "epoch 0" in proc.stderr  # plain log lines
     bad = subprocess.run(cmd[:-2] + ["5"], cwd=repo, capture_output=True, text=True, timeout=120)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-
+from skinhpc.cli.parser import CommandParser
 from skinhpc.io.layout import JobPaths
 from skinhpc.io.lock import job_lock
 from skinhpc.orchestrate.cancel import GRACE_S, cancel
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="skinhpc cancel", description=__doc__.split("\n\n")[0])
+    ap = CommandParser(prog="skinhpc cancel", description=__doc__.split("\n\n")[0])
     ap.add_argument("job_dir", help="results/<job>")
     ap.add_argument("--grace", type=float, default=GRACE_S,
                     help=f"seconds a local process gets to stop before SIGKILL (default {GRACE_S:g})")

@@ -10,21 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 import pandas as pd
 
+from skinhpc.cli.parser import CommandParser
 from skinhpc.config import (
     JobSpec,
-    SpecError,
     deep_merge,
     from_dict,
     load_raw,
     parse_override,
     set_dotted,
 )
-from skinhpc.data.download import main as download_main
+from skinhpc.data.download import DATASETS, DEFAULT_BASE_URL, ENV_BASE_URL, download
 from skinhpc.data.prepare import build_cache, finalize, load_table, prepare_tables
 from skinhpc.data.sources import DataError, check_grouping, gather, read_manifest_csv
 from skinhpc.data.splits import class_table
@@ -121,37 +120,41 @@ def cmd_cache(spec: JobSpec, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "download":
+def cmd_download(args: argparse.Namespace) -> int:
+    """Fetch a dataset's files (md5-checked, resumed, unpacked): :func:`skinhpc.data.download.download`."""
+    download(args.dataset, args.to, args.base_url, retries=args.retries)
+    return 0
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-        return download_main(argv[1:])
-    ap = argparse.ArgumentParser(prog="skinhpc data", description=__doc__.split("\n")[0])
+
+def main(argv: list[str]) -> int:
+    ap = CommandParser(prog="skinhpc data", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     for name, help_ in [("summary", "images and groups per dx and class"),
                         ("split", "write manifest.csv + splits.csv, show class mix per split"),
                         ("audit", "split + leakage/duplicate audit (exit 1 on cross-split findings)"),
-                        ("cache", "tables + preprocessing cache"),
-                        ("download", "download ham10000 --to DIR [--base-url URL] (Dataverse's current files, md5-checked)")]:
+                        ("cache", "tables + preprocessing cache")]:
         p = sub.add_parser(name, help=help_)
-        if name == "download":
-            continue
         p.add_argument("fragments", nargs="+", help="YAML fragment(s) or job(s), then key=value overrides")
         p.add_argument("--out", help="folder for manifest.csv, splits.csv, audit.json (default ./results/data)")
         p.add_argument("--force", action="store_true", help="rebuild tables even when current")
         p.add_argument("--show", type=int, default=20, help="audit findings / summary disagreements to print")
         p.add_argument("--shards", type=int, default=1, help="cache: shards to build in turn")
+    p = sub.add_parser("download", help="DATASET --to DIR [--base-url URL]: a dataset's current files, "
+                                        "md5-checked",
+                       description="fetch a dataset's current files, verify their md5, resume, unpack")
+    p.add_argument("dataset", choices=sorted(DATASETS))
+    p.add_argument("--to", required=True, help="folder to fill (e.g. data/ham10000)")
+    p.add_argument("--base-url", default=None,
+                   help=f"Dataverse server (default ${ENV_BASE_URL} or {DEFAULT_BASE_URL})")
+    p.add_argument("--retries", type=int, default=5)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "download":
+        return cmd_download(args)
     files = [f for f in args.fragments if "=" not in f]
     overrides = [f for f in args.fragments if "=" in f]
     if not files:
         ap.error("need at least one YAML fragment")
-    try:
-        spec = load_fragments(files, overrides, args.out)
-        return {"summary": cmd_summary, "split": cmd_split, "audit": cmd_audit,
-                "cache": cmd_cache}[args.command](spec, args)
-    except (SpecError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    spec = load_fragments(files, overrides, args.out)
+    return {"summary": cmd_summary, "split": cmd_split, "audit": cmd_audit,
+            "cache": cmd_cache}[args.command](spec, args)

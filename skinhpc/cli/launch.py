@@ -3,8 +3,7 @@ submit, return at once; the work is :func:`skinhpc.orchestrate.launch.launch`.""
 
 from __future__ import annotations
 
-import argparse
-
+from skinhpc.cli.parser import CommandParser
 from skinhpc.io.layout import JobPaths
 from skinhpc.orchestrate.launch import launch, wait_for
 from skinhpc.orchestrate.stages import batch_logging
@@ -12,7 +11,7 @@ from skinhpc.orchestrate.status import collect, exit_code, format_rows
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="skinhpc launch", description=__doc__.split("\n\n")[0])
+    ap = CommandParser(prog="skinhpc launch", description=__doc__.split("\n\n")[0])
     ap.add_argument("job", help="job YAML")
     ap.add_argument("overrides", nargs="*", help="key.path=value")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")

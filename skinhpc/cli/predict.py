@@ -6,12 +6,12 @@ parses arguments, collects files and reports errors.
 
 Exit codes of ``predict``: 0 when at least one image was predicted (unreadable
 files are reported per row/line and do not stop the rest), 1 when every file
-failed, 2 for a usage error (no model folder, no files).
+failed, 2 for a usage error (no model folder, no files); any other error as every command
+(:mod:`skinhpc.cli.errors`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from skinhpc.cli.parser import CommandParser, UsageError
 from skinhpc.config import SpecError
 from skinhpc.ensemble.predictor import EnsemblePredictor
 from skinhpc.io.atomic import write_csv_atomic
@@ -55,9 +56,9 @@ def metadata_table(csv_path: str, files: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["age", "sex", "site"]).reindex(range(len(files)))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str]) -> int:
     """Predict new images with a trained job: one CSV row per file (probabilities, decision)."""
-    ap = argparse.ArgumentParser(prog="skinhpc predict", description=main.__doc__)
+    ap = CommandParser(prog="skinhpc predict", description=main.__doc__)
     ap.add_argument("--model", required=True, help="a job's results folder (results/<job>)")
     ap.add_argument("inputs", nargs="+", help="image files and/or folders (walked recursively)")
     ap.add_argument("--out", help="write the predictions CSV here (default: print it)")
@@ -70,13 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     files = collect_files(args.inputs)
     if not files:
-        print(f"skinhpc predict: no files in {' '.join(args.inputs)}", file=sys.stderr)
-        return 2
-    try:
-        predictor = EnsemblePredictor(args.model, args.device, args.batch_size)
-    except (FileNotFoundError, SpecError, ValueError, RuntimeError) as e:
-        print(f"skinhpc predict: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(f"no files in {' '.join(args.inputs)}")
+    predictor = EnsemblePredictor(args.model, args.device, args.batch_size)
     table = metadata_table(args.metadata, files) if args.metadata else None
     out = predictor.predict_files(files, table)
     ok = out["decision"] != "error"
@@ -93,19 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if ok.any() else 1
 
 
-def evaluate_main(argv: Sequence[str] | None = None) -> int:
+def evaluate_main(argv: Sequence[str]) -> int:
     """Score a trained job on another labelled dataset."""
-    ap = argparse.ArgumentParser(prog="skinhpc evaluate", description=evaluate_main.__doc__)
+    ap = CommandParser(prog="skinhpc evaluate", description=evaluate_main.__doc__)
     ap.add_argument("--model", required=True, help="a job's results folder (results/<job>)")
     ap.add_argument("--data", required=True, help="folder-per-class folder, or a data YAML fragment")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--device", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        metrics = evaluate(args.model, args.data, args.out, args.device)
-    except (FileNotFoundError, SpecError, ValueError, RuntimeError) as e:
-        print(f"skinhpc evaluate: {e}", file=sys.stderr)
-        return 2
+    metrics = evaluate(args.model, args.data, args.out, args.device)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, indent=1))
     return 0

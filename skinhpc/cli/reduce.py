@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from skinhpc.cli.parser import CommandParser
 from skinhpc.config import load_spec
 from skinhpc.io.layout import JobPaths
 from skinhpc.io.lock import REDUCE_LOCK, job_lock
@@ -18,12 +18,12 @@ from skinhpc.outputs.publish import reduce
 log = logging.getLogger(__name__)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str]) -> int:
     """`skinhpc reduce results/<job>`: run the reduce stage in this process."""
-    parser = argparse.ArgumentParser(prog="skinhpc reduce", description=main.__doc__)
+    parser = CommandParser(prog="skinhpc reduce", description=main.__doc__)
     parser.add_argument("job", help="results/<job> folder (with job.yaml) or a job YAML file")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides (e.g. reduce.gate=0.9)")
-    args = parser.parse_intermixed_args(list(argv) if argv is not None else None)
+    args = parser.parse_intermixed_args(list(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = Path(args.job)
     job_yaml = target / "job.yaml" if target.is_dir() else target
@@ -39,7 +39,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("reduce done: %s; test %s", paths.ensemble / "report.html",
              {k: test.get(k) for k in ("auc", "auc_macro", "balanced_accuracy") if k in test})
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

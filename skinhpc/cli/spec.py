@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
-
-from skinhpc.config import SpecError, dump_yaml, load_spec, schema_markdown, schema_rows
+from skinhpc.cli.parser import CommandParser
+from skinhpc.config import dump_yaml, load_spec, schema_markdown, schema_rows
 
 __all__ = ["main", "schema_markdown"]  # schema_markdown: re-exported for tests/test_schema_doc.py
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="skinhpc spec", description=__doc__)
+    ap = CommandParser(prog="skinhpc spec", description=__doc__)
     ap.add_argument("job", nargs="?", help="job YAML to resolve and print (omit: list every key)")
     ap.add_argument("overrides", nargs="*", help="key.path=value")
     ap.add_argument("--markdown", action="store_true", help="print the schema as a Markdown table")
@@ -25,10 +23,6 @@ def main(argv: list[str]) -> int:
                                                           ("identity", r.identity)) if v]
             print(f"{r.key}  ({', '.join(facts)})\n    {r.doc}")
         return 0
-    try:
-        print(dump_yaml(load_spec(args.job, args.overrides)), end="")
-    except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    print(dump_yaml(load_spec(args.job, args.overrides)), end="")
     return 0
 

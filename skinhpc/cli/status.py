@@ -8,12 +8,12 @@ document (one line a refresh with ``--watch``) for scripts."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from typing import Any
 
+from skinhpc.cli.parser import CommandParser
 from skinhpc.orchestrate.status import EXIT_IN_PROGRESS, collect, exit_code, format_rows
 
 CLEAR = "\033[H\033[2J"
@@ -25,7 +25,7 @@ def document(job_dir: str, rows: list[dict[str, Any]], code: int) -> dict[str, A
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="skinhpc status", description=__doc__.split("\n\n")[0])
+    ap = CommandParser(prog="skinhpc status", description=__doc__.split("\n\n")[0])
     ap.add_argument("job_dir", help="results/<job>")
     ap.add_argument("--watch", nargs="?", type=float, const=10.0, default=None, metavar="SECONDS",
                     help="refresh every SECONDS (default 10) until the job is no longer in progress")

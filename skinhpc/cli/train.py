@@ -3,12 +3,11 @@ outside the scheduler (or under `accelerate launch`, one process per GPU)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 import time
 
+from skinhpc.cli.parser import CommandParser
 from skinhpc.config import JobSpec, load_spec, plan_members
 from skinhpc.data import prepare
 from skinhpc.io.layout import JobPaths
@@ -25,10 +24,10 @@ def _ensure_prepared(spec: JobSpec, paths: JobPaths) -> None:
     prepare.finalize(spec, paths)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     """`skinhpc train JOB.yaml --member K [key=value ...]`: one member in this process
     (or under `accelerate launch`)."""
-    ap = argparse.ArgumentParser(prog="skinhpc train", description=main.__doc__)
+    ap = CommandParser(prog="skinhpc train", description=main.__doc__)
     ap.add_argument("job", help="job YAML")
     ap.add_argument("overrides", nargs="*", help="key=value overrides")
     ap.add_argument("--member", type=int, default=0, help="member index (see `skinhpc status`)")
@@ -38,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_spec(args.job, args.overrides)
     members = plan_members(spec)
     if not 0 <= args.member < len(members):
-        print(f"skinhpc train: --member {args.member} out of range 0..{len(members) - 1}", file=sys.stderr)
-        return 2
+        ap.error(f"--member {args.member}: out of range 0..{len(members) - 1}")
     paths = JobPaths(spec.job_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         _ensure_prepared(spec, paths)
@@ -49,7 +47,3 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(2)
     train_member(spec, paths, members[args.member])
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

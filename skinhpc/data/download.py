@@ -16,7 +16,6 @@ into place, in the layout the ham10000 adapter finds by itself (docs/DATA.md).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import json
@@ -241,18 +240,3 @@ def download(
         out.append(dest)
     return out
 
-
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="skinhpc data download", description=__doc__.split("\n")[0])
-    ap.add_argument("dataset", choices=sorted(DATASETS))
-    ap.add_argument("--to", required=True, help="folder to fill (e.g. data/ham10000)")
-    ap.add_argument("--base-url", default=None,
-                    help=f"Dataverse server (default ${ENV_BASE_URL} or {DEFAULT_BASE_URL})")
-    ap.add_argument("--retries", type=int, default=5)
-    args = ap.parse_args(argv)
-    try:
-        download(args.dataset, args.to, args.base_url, retries=args.retries)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0

@@ -10,7 +10,6 @@ package, ``timm`` reads the hub cache offline (filled on the login node by
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -22,7 +21,7 @@ import timm
 import torch
 from torch import nn
 
-from skinhpc.config import JobSpec, load_spec, plan_members
+from skinhpc.config import JobSpec
 from skinhpc.data.dataset import META_DIM
 from skinhpc.io.checkpoint import CheckpointError, load_checkpoint
 from skinhpc.io.state import member_fingerprint
@@ -354,32 +353,3 @@ def load_checkpoint_model(path: str | Path, spec: JobSpec, check_fingerprint: bo
 def _no_pretrained(spec: JobSpec) -> Any:
     """Model spec without pretrained loading: the checkpoint overwrites every weight anyway."""
     return dataclasses.replace(spec.model, pretrained="none", weights=None)
-
-
-# --------------------------------------------------------------------------- prefetch
-def prefetch_main(argv: list[str] | None = None) -> int:
-    """`skinhpc prefetch JOB.yaml | --model NAME`: fill timm's hub cache on a login node so
-    compute nodes can run with HF_HUB_OFFLINE=1."""
-    ap = argparse.ArgumentParser(prog="skinhpc prefetch", description=prefetch_main.__doc__)
-    ap.add_argument("job", nargs="?", help="job YAML (every model of its members)")
-    ap.add_argument("overrides", nargs="*", help="key=value overrides")
-    ap.add_argument("--model", action="append", default=[], help="timm model name (repeatable)")
-    args = ap.parse_intermixed_args(argv)
-    names = list(args.model)
-    if args.job:
-
-        job = load_spec(args.job, args.overrides)
-        for member in plan_members(job):
-            s = member.spec(job)
-            if s.model.pretrained == "timm" and s.model.name not in names:
-                names.append(s.model.name)
-    if not names:
-        print("prefetch: nothing to fetch (no member uses model.pretrained=timm)")
-        return 0
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-        print("prefetch: HF_HUB_OFFLINE is set; unset it on the login node", flush=True)
-        return 2
-    for name in names:
-        timm.create_model(name, pretrained=True, num_classes=0)
-        print(f"prefetch: {name} cached")
-    return 0

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from skinhpc.cli.errors import EXIT_CLOSED_PIPE, EXIT_CODES
 from skinhpc.cli.main import main as skinhpc_main
 from skinhpc.config import dump_yaml, load_spec
 from skinhpc.io.layout import JobPaths
@@ -88,3 +92,58 @@ def test_help_still_works(capsys) -> None:
     with pytest.raises(SystemExit) as e:
         skinhpc_main(["status", "--help"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: skinhpc status")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed on return: nothing listens there
+
+
+def test_same_error_same_exit_code_in_every_command(job_writer, tmp_path):
+    """A DataError ends `skinhpc data download` (the server refuses the connection) and
+    `skinhpc train` (the data folder is missing) alike: one line, exit 2 (download said 1)."""
+    missing = tmp_path / "no-such-folder"
+    job = job_writer()
+    runs = {
+        "download": cli("data", "download", "ham10000", "--to", str(tmp_path / "dl"),
+                        "--base-url", f"http://127.0.0.1:{_free_port()}"),
+        "train": cli("train", str(job), f"data.sources=[{{kind: ham10000, root: {missing}}}]"),
+    }
+    for name, r in runs.items():
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2, (name, r.stderr)
+        assert lines[-1].startswith(f"skinhpc {name.replace('download', 'data')}: error: "), (name, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert "cannot read the dataset's file list" in runs["download"].stderr
+    assert str(missing) in runs["train"].stderr
+
+
+def test_exit_code_table_names_real_exception_classes():
+    """Every row of the one table resolves to an exception class (a typo would never match)."""
+    for module, name, code in EXIT_CODES:
+        cls = getattr(importlib.import_module(module), name)
+        assert issubclass(cls, Exception) and code in (1, 2, 3), (module, name)
+
+
+@pytest.mark.parametrize("command", ["status", "spec"])
+def test_closed_stdout_ends_quietly(command, job_writer, tmp_path):
+    """`skinhpc status DIR | head -1` once head has gone: the reader's end of stdout is closed
+    before the command writes (deterministic, unlike racing a real `head`): exit 141 as a Unix
+    tool's shell reports, nothing on stderr (was: 'error: [Errno 32] Broken pipe', exit 1)."""
+    args = ["spec"]
+    if command == "status":
+        spec = load_spec(job_writer())
+        paths = JobPaths(spec.job_dir)
+        paths.root.mkdir(parents=True)
+        paths.job_yaml.write_text(dump_yaml(spec))
+        args = ["status", str(paths.root)]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        r = subprocess.run([PY, "-m", "skinhpc.cli", *args], stdout=write_end, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert r.returncode == EXIT_CLOSED_PIPE == 141, r.stderr
+    assert r.stderr == ""
