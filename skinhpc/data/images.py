@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from skinhpc.config.bounded import UnreadableFileError, read_bounded
 from skinhpc.data.sources import DataError
 
 __all__ = ["BadImageError", "BadImagesError", "open_image", "read_rgb", "image_size"]
@@ -53,6 +54,9 @@ __all__ = ["BadImageError", "BadImagesError", "open_image", "read_rgb", "image_s
 _FAST_FORMATS = {"JPEG", "PNG"}
 _FAST_MODES = {"RGB", "L"}
 _WHITE = (255, 255, 255)
+# The largest file an image under Pillow's pixel limit can need (16-bit RGB, uncompressed: ~537 MB),
+# plus headers; anything bigger is refused from its size before it is read.
+MAX_IMAGE_BYTES = 6 * int(Image.MAX_IMAGE_PIXELS or 89_478_485) + 2**20
 
 
 class BadImageError(ValueError):
@@ -149,14 +153,12 @@ def open_image(path: str | Path, data: bytes | None = None) -> Iterator[Image.Im
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes through the bounded reader: a device, FIFO or oversized file is refused
+    from ``fstat`` before a byte is read (``/dev/zero`` would otherwise fill memory)."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BadImageError(path, "file not found") from None
-    except IsADirectoryError:
-        raise BadImageError(path, "is a directory, not an image file") from None
-    except OSError as e:
-        raise BadImageError(path, f"cannot read file: {e.strerror or e}") from None
+        data = read_bounded(path, MAX_IMAGE_BYTES, "an image file")
+    except UnreadableFileError as e:
+        raise BadImageError(path, e.reason) from None
     if not data:
         raise BadImageError(path, "empty file (0 bytes)")
     return data
