@@ -49,7 +49,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from skinhpc.config.bounded import UnreadableFileError, read_bounded
 from skinhpc.data.sources import DataError
 
-__all__ = ["BadImageError", "BadImagesError", "open_image", "read_rgb", "image_size"]
+__all__ = ["BadImageError", "BadImagesError", "open_image", "read_image_bytes", "read_rgb", "image_size"]
 
 _FAST_FORMATS = {"JPEG", "PNG"}
 _FAST_MODES = {"RGB", "L"}
@@ -203,14 +203,21 @@ def _pillow_to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """The image as a C-contiguous uint8 array (H, W, 3) in RGB order.
+def read_image_bytes(path: str | Path) -> bytes:
+    """The file's bytes as :func:`read_rgb` reads them (bounded, regular file, not empty): for a
+    caller that must decode the very bytes it hashes (the cache keys an entry by them)."""
+    return _read_bytes(Path(path))
+
+
+def read_rgb(path: str | Path, data: bytes | None = None) -> np.ndarray:
+    """The image as a C-contiguous uint8 array (H, W, 3) in RGB order (``data``: the file's
+    bytes from :func:`read_image_bytes`, when the caller has them).
 
     Raises :class:`BadImageError` (a ``ValueError``) for a missing, empty,
     truncated, corrupt or non-image file, with the path and the reason.
     """
     path = Path(path)
-    data = _read_bytes(path)
+    data = _read_bytes(path) if data is None else data
     with open_image(path, data) as header:
         fmt, mode = header.format, header.mode
 
