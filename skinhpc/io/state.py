@@ -191,9 +191,10 @@ def manifest_hash(manifest: Path) -> str:
 
 
 def sources_stamp(spec: JobSpec, rows: list[tuple[str, str]]) -> str:
-    """Hash of every manifest image's source size and mtime (one stat each: ~10 ms for 3,333
-    local files): an image replaced in place after the cache was built changes it, and the
-    prepare stage runs again (the cache rebuilds the entries whose bytes changed)."""
+    """Hash of every manifest image's source size and mtime (one stat each: 0.13 s for the
+    3,333 shared images on this two-core machine under load): an image replaced in place
+    after the cache was built changes it, and the prepare stage runs again (the cache
+    rebuilds the entries whose bytes changed)."""
     h = hashlib.sha256()
     for image_id, path in rows:
         try:
