@@ -165,7 +165,9 @@ def test_exponent_floats_without_a_dot_are_numbers(job):
     assert spec.train.weight_decay == pytest.approx(0.05)
     assert spec.train.phases[0].lr == pytest.approx(3e-4)
     # still a string where a string is meant
-    assert load_spec(job("name: 1e\n")).name == "1e"
+    path = job()
+    path.write_text(path.read_text().replace("name: t\n", "name: 1e\n"))  # a key once: twice is refused
+    assert load_spec(path).name == "1e"
 
 
 @pytest.mark.parametrize(("extra", "key", "says"), [
@@ -174,7 +176,7 @@ def test_exponent_floats_without_a_dot_are_numbers(job):
     ("train:\n  phases: [{name: all, lr: 0}]\n", "train.phases[0].lr", "> 0"),
     ("train:\n  phases: []\n", "train.phases", "must not be empty"),
     ("seeds: []\n", "seeds", "must not be empty"),
-    ("data:\n  split: {fractions: [0.5, 0.5]}\n", "data.split.fractions", "exactly 3 items"),
+    ("  split: {fractions: [0.5, 0.5]}\n", "data.split.fractions", "exactly 3 items"),  # inside data:
     ("reduce: {gate: 1.0}\n", "reduce.gate", "< 1"),
     ("reduce: {bootstrap: -1}\n", "reduce.bootstrap", ">= 0"),
     ("reduce: {tta: [identity, hflipp]}\n", "reduce.tta[1]", "did you mean 'hflip'"),

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from skinhpc.config.bounded import UnreadableFileError, read_bounded
 from skinhpc.config.schema import JobSpec, SpecError
 from skinhpc.config.validate import build_spec, check_dotted, show, validate
 
@@ -23,12 +24,34 @@ _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 # dotted key path (mapping keys and list indices as strings) -> the file (or override) that set it
 Origins = dict[tuple[str, ...], str]
 _OVERRIDE = "override "
+# A job file or fragment is a few KiB; a generated sweep a few hundred. Anything near this is not
+# a job (``include: [/dev/zero]`` read 7.9 GB before failing).
+MAX_YAML_BYTES = 8 * 2**20
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """libyaml's C parser when present (the same safe subset, several times faster at launch),
     reading floats the YAML 1.2 way: PyYAML follows YAML 1.1, where ``1e-4`` (no dot) is the
-    *string* "1e-4", so ``lr: 1e-4`` would be refused as "expected a number"."""
+    *string* "1e-4", so ``lr: 1e-4`` would be refused as "expected a number".
+
+    A key given twice in one mapping is refused naming both lines: PyYAML keeps the last one, so
+    a second ``train:`` would silently drop every setting of the first."""
+
+    where = "YAML"
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue  # a non-scalar key is refused by the constructor itself
+                line, key = key_node.start_mark.line + 1, (key_node.tag, key_node.value)
+                if key in first:
+                    raise SpecError(f"{self.where}: line {line}: key {show(key_node.value)} is given "
+                                    f"twice in one mapping (first on line {first[key]}); the second "
+                                    f"would silently replace the first: merge them")
+                first[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -50,7 +73,12 @@ def _load(text: str, where: str) -> Any:
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             raise SpecError(f"{where}: line {event.start_mark.line + 1}: YAML anchors and aliases "
                             f"(&name, *name) are not accepted; write the value out or use include:")
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
+    loader = _Loader(text)  # a safe loader
+    loader.where = where
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def safe_load(text: str, where: str) -> Any:
@@ -63,10 +91,10 @@ def safe_load(text: str, where: str) -> Any:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+        text = read_bounded(path, MAX_YAML_BYTES, "a YAML file").decode()
+    except UnreadableFileError as e:
+        raise SpecError(str(e)) from None
+    except UnicodeDecodeError as e:
         raise SpecError(f"{path}: cannot read: {e}") from None
     data = safe_load(text, str(path))
     if data is None:

@@ -8,7 +8,8 @@ what the rest of the layer reads:
 * ``doc``: its meaning (``skinhpc spec``, docs/JOB_SCHEMA.md);
 * ``ge``/``gt``/``le``/``lt``: numeric bounds (on each item of a list), ``min_len``/``max_len``:
   length of a list or string, ``choices``: allowed items of a list, ``pattern``: a regular
-  expression a string must match in full (``skinhpc.config.validate`` enforces them);
+  expression a string must match in full, ``reserved``: expressions it must not match in full
+  (case-insensitive) (``skinhpc.config.validate`` enforces them);
 * ``identity``: which fingerprints the field belongs to, inherited by a section's fields unless
   a field says otherwise (``skinhpc.config.identity`` explains the levels).
 
@@ -35,7 +36,7 @@ class SpecError(ValueError):
         self.key = key
 
 
-_META = ("identity", "ge", "gt", "le", "lt", "min_len", "max_len", "choices", "pattern")
+_META = ("identity", "ge", "gt", "le", "lt", "min_len", "max_len", "choices", "pattern", "reserved")
 
 
 def doc(text: str, **kw: Any) -> Any:
@@ -48,6 +49,13 @@ def doc(text: str, **kw: Any) -> Any:
 TTA_VIEWS = ("identity", "hflip", "vflip", "hvflip", "rot90", "rot270", "transpose", "crop95", "pad05")
 # A job name is one folder name under results_dir: never '.', '..', empty or a path.
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+# ... nor a name the results folder itself uses beside the job folders: the shared cache root,
+# MLflow's SQLite store (and SQLite's side files) and artifacts, the folders --force-new moves
+# aside. A job named `cache` would be the cache root, and its --force-new would move the cache.
+RESERVED_NAMES = (r"cache", r"mlartifacts", r"mlflow\.db(-journal|-wal|-shm)?", r".*\.old-\d{8}-\d{6}")
+# ... and short enough to be a file name with room to spare (NAME_MAX is 255 bytes; the
+# aside folder adds 20 characters, SLURM and MLflow show it in names of their own).
+NAME_MAX_CHARS = 100
 # submitit asks SLURM for USR2 this many seconds before the time limit (its signal_delay_s,
 # which skinhpc.orchestrate.cluster leaves at the default): the member checkpoints then, so a
 # member task must be longer than this margin or it is signalled before it starts.
@@ -442,8 +450,9 @@ class SweepSpec:
 class JobSpec:
     name: str = doc(
         "Job name, the job folder's name: <results_dir>/<name>. One path component: a letter or digit, "
-        "then letters, digits, '.', '_' or '-' (so never '.', '..' or a path).",
-        identity="none", pattern=NAME_PATTERN,
+        "then letters, digits, '.', '_' or '-' (so never '.', '..' or a path); at most 100 characters; not a "
+        "name the results folder uses itself (cache, mlartifacts, mlflow.db, <name>.old-<time>).",
+        identity="none", pattern=NAME_PATTERN, max_len=NAME_MAX_CHARS, reserved=RESERVED_NAMES,
     )
     results_dir: str | None = doc(
         "Parent of the job folder. null: $SKINHPC_RESULTS when set, else results/ of the project (the "

@@ -148,10 +148,14 @@ def check_bounds(f: dataclasses.Field, value: Any, key: str) -> None:
     if isinstance(value, (list, str)):
         n = len(value)
         if n < m.get("min_len", 0) or n > m.get("max_len", n):
+            unit = length_text(m).replace("items", "characters") if isinstance(value, str) else length_text(m)
             raise _fail(key, "must not be empty" if n == 0 and m.get("min_len") == 1
-                        else f"must have {length_text(m)}, got {n}")
+                        else f"must have {unit}, got {n}")
     if "pattern" in m and isinstance(value, str) and not re.fullmatch(m["pattern"], value):
         raise _fail(key, f"must match {m['pattern']}, got {show(value)}")
+    if isinstance(value, str) and any(re.fullmatch(r, value, re.I) for r in m.get("reserved", ())):
+        raise _fail(key, f"{show(value)} is reserved (the results layout uses it); not any of "
+                         f"{', '.join(m['reserved'])}")
     items = value if isinstance(value, list) else [value]
     for i, v in enumerate(items):
         at = f"{key}[{i}]" if isinstance(value, list) else key
@@ -194,6 +198,8 @@ def bound_text(m: Any) -> str:
         parts.append(f"each one of {', '.join(m['choices'])}")
     if "pattern" in m:
         parts.append(f"matching {m['pattern']}")
+    if "reserved" in m:
+        parts.append(f"not any of {', '.join(m['reserved'])}")
     return ", ".join(p for p in parts if p)
 
 

@@ -13,15 +13,24 @@ builds rows ``i % num_shards == shard`` and writes a shard report under the
 *job* folder (``prepare/<manifest hash>-<k>-of-<n>.json``), so two jobs that
 share a cache never read each other's reports; :func:`finalize` merges them
 into ``prepare.done.json``.
+
+An entry is current only for the bytes it was made from: beside ``<id>.npy`` the build writes
+``<id>.source.json`` (the source's path, size, mtime in ns and SHA-256 of the very bytes decoded).
+A present entry is reused while its source has the same path, size and mtime (one stat); when
+they differ (another data folder with the same image ids, a file replaced in place, a copy) the
+source is hashed (~1 ms, far less than a decode) and the entry rebuilt unless the bytes are the
+same.  An entry without the record (a cache written before it existed, a killed build) is rebuilt.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import logging
 import multiprocessing
+import os
 import re
 import sys
 import time
@@ -33,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from skinhpc.config import JobSpec, PreprocessSpec, cache_view
-from skinhpc.data.images import BadImageError, BadImagesError, read_rgb
+from skinhpc.data.images import BadImageError, BadImagesError, read_image_bytes, read_rgb
 from skinhpc.data.preprocess import preprocess
 from skinhpc.io import state
 from skinhpc.io.atomic import atomic_path, write_json_atomic
@@ -51,12 +60,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "preprocess.json"
+SOURCE_SUFFIX = ".source.json"  # <id>.source.json: what <id>.npy was made from
 STALE_TMP_S = 3600.0  # a .tmp older than this belongs to a dead writer, not a live one
 
 
 # --------------------------------------------------------------------------- paths and keys
 def cache_path(cache_dir: str | Path, image_id: str) -> Path:
     return Path(cache_dir) / f"{image_id}.npy"
+
+
+def source_record_path(cache_dir: str | Path, image_id: str) -> Path:
+    return Path(cache_dir) / f"{image_id}{SOURCE_SUFFIX}"
 
 
 def load_cached(cache_dir: str | Path, image_id: str) -> np.ndarray:
@@ -123,6 +137,38 @@ def _is_complete(path: Path, nbytes: int) -> bool:
         return False
 
 
+def _stamp(src: Path) -> dict[str, int] | None:
+    try:
+        st = os.stat(src)
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _is_current(dst: Path, nbytes: int, src: Path) -> bool:
+    """``dst`` is complete and was made from the bytes ``src`` holds now (module docstring)."""
+    if not _is_complete(dst, nbytes):
+        return False
+    record_path = dst.with_name(dst.name[: -len(".npy")] + SOURCE_SUFFIX)
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return False
+    stamp = _stamp(src)
+    if stamp is None or not isinstance(record, dict):
+        return False
+    if record.get("path") == str(src) and all(record.get(k) == v for k, v in stamp.items()):
+        return True
+    try:  # another path or time: the same bytes still make the same pixels
+        sha = hashlib.sha256(read_image_bytes(src)).hexdigest()
+    except BadImageError:
+        return False
+    if sha != record.get("sha256"):
+        return False
+    write_json_atomic(record_path, {"path": str(src), **stamp, "sha256": sha})
+    return True
+
+
 def _clean_stale_tmp(cache_dir: Path) -> int:
     now, n = time.time(), 0
     for tmp in cache_dir.glob(".*.tmp"):
@@ -163,12 +209,18 @@ def _process(task: _Task) -> tuple[str, str, str | None]:
     """(image_id, src, None) when written, or the reason the image is bad."""
 
     assert _CFG is not None
+    src = Path(task.src)
+    stamp = _stamp(src)  # taken before the read: a file replaced meanwhile never matches it
     try:
-        arr = preprocess(read_rgb(task.src), _CFG)
+        data = read_image_bytes(src)
+        arr = preprocess(read_rgb(src, data), _CFG)
     except BadImageError as e:
         return task.image_id, task.src, e.reason
-    with atomic_path(task.dst) as tmp, open(tmp, "wb") as f:
+    dst = Path(task.dst)
+    with atomic_path(dst) as tmp, open(tmp, "wb") as f:
         np.save(f, arr, allow_pickle=False)
+    write_json_atomic(dst.with_name(dst.name[: -len(".npy")] + SOURCE_SUFFIX),
+                      {"path": str(src), **(stamp or {}), "sha256": hashlib.sha256(data).hexdigest()})
     return task.image_id, task.src, None
 
 
@@ -220,11 +272,11 @@ def build_cache(spec: JobSpec, paths: JobPaths, shard: int = 0, num_shards: int 
 
     tasks, present = [], 0
     for image_id, src in zip(rows["image_id"], rows["path"], strict=True):
-        dst = cache_path(cache_dir, image_id)
-        if _is_complete(dst, nbytes):
+        dst, path = cache_path(cache_dir, image_id), spec.resolve(src)
+        if _is_current(dst, nbytes, path):
             present += 1
         else:
-            tasks.append(_Task(image_id, str(spec.resolve(src)), str(dst)))
+            tasks.append(_Task(image_id, str(path), str(dst)))
     log.info("cache shard %d/%d: %d images, %d already cached, %d to build in %s "
              "(%d stale temporary files removed)", shard, num_shards, len(rows), present,
              len(tasks), cache_dir, n_stale)
@@ -296,12 +348,14 @@ def finalize(spec: JobSpec, paths: JobPaths) -> dict[str, Any]:
     reports = _complete_reports(paths, mhash, spec.preprocess.shards)
     skipped = sorted((s for r in reports for s in r["skipped"]), key=lambda s: s["image_id"])
     bad = {s["image_id"] for s in skipped}
-    ids = _read_manifest(paths.manifest)["image_id"]
+    rows = _read_manifest(paths.manifest)
+    ids = rows["image_id"]
     nbytes = _expected_nbytes(spec.preprocess.size)
-    missing = [i for i in ids if i not in bad and not _is_complete(cache_path(cache_dir, i), nbytes)]
+    missing = [i for i, src in zip(ids, rows["path"], strict=True)
+               if i not in bad and not _is_current(cache_path(cache_dir, i), nbytes, spec.resolve(src))]
     if missing:
-        raise RuntimeError(f"{cache_dir}: {len(missing)} manifest image(s) neither cached nor "
-                           f"skipped, e.g. {missing[:5]}; rerun build_cache")
+        raise RuntimeError(f"{cache_dir}: {len(missing)} manifest image(s) neither cached (from "
+                           f"their current file) nor skipped, e.g. {missing[:5]}; rerun build_cache")
     done = {
         "n_images": len(ids),
         "n_cached": len(ids) - len(bad),
@@ -309,6 +363,7 @@ def finalize(spec: JobSpec, paths: JobPaths) -> dict[str, Any]:
         "cache_dir": str(cache_dir),
         "preprocess_hash": spec.preprocess_hash(),
         "manifest_hash": mhash,
+        "sources_stamp": state.sources_stamp(spec, list(zip(ids, rows["path"], strict=True))),
         "shards": len(reports),
     }
     write_json_atomic(paths.prepare_done, done)

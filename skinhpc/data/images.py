@@ -46,13 +46,17 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from skinhpc.config.bounded import UnreadableFileError, read_bounded
 from skinhpc.data.sources import DataError
 
-__all__ = ["BadImageError", "BadImagesError", "open_image", "read_rgb", "image_size"]
+__all__ = ["BadImageError", "BadImagesError", "open_image", "read_image_bytes", "read_rgb", "image_size"]
 
 _FAST_FORMATS = {"JPEG", "PNG"}
 _FAST_MODES = {"RGB", "L"}
 _WHITE = (255, 255, 255)
+# The largest file an image under Pillow's pixel limit can need (16-bit RGB, uncompressed: ~537 MB),
+# plus headers; anything bigger is refused from its size before it is read.
+MAX_IMAGE_BYTES = 6 * int(Image.MAX_IMAGE_PIXELS or 89_478_485) + 2**20
 
 
 class BadImageError(ValueError):
@@ -149,14 +153,12 @@ def open_image(path: str | Path, data: bytes | None = None) -> Iterator[Image.Im
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes through the bounded reader: a device, FIFO or oversized file is refused
+    from ``fstat`` before a byte is read (``/dev/zero`` would otherwise fill memory)."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BadImageError(path, "file not found") from None
-    except IsADirectoryError:
-        raise BadImageError(path, "is a directory, not an image file") from None
-    except OSError as e:
-        raise BadImageError(path, f"cannot read file: {e.strerror or e}") from None
+        data = read_bounded(path, MAX_IMAGE_BYTES, "an image file")
+    except UnreadableFileError as e:
+        raise BadImageError(path, e.reason) from None
     if not data:
         raise BadImageError(path, "empty file (0 bytes)")
     return data
@@ -201,14 +203,21 @@ def _pillow_to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """The image as a C-contiguous uint8 array (H, W, 3) in RGB order.
+def read_image_bytes(path: str | Path) -> bytes:
+    """The file's bytes as :func:`read_rgb` reads them (bounded, regular file, not empty): for a
+    caller that must decode the very bytes it hashes (the cache keys an entry by them)."""
+    return _read_bytes(Path(path))
+
+
+def read_rgb(path: str | Path, data: bytes | None = None) -> np.ndarray:
+    """The image as a C-contiguous uint8 array (H, W, 3) in RGB order (``data``: the file's
+    bytes from :func:`read_image_bytes`, when the caller has them).
 
     Raises :class:`BadImageError` (a ``ValueError``) for a missing, empty,
     truncated, corrupt or non-image file, with the path and the reason.
     """
     path = Path(path)
-    data = _read_bytes(path)
+    data = _read_bytes(path) if data is None else data
     with open_image(path, data) as header:
         fmt, mode = header.format, header.mode
 

@@ -1,9 +1,10 @@
 """The prepare stage's table half, and the one reader of the prepared data.
 
 ``prepare_tables`` writes manifest.csv, splits.csv and audit.json, then a small
-``prepare.tables.json`` holding the hash of the data spec they were made from: a relaunch of
+``prepare.tables.json`` holding the hash of the data spec they were made from, and
+``prepare.sources.json``, the metadata files read (:mod:`skinhpc.io.provenance`): a relaunch of
 the same job skips the work, while a changed source, label map, subset or split redoes it rather
-than silently training on stale tables.  ``load_table`` is the only way training and reduce read
+than silently training on stale tables (and a launch refuses a metadata file edited since).  ``load_table`` is the only way training and reduce read
 the data, so "minus the images the cache could not decode" is applied in exactly one place.
 """
 
@@ -29,6 +30,7 @@ from skinhpc.data.sources import (
     write_manifest,
 )
 from skinhpc.data.splits import make_splits
+from skinhpc.io import provenance
 from skinhpc.io.atomic import atomic_path, write_json_atomic
 from skinhpc.io.layout import JobPaths
 
@@ -63,7 +65,8 @@ def tables_current(spec: JobSpec, paths: JobPaths, audit: bool = True) -> bool:
         stored = json.loads(meta.read_text())
     except json.JSONDecodeError:
         return False
-    return stored.get("data_hash") == data_hash(spec) and (stored.get("audit") or not audit)
+    return (stored.get("data_hash") == data_hash(spec) and (stored.get("audit") or not audit)
+            and provenance.sources_problem(paths) is None)
 
 
 def prepare_tables(spec: JobSpec, paths: JobPaths, audit: bool = True, force: bool = False) -> dict[str, Any]:
@@ -76,7 +79,8 @@ def prepare_tables(spec: JobSpec, paths: JobPaths, audit: bool = True, force: bo
         log.info("prepare: tables in %s are current (data hash %s)", paths.root, data_hash(spec))
         meta = json.loads(tables_meta_path(paths).read_text())
         return {**meta, "skipped": True}
-    gathered = prepare_manifest(spec)  # refuses a silently image-level split
+    with provenance.recording() as reads:
+        gathered = prepare_manifest(spec)  # refuses a silently image-level split
     manifest = gathered.table
     splits = make_splits(manifest, spec.data.split)
     write_manifest(manifest, paths.manifest)
@@ -87,6 +91,7 @@ def prepare_tables(spec: JobSpec, paths: JobPaths, audit: bool = True, force: bo
     if audit:
 
         report = run_audit(spec, manifest, splits, paths.audit)
+    provenance.write_record(paths, reads)  # before the meta: tables are current only with it
     meta = {
         "data_hash": data_hash(spec),
         "audit": audit,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from skinhpc.io.atomic import atomic_path
-from skinhpc.io.state import identity_problem
+from skinhpc.io.member_identity import identity_problem
 
 
 class CheckpointError(ValueError):

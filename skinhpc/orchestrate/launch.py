@@ -21,6 +21,7 @@ from skinhpc.config import JobSpec, SpecError, changed_keys, dump_yaml, load_spe
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
 from skinhpc.io.lock import LOCK_NAME, job_lock
+from skinhpc.io.provenance import sources_problem
 from skinhpc.orchestrate.checks import check_environment
 from skinhpc.orchestrate.cluster import sbatch_scripts, submit
 from skinhpc.orchestrate.evidence import active_slurm_ids, busy, local_driver_alive
@@ -36,6 +37,10 @@ def check_folder(spec: JobSpec, paths: JobPaths, force_new: bool) -> None:
     """Refuse to mix two specs in one results folder, or to double-submit a running job."""
     if not paths.job_yaml.exists():
         return
+    edited = sources_problem(paths)  # metadata edited since prepare: its members saw the old tables
+    if edited and not force_new:
+        raise LaunchError(f"{edited}: the job's tables were made from what it held then; restore it, or "
+                          f"pass --force-new to move the results folder aside and start over")
     try:
         old_spec: JobSpec | None = load_spec(paths.job_yaml)
         old = old_spec.fingerprint()
@@ -51,7 +56,7 @@ def check_folder(spec: JobSpec, paths: JobPaths, force_new: bool) -> None:
             print(f"reduce settings changed ({', '.join(changed)}): finished members are reused and "
                   f"the reduce runs again; the previous spec is kept as {kept.name}")
             return
-    if old != spec.fingerprint():
+    if old != spec.fingerprint() or edited:
         if force_new:
             aside = paths.root.with_name(f"{paths.root.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
             paths.root.rename(aside)

@@ -10,6 +10,7 @@ a member is done exactly when every other file is complete.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,13 @@ from skinhpc.config import JobSpec, Member
 from skinhpc.io.atomic import write_csv_atomic, write_json_atomic
 from skinhpc.io.checkpoint import member_checkpoint_problem
 from skinhpc.io.layout import JobPaths
-from skinhpc.io.state import member_done, member_fingerprint, member_identity, write_member_done
+from skinhpc.io.state import (
+    member_done,
+    member_fingerprint,
+    member_identity,
+    set_aside_rejected,
+    write_member_done,
+)
 from skinhpc.model.net import load_checkpoint_model
 from skinhpc.train import signals
 from skinhpc.train.history import HISTORY_COLUMNS, auc_score
@@ -91,6 +98,8 @@ def train_member(spec: JobSpec, paths: JobPaths, member: Member,
     if member_done(spec, paths, member):
         log.info("member %s: already done (%s), skipping", member.name, mp.done)
         return None
+    if os.environ.get("RANK", "0") == "0":  # before the process group forms: one rank moves it
+        set_aside_rejected(spec, paths, member)
     set_determinism(mspec.train.deterministic)
     acc = Accelerator(mixed_precision=resolve_amp(mspec.train.amp))
     if acc.is_main_process:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from skinhpc.config import SourceSpec
+from skinhpc.io.provenance import note_read
 
 COLUMNS = ["image_id", "path", "label", "dx", "group", "age", "sex", "site", "source"]
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -52,6 +53,7 @@ def read_csv(path: Path, required: Iterable[str], sep: str | None = None) -> pd.
     """All columns as strings (no silent NaN/float guessing); ``_line`` = line in the file."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    note_read(path)  # recorded by prepare: a relaunch refuses once it changes (io.provenance)
     if sep is None:
         sep = "\t" if path.suffix.lower() in (".tab", ".tsv") else ","
     try:
