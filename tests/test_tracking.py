@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from skinhpc.config import plan_members, with_overrides
-from skinhpc.outputs.tracking import log_job, tracking_uri
-from skinhpc.outputs.tracking_members import EpochLogger, live_logger
-from skinhpc.outputs.tracking_store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+from skinhpc.outputs.tracking.job import log_job, tracking_uri
+from skinhpc.outputs.tracking.members import EpochLogger, live_logger
+from skinhpc.outputs.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
 
 @pytest.fixture(scope="module")

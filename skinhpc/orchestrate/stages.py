@@ -248,12 +248,12 @@ def _train(spec: JobSpec, paths: JobPaths, member: Member) -> None:
 
 
 def _live_logger(spec: JobSpec, paths: JobPaths, member: Member) -> Any:
-    """The member's live MLflow epoch logger (:func:`skinhpc.outputs.tracking_members.live_logger`):
+    """The member's live MLflow epoch logger (:func:`skinhpc.outputs.tracking.members.live_logger`):
     only with a tracking server, never with the SQLite default (the reduce is its one writer),
     and only in the main process of a multi-process member."""
     if os.environ.get("RANK", "0") != "0" or member_done(spec, paths, member):
         return None
-    from skinhpc.outputs.tracking_members import live_logger  # deferred: MLflow in tasks only
+    from skinhpc.outputs.tracking.members import live_logger  # deferred: MLflow in tasks only
 
     return live_logger(spec, paths, member)
 

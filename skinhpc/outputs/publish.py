@@ -20,7 +20,7 @@ from skinhpc.io.atomic import atomic_dir, to_jsonable, write_csv_atomic, write_j
 from skinhpc.io.layout import JobPaths
 from skinhpc.outputs import gradcam, report
 from skinhpc.outputs.export import export_job
-from skinhpc.outputs.tracking import log_job
+from skinhpc.outputs.tracking.job import log_job
 
 log = logging.getLogger(__name__)
 

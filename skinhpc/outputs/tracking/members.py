@@ -32,7 +32,7 @@ import pandas as pd
 
 from skinhpc.config import JobSpec, Member
 from skinhpc.io.layout import JobPaths, MemberPaths
-from skinhpc.outputs.tracking_store import (
+from skinhpc.outputs.tracking.store import (
     client_for,
     experiment_id,
     flatten_numbers,

@@ -4,10 +4,10 @@ Only the reduce process writes to a SQLite store.  Array tasks write plain files
 (``history.csv``, ``done.json``) and the reduce copies them into the tracking store afterwards,
 so hundreds of members never race on one SQLite database (``database is locked``,
 schema-migration races) and a job tracked late, or re-tracked, gives the same runs.  With a
-tracking server, members may log their epochs live (:mod:`.tracking_members`).
+tracking server, members may log their epochs live (:mod:`.members`).
 
-Where it goes and how the experiment is tagged: :mod:`.tracking_store`.  What a member run
-holds: :mod:`.tracking_members`.  The pyfunc model: :mod:`.tracking_model`.
+Where it goes and how the experiment is tagged: :mod:`.store`.  What a member run
+holds: :mod:`.members`.  The pyfunc model: :mod:`.model`.
 
 The parent run spans the reduce (``started``, given by the caller, to the end of logging) and
 holds the job's params, the headline metrics (test and val, gated ones with coverage) and the
@@ -30,9 +30,9 @@ from typing import Any
 
 from skinhpc.config import JobSpec, Member, plan_members
 from skinhpc.io.layout import JobPaths
-from skinhpc.outputs.tracking_members import log_member, members_summary, members_table
-from skinhpc.outputs.tracking_model import EnsembleModel, log_ensemble_model
-from skinhpc.outputs.tracking_store import (
+from skinhpc.outputs.tracking.members import log_member, members_summary, members_table
+from skinhpc.outputs.tracking.model import EnsembleModel, log_ensemble_model
+from skinhpc.outputs.tracking.store import (
     client_for,
     experiment_id,
     flatten_numbers,
