@@ -15,10 +15,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import skinhpc.outputs.report.pieces as rh
 from skinhpc.config import JobSpec, dump_yaml
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
-from skinhpc.outputs import report_html as rh
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+import skinhpc.outputs.report.figures as plots
+import skinhpc.outputs.report.pieces as rh
 from skinhpc import metrics as mx
 from skinhpc.config import JobSpec
 from skinhpc.io.atomic import write_text_atomic
-from skinhpc.outputs import plots
-from skinhpc.outputs import report_html as rh
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 from skinhpc import metrics
 from skinhpc.config import JobSpec, Member
 from skinhpc.io.atomic import atomic_path
-from skinhpc.outputs.report_html import fmt
+from skinhpc.outputs.report.pieces import fmt
 
 if TYPE_CHECKING:
     from skinhpc.ensemble.sets import Split
