@@ -148,7 +148,7 @@ class MemberTask(submitit.helpers.Checkpointable):
 
     def __init__(self, job_dir: str | Path, tasks: list[int] | None = None) -> None:
         self.job_dir = str(job_dir)
-        # array submission: member index of each array task (see cluster.submit_array)
+        # array submission: member index of each array task (see orchestrate.slurm.submit_array)
         self.tasks = list(tasks) if tasks is not None else None
 
     def _index(self, index: int | None) -> int:

@@ -265,7 +265,7 @@ def render_evaluation(spec: JobSpec, metrics: dict[str, Any], table: Any) -> str
 
 
 def write_evaluation_report(spec: JobSpec, metrics: dict[str, Any], table: Any, out_dir: str | Path) -> Path:
-    """``out_dir/report.html`` of ``skinhpc evaluate`` (``metrics`` from :func:`skinhpc.predict.evaluate`,
+    """``out_dir/report.html`` of ``skinhpc evaluate`` (``metrics`` from :func:`skinhpc.outputs.evaluate.evaluate`,
     ``table`` its predictions of the readable images, with age/sex/site when the data has them)."""
     out = Path(out_dir) / "report.html"
     write_text_atomic(out, render_evaluation(spec, metrics, table))
