@@ -14,7 +14,7 @@ import pytest
 from skinhpc.config import plan_members, with_overrides
 from skinhpc.outputs.tracking.job import log_job, tracking_uri
 from skinhpc.outputs.tracking.members import EpochLogger, live_logger
-from skinhpc.outputs.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+from skinhpc.outputs.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, client_for
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +221,23 @@ def test_rerun_supersedes_previous_parent_and_retags_the_experiment(tracked):
     assert client.get_run(new_id).data.metrics["test.auc"] == pytest.approx(summary["test"]["auc"])
     assert client.get_experiment(exp_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     assert len(_children(client, exp_id, new_id)) == 2
+
+
+def test_live_logging_never_stalls_a_member_when_the_server_is_down(tracked):
+    """A tracking server on a closed port: the member's live logger is not made (one short probe,
+    not MLflow's minutes of retries); a logger whose server goes away mid-training turns itself off
+    at the first failed epoch and training goes on (the reduce logs the epochs it missed)."""
+    spec, paths, *_ = tracked
+    down = with_overrides(spec, {"reduce.mlflow.enabled": True, "reduce.mlflow.tracking_uri": "http://127.0.0.1:9"})
+    member = plan_members(spec)[0]
+    t0 = time.monotonic()
+    assert live_logger(down, paths, member) is None
+    assert time.monotonic() - t0 < 10
+    logger = EpochLogger(spec, paths, member, uri=tracking_uri(spec))  # opened while the store answered
+    logger.client = client_for("http://127.0.0.1:9")  # ... then the server went away
+    row = pd.read_csv(paths.member(member).history).to_dict("records")[0]
+    t0 = time.monotonic()
+    logger(row)
+    logger(row)
+    logger.close("FINISHED")
+    assert time.monotonic() - t0 < 20 and logger.off

@@ -30,6 +30,7 @@ from skinhpc.io.layout import JobPaths
 from skinhpc.outputs import gradcam, report
 from skinhpc.outputs.export import export_job
 from skinhpc.outputs.tracking.job import mirror
+from skinhpc.outputs.tracking.record import forget
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ def reduce(spec: JobSpec, paths: JobPaths) -> dict[str, Any]:
         run_id = mirror(spec, paths, r.summary, started=started)
         if run_id is not None:
             r.summary["mlflow_run_id"] = run_id
+    else:
+        forget(paths)
     return r.summary
 
 
