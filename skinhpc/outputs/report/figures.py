@@ -1,4 +1,5 @@
-"""The reduce's plots of the test split and the drawing pieces both reports share.
+"""Every figure the reports show, each drawn by one function both reports call (the reduce's
+report from its PNG files, ``skinhpc evaluate``'s in memory), and the reduce's PNG files.
 
 Every number drawn comes from :mod:`skinhpc.metrics` (curves) or from the reduce's summary
 (confusion matrices, reliability, risk-coverage); the malignant question of a multiclass job is
@@ -7,8 +8,6 @@ Every number drawn comes from :mod:`skinhpc.metrics` (curves) or from the reduce
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,18 +33,99 @@ def binary_scores(spec: JobSpec, split: Split) -> tuple[np.ndarray, np.ndarray, 
             [metrics.to_binary(m, names, mal) for m in split.members])
 
 
+def png_bytes(fig: Any) -> bytes:
+    """The figure as PNG bytes (the figure is closed): what a report inlines or a file holds."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
 def save_png(fig: Any, path: Path) -> Path:
     """The figure as a PNG file, written atomically (a report never inlines half a file)."""
+    data = png_bytes(fig)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        Path(tmp).write_bytes(data)
     return path
 
 
-def reliability_fig(rel: dict[str, Any], title: str) -> Any:
-    """Reliability diagram from ``metrics.reliability``: one drawing for both reports."""
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files, never a window (batch nodes have no display)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    return plt
+
+
+def _axes() -> tuple[Any, Any]:
+    return _pyplot().subplots(figsize=(5, 4.5))
+
+
+# (legend label, labels, scores) of a thin curve beside the ensemble's: a member, a class vs rest
+Curve = tuple[str, np.ndarray, np.ndarray]
+# (x, y, legend label) of the operating point
+Point = tuple[float, float, str]
+
+
+def roc_figure(y: np.ndarray, score: np.ndarray, title: str, label: str = "ensemble",
+               others: Sequence[Curve] = (), point: Point | None = None) -> Any:
+    """ROC of ``score`` (thick) with ``others`` (thin) and the operating point; a curve that is
+    undefined (one class only) is left out and the title says so."""
+    fig, ax = _axes()
+    for name, yo, so in others:
+        c = metrics.roc_points(yo, so)
+        if c["auc"] is not None:
+            ax.plot(c["fpr"], c["tpr"], lw=1, alpha=0.6, label=f"{name} ({fmt(c['auc'])})")
+    c = metrics.roc_points(y, score)
+    if c["auc"] is not None:
+        ax.plot(c["fpr"], c["tpr"], lw=2.5, color="black", label=f"{label} ({fmt(c['auc'])})")
+    if point is not None:
+        ax.plot([point[0]], [point[1]], "o", color="tab:red", label=point[2])
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="chance")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.02),
+           title=title + ("" if c["auc"] is not None else " (one class only: undefined)"))
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def pr_figure(y: np.ndarray, score: np.ndarray, title: str, label: str = "ensemble",
+              others: Sequence[Curve] = (), point: Point | None = None) -> Any:
+    """Precision-recall of ``score`` (thick) with ``others`` (thin), the prevalence (a classifier
+    that ignores the image) and the operating point."""
+    fig, ax = _axes()
+    for name, yo, so in others:
+        c = metrics.pr_points(yo, so)
+        if c["ap"] is not None:
+            ax.plot(c["recall"], c["precision"], lw=1, alpha=0.6, label=f"{name} ({fmt(c['ap'])})")
+    c = metrics.pr_points(y, score)
+    if c["ap"] is not None:
+        ax.plot(c["recall"], c["precision"], lw=2.5, color="black", label=f"{label} ({fmt(c['ap'])})")
+    if c.get("prevalence") is not None:
+        ax.axhline(c["prevalence"], ls=":", color="grey", label=f"prevalence {c['prevalence']:.2f}")
+    if point is not None:
+        ax.plot([point[0]], [point[1]], "o", color="tab:red", label=point[2])
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.legend(fontsize=7, loc="lower left")
+    return fig
+
+
+def confusion_figure(panels: Sequence[tuple[Any, str]], labels: Sequence[str]) -> Any:
+    """Confusion matrices side by side, ``(matrix, title)`` each: all cases, then those the gate kept."""
+    fig, axes = _pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+    for ax, (mat, title) in zip(axes[0], panels, strict=True):
+        confusion_ax(ax, mat, labels, title)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(rel: dict[str, Any], title: str) -> Any:
+    """Reliability diagram from ``metrics.reliability``."""
+    fig, ax = _axes()
     edges = np.asarray(rel["bin_edges"], dtype=float)
     centers = (edges[:-1] + edges[1:]) / 2
     acc = np.array([np.nan if a is None else a for a in rel["bin_accuracy"]], dtype=float)
@@ -53,6 +133,21 @@ def reliability_fig(rel: dict[str, Any], title: str) -> Any:
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
     ax.set(xlabel="confidence (top class)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
     ax.legend(fontsize=8)
+    return fig
+
+
+def risk_coverage_figure(curves: Sequence[tuple[dict[str, Any], str | None, str]], title: str,
+                         gate: float = 0.0, coverage: float | None = None) -> Any:
+    """Error rate among the kept cases against coverage, ``(metrics.risk_coverage, legend label,
+    colour)`` each, with the gate's coverage marked when there is a gate."""
+    fig, ax = _axes()
+    for rc, label, color in curves:
+        ax.step(rc["coverage"], rc["risk"], where="post", color=color, label=label)
+    if gate > 0 and coverage is not None:
+        ax.axvline(coverage, ls="--", color="tab:red", label=f"gate {gate:g}: coverage {coverage:.1%}")
+    ax.set(xlabel="coverage (fraction not referred)", ylabel="error rate among kept", xlim=(0, 1), title=title)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=7)
     return fig
 
 
@@ -71,85 +166,25 @@ def confusion_ax(ax: Any, mat: Any, labels: Sequence[str], title: str) -> None:
 def make_plots(spec: JobSpec, summary: dict[str, Any], val: Split, test: Split,
                members: Sequence[Member], out_dir: Path) -> dict[str, Path]:
     """ROC, PR, confusion matrices, reliability and risk-coverage PNGs of the test split."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots: dict[str, Path] = {}
     y, p, member_scores = binary_scores(spec, test)
     what = "malignant vs benign" + ("" if spec.data.task == "binary" else " (sum of malignant classes)")
-
-    for kind in ("roc", "pr"):
-        fig, ax = plt.subplots(figsize=(5, 4.5))
-        fn = metrics.roc_points if kind == "roc" else metrics.pr_points
-        for m, s in zip(members, member_scores, strict=True):
-            c = fn(y, s)
-            xs, ys = (c["fpr"], c["tpr"]) if kind == "roc" else (c["recall"], c["precision"])
-            score = c["auc"] if kind == "roc" else c["ap"]
-            ax.plot(xs, ys, lw=1, alpha=0.6, label=f"member {m.name} ({fmt(score)})")
-        c = fn(y, p)
-        xs, ys = (c["fpr"], c["tpr"]) if kind == "roc" else (c["recall"], c["precision"])
-        score = c["auc"] if kind == "roc" else c["ap"]
-        ax.plot(xs, ys, lw=2.5, color="black", label=f"ensemble ({fmt(score)})")
-        if kind == "roc":
-            ax.plot([0, 1], [0, 1], ls=":", color="grey", label="chance")
-            ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC, test: {what}")
-        else:
-            prev = c.get("prevalence")
-            if prev is not None:
-                ax.axhline(prev, ls=":", color="grey", label=f"prevalence {prev:.2f}")
-            ax.set(xlabel="recall (sensitivity)", ylabel="precision", title=f"Precision-recall, test: {what}")
-        ax.set(xlim=(0, 1), ylim=(0, 1.02))
-        ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "lower left")
-        plots[kind] = save_png(fig, out_dir / f"{kind}.png")
-        plt.close(fig)
-
-    cm = summary["confusion"]
-    labels = cm["labels"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
-    titles = ["all test cases at the threshold",
-              f"kept by the gate {spec.reduce.gate:g}: coverage {cm['coverage']:.1%}"]
-    for ax, mat, title in zip(axes, (cm["at_threshold"], cm["gated"]), titles, strict=True):
-        confusion_ax(ax, mat, labels, title)
-    plots["confusion"] = save_png(fig, out_dir / "confusion.png")
-    plt.close(fig)
-
-    rel = summary["reliability"]
-    fig = reliability_fig(
-        rel, f"Reliability, test (ECE {fmt(rel.get('ece'))}, T={summary.get('temperature', 1):.2f})")
-    plots["reliability"] = save_png(fig, out_dir / "reliability.png")
-    plt.close(fig)
-
-    rc = summary["risk_coverage"]
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.step(rc["coverage"], rc["risk"], where="post", color="black")
-    gated = summary["test"]["gated"]
-    if spec.reduce.gate > 0 and gated.get("coverage") is not None:
-        ax.axvline(gated["coverage"], ls="--", color="tab:red", label=f"gate {spec.reduce.gate:g}")
-        ax.legend(fontsize=8)
-    ax.set(xlabel="coverage (fraction not referred)", ylabel="error rate among kept",
-           xlim=(0, 1), title=f"Risk-coverage, test (AURC {fmt(rc.get('aurc'))})")
-    plots["risk_coverage"] = save_png(fig, out_dir / "risk_coverage.png")
-    plt.close(fig)
-    stale = set(out_dir.glob("*.png")) - set(plots.values())
-    for f in stale:
-        f.unlink(missing_ok=True)
+    others = [(f"member {m.name}", y, s) for m, s in zip(members, member_scores, strict=True)]
+    cm, rel, rc = summary["confusion"], summary["reliability"], summary["risk_coverage"]
+    figs = {
+        "roc": roc_figure(y, p, f"ROC, test: {what}", others=others),
+        "pr": pr_figure(y, p, f"Precision-recall, test: {what}", others=others),
+        "confusion": confusion_figure(
+            [(cm["at_threshold"], "all test cases at the threshold"),
+             (cm["gated"], f"kept by the gate {spec.reduce.gate:g}: coverage {cm['coverage']:.1%}")], cm["labels"]),
+        "reliability": reliability_figure(
+            rel, f"Reliability, test (ECE {fmt(rel.get('ece'))}, T={summary.get('temperature', 1):.2f})"),
+        "risk_coverage": risk_coverage_figure(
+            [(rc, None, "black")], f"Risk-coverage, test (AURC {fmt(rc.get('aurc'))})",
+            spec.reduce.gate, summary["test"]["gated"].get("coverage")),
+    }
+    plots = {name: save_png(fig, out_dir / f"{name}.png") for name, fig in figs.items()}
+    for stale in set(out_dir.glob("*.png")) - set(plots.values()):
+        stale.unlink(missing_ok=True)
     return plots
-
-
-def fig_img(fig: Any, alt: str) -> str:
-    """A matplotlib figure as an inline PNG <img> (the figure is closed)."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode()
-    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
-
-
