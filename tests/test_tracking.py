@@ -241,3 +241,24 @@ def test_live_logging_never_stalls_a_member_when_the_server_is_down(tracked):
     logger(row)
     logger.close("FINISHED")
     assert time.monotonic() - t0 < 20 and logger.off
+
+
+def test_probe_tells_a_store_that_cannot_take_writes():
+    """The launch's probe on real sockets: a closed port and a web server that is not MLflow
+    (404 at /health) are unreachable, at once; a SQLite store in a writable folder is not."""
+    import http.server
+    import threading
+
+    from skinhpc.outputs.tracking.probe import unreachable
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        t0 = time.monotonic()
+        assert "Connection refused" in unreachable("http://127.0.0.1:9")
+        assert "HTTP 404" in unreachable(f"http://127.0.0.1:{server.server_address[1]}")
+        assert time.monotonic() - t0 < 5
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert unreachable("sqlite:////tmp/skinhpc-probe/not/yet/mlflow.db") is None

@@ -27,18 +27,21 @@ RETRIES_ENV, TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUE
 
 def unreachable(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
     """Why the store at ``uri`` cannot take writes now, or None when it can (as far as a probe
-    can tell: a server that answers at all is reachable; a SQLite file needs a writable folder).
+    can tell: a server must answer its ``/health`` (or ask for credentials); a SQLite file needs a
+    writable folder).
 
     One plain HTTP request to the server's ``/health`` with a short timeout and no retries."""
     if is_server(uri):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
                 return None
-        except urllib.error.HTTPError:  # it answered: reachable (auth or routing is MLflow's to report)
-            return None
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):  # a server behind authentication: MLflow's credentials decide
+                return None
+            return f"{uri}/health answered HTTP {e.code}: not an MLflow tracking server"
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            return f"no answer within {timeout_s:g} s: {reason}"
+            return f"no connection: {reason} (timeout {timeout_s:g} s)"
     if uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///"):]).parent
         while not folder.exists() and folder != folder.parent:  # created by the first write
