@@ -14,8 +14,8 @@ from skinhpc.config import Member
 from skinhpc.ensemble.reduce import evaluate
 from skinhpc.ensemble.sets import Split
 from skinhpc.io.layout import JobPaths
-from skinhpc.outputs.report_eval import render_evaluation
-from skinhpc.outputs.report_job import render
+from skinhpc.outputs.report.evaluation import render_evaluation
+from skinhpc.outputs.report.job import render
 
 OLD_KEYS = {"task", "class_names", "positive", "thresholds", "val", "test", "members", "baselines",
             "subgroups", "risk_coverage", "reliability", "confusion"}

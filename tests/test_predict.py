@@ -28,6 +28,7 @@ from skinhpc.io.layout import JobPaths
 from skinhpc.orchestrate.launch import launch
 from skinhpc.outputs.publish import reduce
 from skinhpc.outputs.report import write_evaluation_report
+from skinhpc.outputs.tracking.record import logged_run
 
 
 def _shared_images(ham_root: Path, n: int) -> list[Path]:
@@ -259,7 +260,8 @@ def test_sweep_job_copied_without_its_data_predicts_evaluates_and_serves(tmp_pat
     assert m["class_counts"] == {"benign": 4, "malignant": 4}
 
     client = MlflowClient(uri)
-    model = mlflow.pyfunc.load_model(f"{client.get_run(summary['mlflow_run_id']).info.artifact_uri}/ensemble_model")
+    run_id = logged_run(JobPaths(moved))  # state/mlflow.json: the reduce logs after committing ensemble/
+    model = mlflow.pyfunc.load_model(f"{client.get_run(run_id).info.artifact_uri}/ensemble_model")
     served = model.predict(pd.DataFrame({"path": [str(p) for p in images]}))
     np.testing.assert_allclose(served["probability"], direct["prob_malignant"], atol=1e-6)
 

@@ -213,8 +213,8 @@ def test_mlflow_runs_page_in_headless_chromium(mlflow_server, copy_finished_job,
     from mlflow import MlflowClient
 
     from skinhpc.config import with_overrides
-    from skinhpc.outputs.tracking import log_job
-    from skinhpc.outputs.tracking_store import ui_route
+    from skinhpc.outputs.tracking.job import log_job
+    from skinhpc.outputs.tracking.store import ui_route
 
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:

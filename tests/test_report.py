@@ -14,6 +14,7 @@ import torch
 from skinhpc.config import JobSpec, plan_members
 from skinhpc.io.layout import JobPaths
 from skinhpc.outputs.publish import reduce
+from skinhpc.outputs.tracking.record import logged_run
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -76,7 +77,7 @@ def test_reduce_hands_over_to_onnx_and_mlflow(reduced: tuple[JobSpec, JobPaths])
     metrics = json.loads((paths.ensemble / "metrics.json").read_text())
     assert metrics["onnx"]["ok"] is True
     client = mlflow.MlflowClient(tracking_uri=spec.reduce.mlflow.tracking_uri)
-    run = client.get_run(metrics["mlflow_run_id"])
+    run = client.get_run(logged_run(paths))  # recorded beside the stage states, ensemble/ committed before
     assert any(k.endswith("gated.coverage") for k in run.data.metrics)
     assert run.data.metrics["test_by_group.auc"] == pytest.approx(metrics["test_by_group"]["auc"])
 

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from skinhpc.config import plan_members, with_overrides
-from skinhpc.outputs.tracking import log_job, tracking_uri
-from skinhpc.outputs.tracking_members import EpochLogger, live_logger
-from skinhpc.outputs.tracking_store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+from skinhpc.outputs.tracking.job import log_job, tracking_uri
+from skinhpc.outputs.tracking.members import EpochLogger, live_logger
+from skinhpc.outputs.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, client_for
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +221,44 @@ def test_rerun_supersedes_previous_parent_and_retags_the_experiment(tracked):
     assert client.get_run(new_id).data.metrics["test.auc"] == pytest.approx(summary["test"]["auc"])
     assert client.get_experiment(exp_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     assert len(_children(client, exp_id, new_id)) == 2
+
+
+def test_live_logging_never_stalls_a_member_when_the_server_is_down(tracked):
+    """A tracking server on a closed port: the member's live logger is not made (one short probe,
+    not MLflow's minutes of retries); a logger whose server goes away mid-training turns itself off
+    at the first failed epoch and training goes on (the reduce logs the epochs it missed)."""
+    spec, paths, *_ = tracked
+    down = with_overrides(spec, {"reduce.mlflow.enabled": True, "reduce.mlflow.tracking_uri": "http://127.0.0.1:9"})
+    member = plan_members(spec)[0]
+    t0 = time.monotonic()
+    assert live_logger(down, paths, member) is None
+    assert time.monotonic() - t0 < 10
+    logger = EpochLogger(spec, paths, member, uri=tracking_uri(spec))  # opened while the store answered
+    logger.client = client_for("http://127.0.0.1:9")  # ... then the server went away
+    row = pd.read_csv(paths.member(member).history).to_dict("records")[0]
+    t0 = time.monotonic()
+    logger(row)
+    logger(row)
+    logger.close("FINISHED")
+    assert time.monotonic() - t0 < 20 and logger.off
+
+
+def test_probe_tells_a_store_that_cannot_take_writes():
+    """The launch's probe on real sockets: a closed port and a web server that is not MLflow
+    (404 at /health) are unreachable, at once; a SQLite store in a writable folder is not."""
+    import http.server
+    import threading
+
+    from skinhpc.outputs.tracking.probe import unreachable
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        t0 = time.monotonic()
+        assert "Connection refused" in unreachable("http://127.0.0.1:9")
+        assert "HTTP 404" in unreachable(f"http://127.0.0.1:{server.server_address[1]}")
+        assert time.monotonic() - t0 < 5
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert unreachable("sqlite:////tmp/skinhpc-probe/not/yet/mlflow.db") is None

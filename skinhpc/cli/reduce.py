@@ -13,7 +13,8 @@ from skinhpc.io.lock import REDUCE_LOCK, job_lock
 from skinhpc.orchestrate.evidence import busy
 from skinhpc.orchestrate.pipeline import LaunchError
 from skinhpc.orchestrate.stages import run_recorded
-from skinhpc.outputs.publish import reduce
+from skinhpc.outputs.publish import log_only, reduce
+from skinhpc.outputs.tracking.record import logging_problem
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,8 @@ def main(argv: Sequence[str]) -> int:
     parser = CommandParser(prog="skinhpc reduce", description=main.__doc__)
     parser.add_argument("job", help="results/<job> folder (with job.yaml) or a job YAML file")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides (e.g. reduce.gate=0.9)")
+    parser.add_argument("--log-only", action="store_true",
+                        help="log the committed ensemble/ to MLflow again (after a failed logging); no recompute")
     args = parser.parse_intermixed_args(list(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = Path(args.job)
@@ -31,6 +34,8 @@ def main(argv: Sequence[str]) -> int:
     paths = JobPaths(target if target.is_dir() else spec.job_dir)
     # the job lock: no launch or cancel meanwhile; the reduce lock: no batch reduce writing ensemble/
     with job_lock(paths, "reduce"), job_lock(paths, "reduce", name=REDUCE_LOCK):
+        if args.log_only:
+            return 0 if log_only(spec, paths) is not None else 1
         running = busy(paths)
         if running:
             raise LaunchError(f"{paths.root}: {running}; wait for it or `skinhpc cancel {paths.root}` first")
@@ -38,4 +43,5 @@ def main(argv: Sequence[str]) -> int:
     test = summary.get("test", {})
     log.info("reduce done: %s; test %s", paths.ensemble / "report.html",
              {k: test.get(k) for k in ("auc", "auc_macro", "balanced_accuracy") if k in test})
-    return 0
+    # the results are complete either way; a job that requires MLflow says its mirror failed
+    return 1 if spec.reduce.mlflow.required and logging_problem(paths) else 0

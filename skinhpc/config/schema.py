@@ -336,6 +336,10 @@ class MlflowSpec:
     enabled: bool = doc("Log the job to MLflow (only the reduce process writes).", default=True)
     tracking_uri: str | None = doc(
         "Tracking store; null: $MLFLOW_TRACKING_URI, else sqlite:///<results_dir>/mlflow.db.", default=None, identity="none")
+    required: bool = doc(
+        "Refuse the launch when the tracking store is unreachable (false: warn and run; the reduce "
+        "records the failed logging, `skinhpc reduce --log-only` retries it). Results never wait on MLflow.",
+        default=True, identity="none")
     experiment: str = doc("Experiment name.", default="skinhpc", min_len=1)
     register_model: bool = doc("Register the ensemble as a pyfunc model.", default=True)
     log_checkpoints: bool = doc(

@@ -1,7 +1,7 @@
 """Dermoscopy preprocessing as pure functions on uint8 RGB arrays.
 
 Every step takes its parameters from the job's ``preprocess`` section
-(:class:`skinhpc.spec.PreprocessSpec`) and sizes its kernels relative to the
+(:class:`skinhpc.config.schema.PreprocessSpec`) and sizes its kernels relative to the
 image's short side, so the same config gives the same result at any input
 resolution (HAM10000 ships 600x450, archives 200x150, ISIC 2020 up to 6000 px).
 

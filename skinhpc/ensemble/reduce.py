@@ -22,8 +22,8 @@ Files written to ``results/<job>/ensemble/`` (atomically; a rerun overwrites cle
   :mod:`skinhpc.metrics.groups`), images_per_group ({val, test}: groups, images, mean/max),
   members (table rows), baselines, subgroups, risk_coverage,
   reliability, confusion ({at_threshold, gated, coverage}), malignant (multiclass),
-  plots, gradcam, onnx, mlflow_run_id, benign_classes ({val, test}: malignant vs each benign
-  diagnosis and their mean, :func:`benign_classes`).  The per-image figures stay the headline; the malignant
+  plots, gradcam, onnx (the MLflow run id: state/mlflow.json), benign_classes ({val, test}: malignant
+  vs each benign diagnosis and their mean, :func:`benign_classes`).  The per-image figures stay the headline; the malignant
   view of a multiclass job has its own val_by_group/test_by_group.
 - ``plots/*.png``, ``gradcam/*.png``, ``report.html``.
 """

@@ -12,6 +12,7 @@ import subprocess
 
 from skinhpc.config import JobSpec, SpecError, plan_members
 from skinhpc.orchestrate.plan import stage_setting
+from skinhpc.outputs.tracking.probe import check_tracking
 
 DOWNLOAD = "skinhpc data download ham10000 --to data/ham10000"
 # model.name values skinhpc builds itself (skinhpc.model.net), not looked up in timm
@@ -52,6 +53,7 @@ def _check(spec: JobSpec) -> None:
     if names:
         _check_timm_names(names)
     _check_gpus(spec)
+    check_tracking(spec)  # the MLflow store, probed once (reduce.mlflow.required: refuse, else warn)
 
 
 def _check_timm_names(names: list[str]) -> None:

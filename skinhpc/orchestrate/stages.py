@@ -148,7 +148,7 @@ class MemberTask(submitit.helpers.Checkpointable):
 
     def __init__(self, job_dir: str | Path, tasks: list[int] | None = None) -> None:
         self.job_dir = str(job_dir)
-        # array submission: member index of each array task (see cluster.submit_array)
+        # array submission: member index of each array task (see orchestrate.slurm.submit_array)
         self.tasks = list(tasks) if tasks is not None else None
 
     def _index(self, index: int | None) -> int:
@@ -248,12 +248,12 @@ def _train(spec: JobSpec, paths: JobPaths, member: Member) -> None:
 
 
 def _live_logger(spec: JobSpec, paths: JobPaths, member: Member) -> Any:
-    """The member's live MLflow epoch logger (:func:`skinhpc.outputs.tracking_members.live_logger`):
+    """The member's live MLflow epoch logger (:func:`skinhpc.outputs.tracking.members.live_logger`):
     only with a tracking server, never with the SQLite default (the reduce is its one writer),
     and only in the main process of a multi-process member."""
     if os.environ.get("RANK", "0") != "0" or member_done(spec, paths, member):
         return None
-    from skinhpc.outputs.tracking_members import live_logger  # deferred: MLflow in tasks only
+    from skinhpc.outputs.tracking.members import live_logger  # deferred: MLflow in tasks only
 
     return live_logger(spec, paths, member)
 

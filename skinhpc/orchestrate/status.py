@@ -28,6 +28,7 @@ from skinhpc.orchestrate.evidence import local_driver_alive, pid_alive, slurm_vi
 from skinhpc.orchestrate.launches import job_ids, read_launches
 from skinhpc.orchestrate.progress import format_progress, member_progress
 from skinhpc.orchestrate.stages import load_job
+from skinhpc.outputs.tracking.record import logging_problem
 
 EXIT_DONE, EXIT_FAILED, EXIT_UNKNOWN, EXIT_IN_PROGRESS = 0, 1, 3, 4
 
@@ -142,6 +143,9 @@ def collect(job_dir: str | Path) -> list[dict[str, Any]]:
         r["progress"] = member_progress(spec, paths, m, r["state"], read_state(paths, f"member-{m.index}"))
         rows.append(r)
     rows.append(row("reduce", "reduce", read_state(paths, "reduce").get("state") == "done"))
+    if (unlogged := logging_problem(paths)) is not None:  # results complete, their MLflow mirror not
+        rows.append({"stage": "mlflow", "state": "failed", "requeues": 0, "job_id": "", "slurm": "",
+                     "reason": unlogged, "error_file": "", "log": ""})
     return rows
 
 

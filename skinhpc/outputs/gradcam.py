@@ -130,8 +130,9 @@ def render(model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: Se
     """``[input | Grad-CAM overlay]`` uint8 RGB pairs, one per image, for class ``targets[k]``.
 
     ``images`` is float (N, 3, S, S) in [0, 1] as the model saw it (after preprocessing);
-    ``meta`` the metadata rows of a metadata model, else None.  The one drawing of a heat map:
-    the reduce's gallery and ``skinhpc predict --gradcam`` both call it.
+    ``meta`` the metadata rows of a metadata model, else None.  The one drawing of a heat map
+    (and the one :class:`_ImagesOnly`): the reduce's gallery and ``skinhpc predict --gradcam`` both
+    call it.
     """
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
@@ -160,8 +161,9 @@ def render(model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: Se
     return pairs
 
 
-def save_png(pair: np.ndarray, path: Path, scale: int = 1) -> Path:
-    """One rendered pair as a PNG (upscaled ``scale`` times, bicubic), written atomically."""
+def save_pair_png(pair: np.ndarray, path: Path, scale: int = 1) -> Path:
+    """One rendered ``[input | overlay]`` pair as a PNG (upscaled ``scale`` times, bicubic), written
+    atomically: the reduce's gallery and ``skinhpc predict --gradcam`` write theirs through it."""
     from PIL import Image
 
     img = Image.fromarray(pair)
@@ -188,6 +190,6 @@ def _render(spec: JobSpec, model: nn.Module, layer: nn.Module, frame: pd.DataFra
     for k, (case, pair) in enumerate(zip(cases, pairs, strict=True)):
         image_id = str(sub["image_id"].iloc[k])
         name = f"{case['true']}_{case['kind']}_{k:02d}_{image_id}.png".replace("/", "_")
-        save_png(pair, out_dir / name, scale)
+        save_pair_png(pair, out_dir / name, scale)
         items.append({**case, "image_id": image_id, "file": name})
     return items

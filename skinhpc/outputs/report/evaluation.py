@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+import skinhpc.outputs.report.figures as figures
+import skinhpc.outputs.report.pieces as rh
 from skinhpc import metrics as mx
 from skinhpc.config import JobSpec
 from skinhpc.io.atomic import write_text_atomic
-from skinhpc.outputs import plots
-from skinhpc.outputs import report_html as rh
 
 log = logging.getLogger(__name__)
 
@@ -56,91 +56,52 @@ def _eval_arrays(spec: JobSpec, metrics: dict[str, Any], table: Any) -> dict[str
 
 def make_evaluation_plots(spec: JobSpec, metrics: dict[str, Any], table: Any) -> dict[str, str]:
     """ROC, PR, confusion (at the threshold and under the gate), reliability and risk-coverage
-    of an evaluation, as inline ``<img>`` tags keyed by name."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    of an evaluation, as inline ``<img>`` tags keyed by name (the reduce's figures, drawn from
+    this evaluation's predictions)."""
     a = _eval_arrays(spec, metrics, table)
     y, probs, names, binary = a["y"], a["probs"], a["names"], a["binary"]
     yb, pb, bv, thr = a["y_bin"], a["p_bin"], a["bin"] or {}, a["thr"]
     what = "malignant vs benign" + ("" if binary else " (sum of malignant classes)")
     gate = float((metrics.get("gated") or {}).get("gate") or 0.0)
-    imgs: dict[str, str] = {}
+    at = f"threshold {rh.fmt(thr)} (validation)"
+    figs: dict[str, tuple[Any, str]] = {}
 
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    if not binary:
-        for k, c in enumerate(names):
-            cur = mx.roc_points((y == k).astype(int), probs[:, k])
-            if cur["auc"] is not None:
-                ax.plot(cur["fpr"], cur["tpr"], lw=0.8, alpha=0.5, label=f"{c} vs rest ({rh.fmt(cur['auc'])})")
-    cur = mx.roc_points(yb, pb)
-    if cur["auc"] is not None:
-        ax.plot(cur["fpr"], cur["tpr"], lw=2.5, color="black", label=f"ensemble, {what} ({rh.fmt(cur['auc'])})")
-    if bv.get("sensitivity") is not None and bv.get("specificity") is not None:
-        ax.plot([1 - bv["specificity"]], [bv["sensitivity"]], "o", color="tab:red",
-                label=f"threshold {rh.fmt(thr)} (validation)")
-    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="chance")
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.02),
-           title="ROC" + ("" if cur["auc"] is not None else " (one class only: undefined)"))
-    ax.legend(fontsize=7, loc="lower right")
-    imgs["roc"] = plots.fig_img(fig, "ROC curve")
-
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    cur = mx.pr_points(yb, pb)
-    if cur["ap"] is not None:
-        ax.plot(cur["recall"], cur["precision"], lw=2.5, color="black", label=f"ensemble ({rh.fmt(cur['ap'])})")
-    if cur.get("prevalence") is not None:
-        ax.axhline(cur["prevalence"], ls=":", color="grey", label=f"prevalence {cur['prevalence']:.2f}")
-    if bv.get("sensitivity") is not None and bv.get("precision") is not None:
-        ax.plot([bv["sensitivity"]], [bv["precision"]], "o", color="tab:red",
-                label=f"threshold {rh.fmt(thr)} (validation)")
-    ax.set(xlabel="recall (sensitivity)", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
-           title=f"Precision-recall: {what}")
-    ax.legend(fontsize=7, loc="lower left")
-    imgs["pr"] = plots.fig_img(fig, "precision-recall curve")
+    others = [] if binary else [(f"{c} vs rest", (y == k).astype(int), probs[:, k]) for k, c in enumerate(names)]
+    roc_at = ((1 - bv["specificity"], bv["sensitivity"], at)
+              if bv.get("sensitivity") is not None and bv.get("specificity") is not None else None)
+    figs["roc"] = (figures.roc_figure(yb, pb, "ROC", f"ensemble, {what}", others, roc_at), "ROC curve")
+    pr_at = ((bv["sensitivity"], bv["precision"], at)
+             if bv.get("sensitivity") is not None and bv.get("precision") is not None else None)
+    figs["pr"] = (figures.pr_figure(yb, pb, f"Precision-recall: {what}", point=pr_at), "precision-recall curve")
 
     def confusion_pair(view: dict[str, Any], labels: Sequence[str], at: str) -> Any:
         g = view.get("gated") or {}
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
-        plots.confusion_ax(axes[0], view.get("confusion_matrix"), labels, f"all {view.get('n')} cases {at}")
-        plots.confusion_ax(axes[1], g.get("confusion_matrix"), labels,
-                      f"kept by the gate {gate:g}: coverage {rh.fmt(g.get('coverage'), True)} "
-                      f"({g.get('n_referred')} referred)")
-        fig.tight_layout()
-        return fig
+        return figures.confusion_figure(
+            [(view.get("confusion_matrix"), f"all {view.get('n')} cases {at}"),
+             (g.get("confusion_matrix"), f"kept by the gate {gate:g}: coverage {rh.fmt(g.get('coverage'), True)} "
+                                         f"({g.get('n_referred')} referred)")], labels)
 
     if binary:
-        imgs["confusion"] = plots.fig_img(confusion_pair(metrics, names, f"at threshold {rh.fmt(thr)}"),
-                                     "confusion matrices")
+        figs["confusion"] = (confusion_pair(metrics, names, f"at threshold {rh.fmt(thr)}"), "confusion matrices")
     else:
-        imgs["confusion"] = plots.fig_img(confusion_pair(metrics, names, "(argmax)"), "confusion matrices")
+        figs["confusion"] = (confusion_pair(metrics, names, "(argmax)"), "confusion matrices")
         if bv:
-            imgs["confusion_malignant"] = plots.fig_img(
-                confusion_pair(bv, ["benign", "malignant"], f"at threshold {rh.fmt(thr)}"),
-                "confusion matrices, malignant view")
+            figs["confusion_malignant"] = (confusion_pair(bv, ["benign", "malignant"], f"at threshold {rh.fmt(thr)}"),
+                                           "confusion matrices, malignant view")
 
     rel = mx.reliability(y, probs, 10)
-    fig = plots.reliability_fig(rel, f"Reliability (ECE {rh.fmt(rel.get('ece'))}, temperature from validation)")
-    imgs["reliability"] = plots.fig_img(fig, "reliability diagram")
+    figs["reliability"] = (figures.reliability_figure(
+        rel, f"Reliability (ECE {rh.fmt(rel.get('ece'))}, temperature from validation)"), "reliability diagram")
 
-    fig, ax = plt.subplots(figsize=(5, 4.5))
     rc = mx.risk_coverage(y, probs, threshold=thr if binary else None)
-    ax.step(rc["coverage"], rc["risk"], where="post", color="black",
-            label=f"{'decision at the threshold' if binary else 'class (argmax)'} (AURC {rh.fmt(rc.get('aurc'))})")
+    curves = [(rc, f"{'decision at the threshold' if binary else 'class (argmax)'} (AURC {rh.fmt(rc.get('aurc'))})",
+               "black")]
     if not binary and bv:
         rcm = mx.risk_coverage(yb, np.stack([1 - pb, pb], axis=1), threshold=thr)
-        ax.step(rcm["coverage"], rcm["risk"], where="post", color="tab:blue",
-                label=f"malignant view (AURC {rh.fmt(rcm.get('aurc'))})")
-    cov = (metrics.get("gated") or {}).get("coverage")
-    if gate > 0 and cov is not None:
-        ax.axvline(cov, ls="--", color="tab:red", label=f"gate {gate:g}: coverage {cov:.1%}")
-    ax.set(xlabel="coverage (fraction not referred)", ylabel="error rate among kept", xlim=(0, 1),
-           title="Risk-coverage")
-    ax.legend(fontsize=7)
-    imgs["risk_coverage"] = plots.fig_img(fig, "risk-coverage curve")
-    return imgs
+        curves.append((rcm, f"malignant view (AURC {rh.fmt(rcm.get('aurc'))})", "tab:blue"))
+    figs["risk_coverage"] = (figures.risk_coverage_figure(
+        curves, "Risk-coverage", gate, (metrics.get("gated") or {}).get("coverage")), "risk-coverage curve")
+    return {name: rh.inline_png(figures.png_bytes(fig), alt) for name, (fig, alt) in figs.items()}
 
 
 def _eval_binary_headline(t: dict[str, Any], spec: JobSpec, scope: str) -> str:
@@ -268,7 +229,7 @@ def render_evaluation(spec: JobSpec, metrics: dict[str, Any], table: Any) -> str
 
 
 def write_evaluation_report(spec: JobSpec, metrics: dict[str, Any], table: Any, out_dir: str | Path) -> Path:
-    """``out_dir/report.html`` of ``skinhpc evaluate`` (``metrics`` from :func:`skinhpc.predict.evaluate`,
+    """``out_dir/report.html`` of ``skinhpc evaluate`` (``metrics`` from :func:`skinhpc.outputs.evaluate.evaluate`,
     ``table`` its predictions of the readable images, with age/sex/site when the data has them)."""
     out = Path(out_dir) / "report.html"
     write_text_atomic(out, render_evaluation(spec, metrics, table))

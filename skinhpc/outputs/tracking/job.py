@@ -4,10 +4,10 @@ Only the reduce process writes to a SQLite store.  Array tasks write plain files
 (``history.csv``, ``done.json``) and the reduce copies them into the tracking store afterwards,
 so hundreds of members never race on one SQLite database (``database is locked``,
 schema-migration races) and a job tracked late, or re-tracked, gives the same runs.  With a
-tracking server, members may log their epochs live (:mod:`.tracking_members`).
+tracking server, members may log their epochs live (:mod:`.members`).
 
-Where it goes and how the experiment is tagged: :mod:`.tracking_store`.  What a member run
-holds: :mod:`.tracking_members`.  The pyfunc model: :mod:`.tracking_model`.
+Where it goes and how the experiment is tagged: :mod:`.store`.  What a member run
+holds: :mod:`.members`.  The pyfunc model: :mod:`.model`.
 
 The parent run spans the reduce (``started``, given by the caller, to the end of logging) and
 holds the job's params, the headline metrics (test and val, gated ones with coverage) and the
@@ -30,9 +30,11 @@ from typing import Any
 
 from skinhpc.config import JobSpec, Member, plan_members
 from skinhpc.io.layout import JobPaths
-from skinhpc.outputs.tracking_members import log_member, members_summary, members_table
-from skinhpc.outputs.tracking_model import EnsembleModel, log_ensemble_model
-from skinhpc.outputs.tracking_store import (
+from skinhpc.outputs.tracking.members import log_member, members_summary, members_table
+from skinhpc.outputs.tracking.model import EnsembleModel, log_ensemble_model
+from skinhpc.outputs.tracking.probe import http_limits, unreachable
+from skinhpc.outputs.tracking.record import record_failed, record_logged
+from skinhpc.outputs.tracking.store import (
     client_for,
     experiment_id,
     flatten_numbers,
@@ -44,9 +46,12 @@ from skinhpc.outputs.tracking_store import (
     ui_route,
 )
 
-__all__ = ["EnsembleModel", "headline_metrics", "log_job", "tracking_uri"]  # EnsembleModel: pickled models
+__all__ = ["EnsembleModel", "headline_metrics", "log_job", "mirror", "tracking_uri"]  # EnsembleModel: pickled models
 
 log = logging.getLogger(__name__)
+
+# the reduce's own logging: a few retries of a request that failed, not MLflow's 7 with backoff
+REDUCE_HTTP_RETRIES, REDUCE_HTTP_TIMEOUT_S = 2, 60.0
 
 # parts of the reduce summary that are headline numbers; the rest (curves, subgroup and
 # member tables, baselines) is in metrics.json, logged as an artifact
@@ -188,3 +193,28 @@ def log_job(spec: JobSpec, paths: JobPaths, summary: dict[str, Any], *, started:
     log.info("MLflow: job %s logged as run %s in %s (experiment %s); in the UI: <server>/%s", spec.name, pid,
              uri, spec.reduce.mlflow.experiment, ui_route(exp_id))
     return pid
+
+
+def mirror(spec: JobSpec, paths: JobPaths, summary: dict[str, Any] | None = None, *,
+           started: float | None = None) -> str | None:
+    """Log the committed job (:func:`log_job`) and record the outcome (:mod:`.record`); returns the
+    parent run id, or None when the store was unreachable or the logging failed.
+
+    Never raises for the store: the results are complete in ``ensemble/`` before this runs and
+    MLflow is their mirror, so a failure is recorded, warned about in one line, and retried by
+    ``skinhpc reduce --log-only`` from the same files."""
+    uri = tracking_uri(spec)
+    try:
+        why = unreachable(uri)
+        if why is not None:
+            raise ConnectionError(f"unreachable: {why}")
+        with http_limits(REDUCE_HTTP_RETRIES, REDUCE_HTTP_TIMEOUT_S):
+            run_id = log_job(spec, paths, summary or {}, started=started)
+    except Exception as e:
+        error = " ".join(f"{type(e).__name__}: {e}".split())[:500]
+        record_failed(paths, uri, error)
+        log.warning("MLflow logging to %s failed (%s); the results in %s are complete; retry with "
+                    "`skinhpc reduce --log-only %s`", uri, error, paths.ensemble, paths.root)
+        return None
+    record_logged(paths, uri, run_id)
+    return run_id

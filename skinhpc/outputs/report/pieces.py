@@ -11,7 +11,6 @@ import base64
 import html
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,11 +51,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") 
     return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def img(path: Path, alt: str, width: int | None = None) -> str:
-    """A PNG file inlined as a data URI: the report stays one self-contained file."""
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    w = f" width={width}" if width else ""
-    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'{w}>"
+def inline_png(png: bytes, alt: str) -> str:
+    """PNG bytes (a file's, or a figure's from :func:`.figures.png_bytes`) as an ``<img>`` with a data
+    URI: the report stays one self-contained file."""
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
 
 
 def _binary_values(t: dict[str, Any]) -> list[str]:

@@ -16,7 +16,9 @@ A member run carries:
 
 Live epochs: with a tracking server (http/https, which takes concurrent writers) a member may
 log its epochs while it trains through :class:`EpochLogger`; the reduce then completes that
-run instead of creating a second one.  With SQLite the reduce stays the single writer.
+run instead of creating a second one.  With SQLite the reduce stays the single writer.  Live
+logging is a convenience: a server that is down at the start (one short probe) or stops
+answering later turns it off for the member, which trains on; the reduce logs what it missed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import pandas as pd
 
 from skinhpc.config import JobSpec, Member
 from skinhpc.io.layout import JobPaths, MemberPaths
-from skinhpc.outputs.tracking_store import (
+from skinhpc.outputs.tracking.probe import http_limits, unreachable
+from skinhpc.outputs.tracking.store import (
     client_for,
     experiment_id,
     flatten_numbers,
@@ -48,6 +51,8 @@ from skinhpc.outputs.tracking_store import (
 log = logging.getLogger(__name__)
 
 LIVE_TAG = "skinhpc.live"
+# a member's live calls: one try, a short wait; an epoch it cannot send is the reduce's to log
+LIVE_HTTP_RETRIES, LIVE_HTTP_TIMEOUT_S = 0, 10.0
 
 
 # --------------------------------------------------------------------------- what a member run holds
@@ -256,6 +261,7 @@ class EpochLogger:
     """
 
     def __init__(self, spec: JobSpec, paths: JobPaths, member: Member, uri: str | None = None):
+        self.off = False
         self.uri = uri or tracking_uri(spec)
         self.client = client_for(self.uri)
         exp_id = experiment_id(self.client, spec.reduce.mlflow.experiment, self.uri)
@@ -269,18 +275,31 @@ class EpochLogger:
             log_params(self.client, self.run_id, member_params(spec, member))
 
     def __call__(self, row: dict[str, Any]) -> None:
-        """One epoch's numbers (a history.csv row: ``epoch`` is the step)."""
+        """One epoch's numbers (a history.csv row: ``epoch`` is the step); after a failed send the
+        logger is off (the server is away) and training goes on without waiting for it."""
+        if self.off:
+            return
         step = int(row.get("epoch", 0))
         end = row.get("time")
         ts = int(float(end) * 1000) if isinstance(end, (int, float)) and math.isfinite(float(end)) else None
         items = [(metric_key(str(k)), float(v), step, ts) for k, v in row.items()
                  if k not in ("epoch", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)
                  and math.isfinite(float(v))]
-        log_metrics(self.client, self.run_id, items)
+        self._send(log_metrics, self.client, self.run_id, items)
 
     def close(self, status: str = "FINISHED") -> None:
         """End the run (FINISHED, FAILED or KILLED) at the real end of training."""
-        self.client.set_terminated(self.run_id, status, end_time=int(time.time() * 1000))
+        if not self.off:
+            self._send(self.client.set_terminated, self.run_id, status, end_time=int(time.time() * 1000))
+
+    def _send(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            with http_limits(LIVE_HTTP_RETRIES, LIVE_HTTP_TIMEOUT_S):
+                fn(*args, **kwargs)
+        except Exception as e:
+            self.off = True
+            log.warning("member run %s: live MLflow logging off (%s); the reduce logs the rest",
+                        self.run_id, " ".join(str(e).split())[:300])
 
 
 def live_logger(spec: JobSpec, paths: JobPaths, member: Member) -> EpochLogger | None:
@@ -288,10 +307,16 @@ def live_logger(spec: JobSpec, paths: JobPaths, member: Member) -> EpochLogger |
 
     Train cannot import this layer: orchestrate's worker builds it and hands the train layer
     a plain callable (``on_epoch=logger``), then calls ``logger.close(...)``."""
-    if not spec.reduce.mlflow.enabled or not is_server(tracking_uri(spec)):
+    uri = tracking_uri(spec)
+    if not spec.reduce.mlflow.enabled or not is_server(uri):
+        return None
+    why = unreachable(uri)
+    if why is not None:  # one short probe, not minutes of MLflow retries per member
+        log.warning("member %s: live MLflow logging off: %s unreachable (%s)", member.name, uri, why)
         return None
     try:
-        return EpochLogger(spec, paths, member)
+        with http_limits(LIVE_HTTP_RETRIES, LIVE_HTTP_TIMEOUT_S):
+            return EpochLogger(spec, paths, member, uri)
     except Exception as e:  # a tracking server being down must not stop training
-        log.warning("member %s: live MLflow logging off (%s)", member.name, e)
+        log.warning("member %s: live MLflow logging off (%s)", member.name, " ".join(str(e).split())[:300])
         return None

@@ -15,10 +15,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import skinhpc.outputs.report.pieces as rh
 from skinhpc.config import JobSpec, dump_yaml
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
-from skinhpc.outputs import report_html as rh
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def render(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> str:
 
     parts.append("<h2>Plots (test)</h2><div class=plots>")
     for name, rel in (summary.get("plots") or {}).items():
-        parts.append(rh.img(ens / rel, name))
+        parts.append(rh.inline_png((ens / rel).read_bytes(), name))
     parts.append("</div>")
 
     parts.append("<h2>Grad-CAM</h2>")
@@ -187,7 +187,7 @@ def render(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> str:
         for it in gc["items"]:
             cap = (f"{html.escape(it['image_id'])}: true {html.escape(it['true'])}, predicted "
                    f"{html.escape(it['pred'])} ({it['confidence']:.2f}), {html.escape(it['kind'])}")
-            parts.append(f"<figure>{rh.img(ens / 'gradcam' / it['file'], it['image_id'])}"
+            parts.append(f"<figure>{rh.inline_png((ens / 'gradcam' / it['file']).read_bytes(), it['image_id'])}"
                          f"<figcaption>{cap}</figcaption></figure>")
         parts.append("</div>")
 
