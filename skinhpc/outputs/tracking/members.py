@@ -177,7 +177,8 @@ def members_summary(table: pd.DataFrame) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- the reduce's write
 # done.json numbers that are times or identity, not scores: the run's clock and params hold them
-_NOT_METRICS = {"started", "finished", "seed", "member"}
+# done.json fields that are not metrics (best_pt: the checkpoint stamp that "done" is checked against)
+_NOT_METRICS = {"started", "finished", "seed", "member", "best_pt"}
 
 
 def _not_logged(client: Any, run_id: str, hist: list[tuple[str, float, int, int | None]]
@@ -233,7 +234,8 @@ def log_member(client: Any, exp_id: str, parent_id: str, spec: JobSpec, paths: J
         client.set_tag(rid, "skinhpc.times_from", times[2])
     log_params(client, rid, member_params(spec, member))
     hist_keys = {m[0] for m in hist}
-    done = {k: v for k, v in flatten_numbers(read_json(mp.done)).items() if k not in _NOT_METRICS}
+    done = {k: v for k, v in flatten_numbers(read_json(mp.done)).items()
+            if k.split(".")[0] not in _NOT_METRICS}
     end_ms = None if times is None else int(times[1] * 1000)
     final = [(f"done.{k}" if k in hist_keys else k, v, 0, end_ms) for k, v in done.items()]
     compare = [(k, v, 0, end_ms) for k, v in comparison_metrics(summary, member).items()]
