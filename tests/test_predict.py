@@ -254,7 +254,8 @@ def test_sweep_job_copied_without_its_data_predicts_evaluates_and_serves(tmp_pat
     assert m["class_counts"] == {"benign": 4, "malignant": 4}
 
     client = MlflowClient(uri)
-    model = mlflow.pyfunc.load_model(f"{client.get_run(summary['mlflow_run_id']).info.artifact_uri}/ensemble_model")
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(client.get_run(summary["mlflow_run_id"]).data.tags["skinhpc.model_uri"])
     served = model.predict(pd.DataFrame({"path": [str(p) for p in images]}))
     np.testing.assert_allclose(served["probability"], direct["prob_malignant"], atol=1e-6)
 
