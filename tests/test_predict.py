@@ -204,7 +204,8 @@ def test_evaluation_report_multiclass_with_malignant_view_and_subgroups(tmp_path
 
 
 @pytest.mark.slow
-def test_sweep_job_copied_without_its_data_predicts_evaluates_and_serves(tmp_path, ham_root, tiny_job):
+def test_sweep_job_copied_without_its_data_predicts_evaluates_and_serves(tmp_path, ham_root, tiny_job,
+                                                                      monkeypatch):
     """A results folder copied to a machine without the training data: `skinhpc predict`, `skinhpc
     evaluate` and the logged MLflow pyfunc model all work from the folder (job.yaml via load_spec)."""
     import mlflow.pyfunc
@@ -254,7 +255,7 @@ def test_sweep_job_copied_without_its_data_predicts_evaluates_and_serves(tmp_pat
     assert m["class_counts"] == {"benign": 4, "malignant": 4}
 
     client = MlflowClient(uri)
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # where models:/ is looked up; undone after the test
     model = mlflow.pyfunc.load_model(client.get_run(summary["mlflow_run_id"]).data.tags["skinhpc.model_uri"])
     served = model.predict(pd.DataFrame({"path": [str(p) for p in images]}))
     np.testing.assert_allclose(served["probability"], direct["prob_malignant"], atol=1e-6)

@@ -96,7 +96,11 @@ def logged(copy_finished_job, tmp_path_factory) -> tuple[Any, Any, str, str]:
     spec = with_overrides(spec, {"reduce.mlflow.enabled": True, "reduce.mlflow.tracking_uri": uri,
                                  "reduce.mlflow.register_model": True})
     summary = json.loads((paths.ensemble / "metrics.json").read_text())
-    return spec, paths, uri, log_job(spec, paths, summary)
+    before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    run_id = log_job(spec, paths, summary)
+    # log_model works on MLflow's process-wide store: it must not be left pointing at this job's
+    assert {k: os.environ.get(k) for k in before} == before
+    return spec, paths, uri, run_id
 
 
 @pytest.fixture(scope="module")

@@ -178,7 +178,7 @@ def test_live_run_is_adopted_not_duplicated(tracked):
     assert tracking_uri(on).startswith("sqlite:///") and live_logger(on, paths, plan_members(on)[1]) is None
 
 
-def test_pyfunc_loads_and_predicts_shared_images(tracked, ham_root, tmp_path):
+def test_pyfunc_loads_and_predicts_shared_images(tracked, ham_root, tmp_path, monkeypatch):
     import mlflow
     import mlflow.pyfunc
     from mlflow import MlflowClient
@@ -189,7 +189,7 @@ def test_pyfunc_loads_and_predicts_shared_images(tracked, ham_root, tmp_path):
     bad.write_bytes(b"not a jpeg")
     client = MlflowClient(uri)
     source = client.get_run(run_id).data.tags["skinhpc.model_uri"]  # models:/<id>, MLflow 3
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # where models:/ is looked up; undone after the test
     hidden = paths.root / "members.hidden"
     shutil.move(paths.members_dir, hidden)  # the model must carry its own checkpoints
     try:

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,7 @@ IMAGE_COL, PATH_COL = "image", "path"
 META_COLS = {"age": "double", "sex": "string", "site": "string"}
 # the parent run's metrics that the logged model carries too (its Models-tab columns)
 MODEL_METRIC_PREFIXES = ("test.", "malignant.test.", "n_test")
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 def stage_model_dir(paths: JobPaths, members: list[Member], dest: Path) -> Path:
@@ -104,6 +108,31 @@ def _model_metrics(client: Any, run_id: str) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k.startswith(MODEL_METRIC_PREFIXES)}
 
 
+@contextmanager
+def _global_store(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (``log_model``, ``start_run``) works on the process-wide store: point
+    it at ``uri`` for the call, then put back exactly what was there.  ``set_tracking_uri`` also
+    exports ``MLFLOW_TRACKING_URI`` to the environment, which would redirect every later job of
+    this process (tests, a notebook) to this job's store, so the variables are restored too."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env = {k: os.environ.get(k) for k in _URI_VARIABLES}
+    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def log_ensemble_model(
     client: Any, run_id: str, spec: JobSpec, paths: JobPaths, members: list[Member]
 ) -> str:
@@ -114,31 +143,23 @@ def log_ensemble_model(
 
     name = f"skinhpc-{spec.name}" if spec.reduce.mlflow.register_model else None
     example = input_example(spec, paths)
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    uri = tracking_uri(spec)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        with tempfile.TemporaryDirectory(prefix="skinhpc-model-") as tmp, \
-                mlflow.start_run(run_id=run_id, log_system_metrics=False):
-            staged = stage_model_dir(paths, members, Path(tmp) / "job")
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT,
-                python_model=EnsembleModel(),
-                artifacts={"job": str(staged)},
-                signature=model_signature(),
-                input_example=example,
-                pip_requirements=_pip_requirements(),
-                metadata={"skinhpc_job": spec.name, "fingerprint": spec.fingerprint()},
-                registered_model_name=name,
-                tags={"skinhpc.job": spec.name, "skinhpc.fingerprint": spec.fingerprint()},
-            )
-            metrics = _model_metrics(client, run_id)
-            if metrics:
-                mlflow.log_metrics(metrics, step=0, model_id=info.model_id, run_id=run_id)
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+    with _global_store(tracking_uri(spec)), tempfile.TemporaryDirectory(prefix="skinhpc-model-") as tmp, \
+            mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        staged = stage_model_dir(paths, members, Path(tmp) / "job")
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=EnsembleModel(),
+            artifacts={"job": str(staged)},
+            signature=model_signature(),
+            input_example=example,
+            pip_requirements=_pip_requirements(),
+            metadata={"skinhpc_job": spec.name, "fingerprint": spec.fingerprint()},
+            registered_model_name=name,
+            tags={"skinhpc.job": spec.name, "skinhpc.fingerprint": spec.fingerprint()},
+        )
+        metrics = _model_metrics(client, run_id)
+        if metrics:
+            mlflow.log_metrics(metrics, step=0, model_id=info.model_id, run_id=run_id)
     client.set_tag(run_id, "skinhpc.model_id", info.model_id)
     if name is not None and info.registered_model_version is not None:
         client.set_tag(run_id, "skinhpc.registered_model", f"{name}/{info.registered_model_version}")
