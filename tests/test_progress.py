@@ -244,3 +244,50 @@ def test_mlflow_runs_page_in_headless_chromium(mlflow_server, copy_finished_job,
     # logged, not from MLflow's wording, which changes between releases
     run_link = ui_route(exp_id, run_id).split("?")[0]
     assert f'href="{run_link}"' in html and f">{spec.name}<" in html, run_link
+
+
+def test_time_left_grows_past_the_median_and_a_long_epoch_shows_its_step(tmp_path, ham_root, tiny_job):
+    """Issue 24: during an epoch slower than the median, status said "~0s left"; the estimate now
+    grows with the epoch's run time, and step.json (the loop's step record) shows step k of n and
+    projects the epoch under way from its step rate.  Files as training writes them; a fixed clock."""
+    from skinhpc.config import plan_members
+    from skinhpc.orchestrate.progress import format_progress, member_progress
+
+    spec = tiny_job(tmp_path, ham_root, train={"phases": [{"name": "all", "epochs": 5, "train": "all", "lr": 3e-3}]})
+    paths = JobPaths(tmp_path / "job")
+    member = plan_members(spec)[0]
+    mp = paths.member(member)
+    mp.root.mkdir(parents=True)
+    t0 = 1_000_000.0
+    pd.DataFrame({"phase": ["all", "all"], "epoch": [0, 1], "val_auc": [0.6, 0.7], "images_per_s": [40.0, 40.0],
+                  "seconds": [90.0, 90.0], "time": [t0 + 100, t0 + 200]}).to_csv(mp.history, index=False)
+    record = {"started": t0, "first_started": t0}
+
+    def left(now: float) -> float:
+        return member_progress(spec, paths, member, "running", record, now=now)["remaining_s"]
+
+    assert left(t0 + 250) == pytest.approx(50 + 2 * 100)  # within the median: as before
+    slow = [left(t0 + 200 + run) for run in (100, 200, 300, 400)]  # the epoch under way runs long
+    assert slow == sorted(slow) and slow[-1] > slow[0]  # grows (it was 200, 100, 0, 0)
+    assert slow[2] == pytest.approx(2 * 300)  # at 300 s, each of the 2 epochs after it is as long
+
+    mp.step.write_text(json.dumps({"phase": "all", "epoch": 2, "step": 10, "steps": 40,
+                                   "epoch_started": t0 + 200, "time": t0 + 300}))
+    p = member_progress(spec, paths, member, "running", record, now=t0 + 300)
+    assert (p["step"], p["steps"]) == (10, 40)
+    assert p["remaining_s"] == pytest.approx((400 - 100) + 2 * 400)  # 10 of 40 steps in 100 s
+    assert "epoch 3: step 10/40" in format_progress(p, "running")
+    mp.step.write_text(json.dumps({"phase": "all", "epoch": 1, "step": 40, "steps": 40, "time": t0 + 199}))
+    stale = member_progress(spec, paths, member, "running", record, now=t0 + 250)
+    assert stale["step"] is None and "step" not in format_progress(stale, "running")
+
+
+def test_training_writes_its_step_record(finished_job):
+    """The loop leaves step.json in the member folder: the last epoch, its step of the epoch's
+    steps (written as the epoch starts and then at most every few seconds)."""
+    spec, paths = finished_job
+    hist = pd.read_csv(paths.member(0).history)
+    rec = json.loads(paths.member(0).step.read_text())
+    assert rec["epoch"] == hist["epoch"].iloc[-1] and rec["phase"] == hist["phase"].iloc[-1]
+    assert rec["steps"] > 0 and 0 <= rec["step"] <= rec["steps"]
+    assert rec["epoch_started"] <= rec["time"] <= hist["time"].iloc[-1]

@@ -59,7 +59,7 @@ def test_parent_with_one_child_per_member(tracked):
     assert "test.gated.coverage" in m and "test.auc" in m
     assert m["test.auc"] == pytest.approx(summary["test"]["auc"])
     arts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"job.yaml", "thresholds.json", "metrics.json", "ensemble_model"} <= arts
+    assert {"job.yaml", "thresholds.json", "metrics.json"} <= arts
     exp = client.get_experiment(parent.info.experiment_id)
     assert exp.name == spec.reduce.mlflow.experiment
     assert exp.artifact_location.startswith((spec.resolve(spec.results_dir) / "mlartifacts").as_uri())
@@ -178,7 +178,7 @@ def test_live_run_is_adopted_not_duplicated(tracked):
     assert tracking_uri(on).startswith("sqlite:///") and live_logger(on, paths, plan_members(on)[1]) is None
 
 
-def test_pyfunc_loads_and_predicts_shared_images(tracked, ham_root, tmp_path):
+def test_pyfunc_loads_and_predicts_shared_images(tracked, ham_root, tmp_path, monkeypatch):
     import mlflow
     import mlflow.pyfunc
     from mlflow import MlflowClient
@@ -188,7 +188,8 @@ def test_pyfunc_loads_and_predicts_shared_images(tracked, ham_root, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
     client = MlflowClient(uri)
-    source = f"{client.get_run(run_id).info.artifact_uri}/ensemble_model"
+    source = client.get_run(run_id).data.tags["skinhpc.model_uri"]  # models:/<id>, MLflow 3
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # where models:/ is looked up; undone after the test
     hidden = paths.root / "members.hidden"
     shutil.move(paths.members_dir, hidden)  # the model must carry its own checkpoints
     try:

@@ -32,6 +32,7 @@ EXIT_CODES: tuple[tuple[str, str, int], ...] = (
     ("skinhpc.orchestrate.pipeline", "LaunchError", 3),
     ("skinhpc.io.lock", "JobBusy", 3),
     ("skinhpc.ensemble.inference", "MembersMissing", 3),
+    ("skinhpc.outputs.compare", "CompareRefused", 3),  # before ValueError-like rows: the jobs' state
     ("skinhpc.config.schema", "SpecError", 2),
     ("skinhpc.data.sources.common", "DataError", 2),
     ("skinhpc.data.images", "BadImageError", 2),

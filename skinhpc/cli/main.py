@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "reduce": ("skinhpc.cli.reduce", "main", "run the reduce stage of a job in this process"),
     "predict": ("skinhpc.cli.predict", "main", "predict new images with a trained job"),
     "evaluate": ("skinhpc.cli.predict", "evaluate_main", "score a trained job on another labelled dataset"),
+    "compare": ("skinhpc.cli.compare", "main", "is job B better than job A on the same images (paired)"),
     "prefetch": ("skinhpc.cli.prefetch", "main", "fill timm's cache on the login node before submission"),
     "spec": ("skinhpc.cli.spec", "main", "document every job key, or print a resolved job"),
 }

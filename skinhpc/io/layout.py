@@ -52,3 +52,4 @@ class MemberPaths:
     test = property(lambda self: self.root / "test.csv")
     done = property(lambda self: self.root / "done.json")
     error = property(lambda self: self.root / "error.txt")
+    step = property(lambda self: self.root / "step.json")  # the epoch under way, for status

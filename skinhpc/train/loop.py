@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from skinhpc.config import JobSpec, Member, PhaseSpec
+from skinhpc.io.atomic import write_json_atomic
 from skinhpc.io.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from skinhpc.io.layout import JobPaths, MemberPaths
 from skinhpc.io.state import clean_stale_writes, member_fingerprint
@@ -40,6 +41,10 @@ from skinhpc.train.schedule import lr_lambda
 from skinhpc.train.signals import step_guard
 
 log = logging.getLogger("skinhpc.train")
+
+# the step record (``step.json``: the epoch under way at step k of n, for ``skinhpc status``) is
+# rewritten at most this often, plus once as each epoch starts: a few small writes a minute
+STEP_RECORD_EVERY_S = 5.0
 
 
 def _progress_bar(it: Any, total: int, desc: str, enabled: bool) -> Any:
@@ -212,6 +217,9 @@ class Run:
         use_meta = self.spec.model.metadata.enabled
         batches = _progress_bar(self.inputs.train_loader, self.steps_per_epoch, f"epoch {p.global_epoch}",
                                 acc.is_local_main_process)
+        epoch_started = time.time()
+        self._write_step(phase, skip, epoch_started)
+        last_record = time.monotonic()
         for i, (x, meta, y) in enumerate(batches):
             if i >= self.steps_per_epoch:
                 break
@@ -248,6 +256,9 @@ class Run:
                 p.step = i + 1
                 self._step_rng = self._step_buffers = None  # at a boundary: save current state
                 self._critical = False
+            if time.monotonic() - last_record >= STEP_RECORD_EVERY_S:
+                self._write_step(phase, i + 1, epoch_started)
+                last_record = time.monotonic()
             if self._pending:
                 self._pending = False
                 self.save_last()
@@ -268,6 +279,19 @@ class Run:
             "seconds": stats["seconds"],
             "lr": float(self.scheduler.get_last_lr()[0]),
         }
+
+    def _write_step(self, phase: PhaseSpec, step: int, epoch_started: float) -> None:
+        """``step.json``: how far the epoch under way is (main process only; a failed write is
+        logged, never allowed to stop training)."""
+        if not self.acc.is_main_process:
+            return
+        try:
+            write_json_atomic(self.mp.step, {
+                "phase": phase.name, "epoch": self.progress.global_epoch, "step": step,
+                "steps": self.steps_per_epoch, "epoch_started": round(epoch_started, 3),
+                "time": round(time.time(), 3)})
+        except OSError as e:
+            log.warning("member %s: step record not written (%s)", self.member.name, e)
 
     @torch.no_grad()
     def sync_buffers(self) -> None:
