@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
 from skinhpc.data.cache import load_cached
+from skinhpc.data.sources import AGE_RANGE
 
 # Anatomical sites of HAM10000 (`localization`) and ISIC 2019/2020
 # (`anatom_site_general[_challenge]`), lower-case. Anything else is `other`;
@@ -52,7 +53,7 @@ def encode_metadata(table: pd.DataFrame) -> np.ndarray:
             raise KeyError(f"metadata: table has no column {col!r} (columns: {list(table.columns)})")
     age = pd.to_numeric(table["age"], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(age)
-    out[:, 0] = np.where(bad, 0.0, np.clip(age, 0, 120) / AGE_SCALE)
+    out[:, 0] = np.where(bad, 0.0, np.clip(age, *AGE_RANGE) / AGE_SCALE)
     out[:, 1] = bad
     sex = table["sex"].fillna("").astype(str).str.strip().str.lower().to_numpy()
     for j, s in enumerate(SEXES):
