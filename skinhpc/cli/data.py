@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +27,15 @@ from skinhpc.config import (
 )
 from skinhpc.data.download import main as download_main
 from skinhpc.data.prepare import build_cache, finalize, load_table, prepare_tables
-from skinhpc.data.sources import DataError, check_grouping, gather, read_manifest_csv
+from skinhpc.data.sources import (
+    LISTED_DUPLICATE,
+    SAME_FILE,
+    SAME_ID,
+    DataError,
+    check_grouping,
+    gather,
+    read_manifest_csv,
+)
 from skinhpc.data.splits import class_table
 from skinhpc.io.layout import JobPaths
 
@@ -61,16 +70,26 @@ def cmd_summary(spec: JobSpec, args: argparse.Namespace) -> int:
     df = m.table
     for name, layout in m.layouts.items():
         print(f"{name}: {layout}")
-    print(f"{len(df)} images, {df['group'].nunique()} groups, sources: "
-          f"{', '.join(f'{k} {v}' for k, v in df['source'].value_counts().items())}")
+    print(f"{len(df)} images, {df['group'].nunique()} groups")
+    for name, c in m.counts.items():
+        print(f"  {name} ({c['root']}): {c['read']} read, {c['kept']} kept")
+    named = spec.data.classes if spec.data.task == "multiclass" else spec.data.malignant
+    absent = [c for c in named if c not in set(df["dx"])]
+    print(f"task {spec.data.task}; malignant: {', '.join(spec.data.malignant)}; "
+          f"{'classes' if spec.data.task == 'multiclass' else 'malignant dx'} absent from the data: "
+          f"{', '.join(absent) or 'none'}")
     t = pd.crosstab(df["dx"], df["label"].map(lambda k: spec.class_names[k]), margins=True)
     _print_table("dx x class", t)
     print(f"\nmissing: age {int(df['age'].isna().sum())}, sex {int((df['sex'] == '').sum())}, "
           f"site {int((df['site'] == '').sum())}; image-level groups "
           f"{int(df['group'].str.startswith('image:').sum())}")
-    print(f"duplicates dropped: {len(m.dropped)}; label disagreements: {len(m.disagreements)}")
+    why = Counter(d.get("why", "") for d in m.dropped)
+    print(f"duplicates dropped: {len(m.dropped)} ("
+          + ", ".join(f"{w} {why[w]}" for w in (SAME_ID, SAME_FILE, LISTED_DUPLICATE))
+          + f"); label disagreements: {len(m.disagreements)}")
     for d in m.disagreements[: args.show]:
-        print(f"  {d['image_ids']} {d['sources']} dx {d['dx']} binary {d['binary']}")
+        print(f"  {d['image_ids']} {d['sources']} dx {d['dx']} binary {d['binary']}; "
+              f"kept {d['kept_source']}'s")
     for name, u in m.ungrouped.items():
         print(f"no lesion/patient id: {name}: {u['images']} of {u['of']} ({u['why']})")
     try:

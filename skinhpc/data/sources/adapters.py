@@ -179,7 +179,8 @@ def _isic2020_duplicates(df: pd.DataFrame, root: Path, src: SourceSpec) -> tuple
         if int(ra["_binary"]) != int(rb["_binary"]) or ra["dx"] != rb["dx"]:
             disagree.append({"image_ids": [a, b], "sources": [src.name or "isic2020"] * 2,
                              "dx": [ra["dx"], rb["dx"]],
-                             "binary": [int(ra["_binary"]), int(rb["_binary"])], "kept": a})
+                             "binary": [int(ra["_binary"]), int(rb["_binary"])], "kept": a,
+                             "kept_source": src.name or "isic2020"})
     keep = ~np.isin(np.arange(len(df)), sorted(drop_rows))
     return df[keep].reset_index(drop=True), dropped, disagree
 
