@@ -13,9 +13,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from skinhpc.cli.data import main
 from skinhpc.config import from_dict
 from skinhpc.data.prepare import prepare_tables
-from skinhpc.data.sources import COLUMNS, DataError, build_manifest, gather, prepare_manifest, subsample
+from skinhpc.data.sources import (
+    COLUMNS,
+    DataError,
+    build_manifest,
+    gather,
+    prepare_manifest,
+    subsample,
+)
 from skinhpc.io.layout import JobPaths
 
 ISIC2019_GT_HEADER = "image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK"
@@ -336,8 +344,6 @@ def test_header_only_metadata_is_refused_at_reading(ham_root, rows, tmp_path, ca
     (ham / "metadata.csv").write_text(",".join(rows.columns) + "\n")
     frag = tmp_path / "f.yaml"
     frag.write_text(f"data:\n  sources:\n    - {{kind: ham10000, root: {ham}}}\n")
-    from skinhpc.cli.data import main
-
     assert main(["summary", str(frag)]) == 2
     assert "metadata.csv: header but no rows" in capsys.readouterr().err
 
