@@ -10,6 +10,7 @@ copy of an ISIC 2020 image, and ISIC 2020 lists one duplicate pair.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
@@ -136,11 +137,14 @@ def world(ham_root: Path) -> World:
 
 
 class Bucket:
-    """The ISIC challenge bucket on loopback: files by path, Range honoured; ``cut`` paths are
-    cut off mid-file (the connection closed) on their first request."""
+    """The ISIC challenge bucket on loopback: files by path, Range and If-Range honoured (ETag:
+    the content's hash, as S3's for a single-part upload); ``cut`` paths are cut off mid-file
+    (the connection closed) on their first request, then replaced by ``replace[path]`` when
+    given (a new version published between the cut and the resume)."""
 
-    def __init__(self, files: dict[str, bytes], cut: set[str] = frozenset()):
-        self.files, self.cut = files, set(cut)
+    def __init__(self, files: dict[str, bytes], cut: set[str] = frozenset(),
+                 replace: dict[str, bytes] | None = None):
+        self.files, self.cut, self.replace = dict(files), set(cut), replace or {}
         self.requests: list[tuple[str, str | None]] = []
         outer = self
 
@@ -157,12 +161,19 @@ class Bucket:
                     self.end_headers()
                     return
                 data = outer.files[path]
+                etag = f'"{hashlib.md5(data).hexdigest()}"'
+                if_range = self.headers.get("If-Range")
+                if rng and if_range is not None and if_range != etag:
+                    rng = None  # changed since: the whole current version (RFC 9110 13.1.5)
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0
                 self.send_response(206 if rng else 200)
                 self.send_header("Content-Length", str(len(data) - start))
+                self.send_header("ETag", etag)
                 self.end_headers()
                 if path in outer.cut:
                     outer.cut.discard(path)
+                    if path in outer.replace:
+                        outer.files[path] = outer.replace[path]
                     self.wfile.write(data[start: start + (len(data) - start) // 2])
                     self.wfile.flush()
                     self.close_connection = True
@@ -222,6 +233,24 @@ def test_download_cut_connection_resumes_and_union_summary_counts(world, tmp_pat
     akiec = (world.ham["dx"] == "akiec").sum() - 1 + (world.bcn["dx"] == "akiec").sum()
     assert rows["scc"][-1] == "1" and rows["akiec"][-1] == str(akiec)
     assert "preparing would refuse" not in out and "no lesion/patient id" not in out
+
+
+def test_file_replaced_between_cut_and_resume_is_fetched_whole_not_spliced(world, tmp_path):
+    """If-Range with the ETag the .part began with: a new version on the server restarts the
+    file; without it the result would be the old first half + the new second half."""
+    path = "2020/ISIC_2020_Training_GroundTruth_v2.csv"
+    old = world.files[path]
+    new = old.replace(b"torso", b"TORSO")
+    assert len(new) == len(old) and new[len(old) // 2:] != old[len(old) // 2:]
+    srv = Bucket(world.files, cut={path}, replace={path: new})
+    files = tuple(f for f in DATASETS["isic2020"].files if f.path == path)
+    try:
+        download("isic2020", tmp_path, base_url=srv.url, files=files)
+    finally:
+        srv.close()
+    assert [r for p, r in srv.requests if p == path] == [None, f"bytes={len(old) // 2}-"]
+    assert (tmp_path / "ISIC_2020_Training_GroundTruth_v2.csv").read_bytes() == new
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ISIC_2020_Training_GroundTruth_v2.csv", RECORD]
 
 
 def test_download_changed_file_is_found_named_and_kept(world, tmp_path):

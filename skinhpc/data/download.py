@@ -172,8 +172,14 @@ def dataset_files(base: str, doi: str, timeout: float = 60) -> dict[str, Listed]
 
 def fetch(url: str, dest: Path, md5: str | None, retries: int = 5, timeout: float = 60) -> Path:
     """Download ``url`` to ``dest`` via ``dest.part`` with resume; verify the md5 where the
-    publisher gives one and the length the server announced; then rename."""
+    publisher gives one and the length the server announced; then rename.
+
+    The ETag of the response a ``.part`` began with is kept beside it (``.part.etag``) and a
+    resume asks ``If-Range`` with it: a file replaced on the server between the cut and the
+    resume is fetched whole again instead of spliced from two versions (the one corruption a
+    length check cannot see and, without a published checksum, nothing else would)."""
     part = dest.with_name(dest.name + ".part")
+    tag = dest.with_name(dest.name + ".part.etag")
     dest.parent.mkdir(parents=True, exist_ok=True)
     last_err: Exception | None = None
     for attempt in range(retries + 1):
@@ -181,10 +187,19 @@ def fetch(url: str, dest: Path, md5: str | None, retries: int = 5, timeout: floa
         req = urllib.request.Request(url, headers={"User-Agent": "skinhpc"})
         if have:
             req.add_header("Range", f"bytes={have}-")
+            if tag.is_file():
+                req.add_header("If-Range", tag.read_text())
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 if have and r.status != 206:
-                    have = 0  # server ignored the range: start over
+                    have = 0  # server ignored the range, or the file changed: start over
+                    log.warning("%s: the server sent the whole file again; starting over", dest.name)
+                if not have:  # a fresh body: remember which version of the file it is
+                    etag = r.headers.get("ETag")
+                    if etag:
+                        tag.write_text(etag)
+                    else:
+                        tag.unlink(missing_ok=True)
                 length = r.headers.get("Content-Length")
                 total = have + int(length) if length else None
                 bar = _progress(total, have, dest.name)
@@ -218,8 +233,10 @@ def fetch(url: str, dest: Path, md5: str | None, retries: int = 5, timeout: floa
     got = md5_file(part) if md5 else None
     if got != md5:
         part.unlink()  # a wrong file must not be resumed nor mistaken for a complete one
+        tag.unlink(missing_ok=True)
         raise DataError(f"{dest.name}: md5 {got} does not match expected {md5} (from {url}); removed")
     os.replace(part, dest)
+    tag.unlink(missing_ok=True)
     log.info("%s: %d bytes%s", dest.name, dest.stat().st_size, ", md5 ok" if md5 else "")
     return dest
 
