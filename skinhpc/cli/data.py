@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                         ("split", "write manifest.csv + splits.csv, show class mix per split"),
                         ("audit", "split + leakage/duplicate audit (exit 1 on cross-split findings)"),
                         ("cache", "tables + preprocessing cache"),
-                        ("download", "download ham10000 --to DIR [--base-url URL] (Dataverse's current files, md5-checked)")]:
+                        ("download", "download ham10000|isic2019|isic2020 --to DIR [--base-url URL] (checked, resumable)")]:
         p = sub.add_parser(name, help=help_)
         if name == "download":
             continue

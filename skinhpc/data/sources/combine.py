@@ -123,12 +123,22 @@ def _union_find() -> tuple[dict[str, str], Any]:
     return parent, find
 
 
+def _file_identity(path: str) -> str:
+    """The file itself (device and inode: a symlink or hard link is the same file), one stat;
+    the real path where the file cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return f"{st.st_dev}:{st.st_ino}"
+
+
 def picture_key(df: pd.DataFrame) -> pd.Series:
     """One key per picture: rows with the same ISIC id (``_downsampled`` is the same image as
-    its original) or the same file on disk (by real path) share a key, transitively."""
+    its original) or the same file on disk share a key, transitively."""
     ids = df["image_id"].astype(str)
     base = ids.str.replace(ISIC_DOWNSAMPLED, r"\1", regex=True)
-    real = df["path"].map(os.path.realpath)
+    real = df["path"].map(_file_identity)
     parent, find = _union_find()
     for i, f in zip(base, real, strict=True):
         a, b = find("id:" + i), find("file:" + f)
@@ -188,20 +198,23 @@ def deduplicate(df: pd.DataFrame, data: DataSpec) -> tuple[pd.DataFrame, list[di
     if first.all():
         return df, [], []
     df = df.assign(group=_merge_groups(df, key), _bin=binary_of(df, data))
-    kept_at = pd.Series(df.index[first], index=key[first])
+    kept_at = pd.Series(np.flatnonzero(first.to_numpy()), index=key[first].to_numpy())
     base = df["image_id"].astype(str).str.replace(ISIC_DOWNSAMPLED, r"\1", regex=True)
+    cols = {c: df[c].to_numpy() for c in ("image_id", "source", "_line", "dx", "_bin")}
+    cols["base"] = base.to_numpy()
     dropped, disagree = [], []
-    for i in df.index[~first]:
-        row, k = df.loc[i], df.loc[kept_at[key[i]]]
-        why = SAME_ID if base[i] == base[kept_at[key[i]]] else SAME_FILE
-        dropped.append({"image_id": row["image_id"], "source": row["source"], "kept": k["image_id"],
-                        "kept_source": k["source"], "why": why,
-                        "reason": f"{row['_line']}: {why} as {k['_line']}"})
-        if k["_bin"] != row["_bin"] or k["dx"] != row["dx"]:
-            disagree.append({"image_ids": [k["image_id"], row["image_id"]],
-                             "sources": [k["source"], row["source"]],
-                             "dx": [k["dx"], row["dx"]], "binary": [int(k["_bin"]), int(row["_bin"])],
-                             "kept": k["image_id"], "kept_source": k["source"]})
+    for i, k in zip(np.flatnonzero(~first.to_numpy()), kept_at[key[~first].to_numpy()].to_numpy(), strict=True):
+        row = {c: v[i] for c, v in cols.items()}
+        kept = {c: v[k] for c, v in cols.items()}
+        why = SAME_ID if row["base"] == kept["base"] else SAME_FILE
+        dropped.append({"image_id": row["image_id"], "source": row["source"], "kept": kept["image_id"],
+                        "kept_source": kept["source"], "why": why,
+                        "reason": f"{row['_line']}: {why} as {kept['_line']}"})
+        if kept["_bin"] != row["_bin"] or kept["dx"] != row["dx"]:
+            disagree.append({"image_ids": [kept["image_id"], row["image_id"]],
+                             "sources": [kept["source"], row["source"]], "dx": [kept["dx"], row["dx"]],
+                             "binary": [int(kept["_bin"]), int(row["_bin"])],
+                             "kept": kept["image_id"], "kept_source": kept["source"]})
     return df[first].drop(columns="_bin").reset_index(drop=True), dropped, disagree
 
 
