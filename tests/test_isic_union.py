@@ -308,6 +308,13 @@ def test_same_file_under_two_ids_is_one_image(world, tmp_path):
         assert len(m.table) == len(world.ham) and m.table["path"].is_unique
         assert {d["why"] for d in m.dropped} == {SAME_FILE} and len(m.dropped) == len(world.ham)
         assert m.table["group"].str.startswith("lesion:").all()  # the folder's image: groups merged
+    # a copy made of hard links is the same files too (one inode), though no path is shared
+    linked = tmp_path / "linked" / "by_class"
+    for f in (root / "by_class").glob("*/*.jpg"):
+        (linked / f.parent.name).mkdir(parents=True, exist_ok=True)
+        os.link(f, linked / f.parent.name / f.name)
+    m = gather(job(tmp_path, [ham, {"kind": "folder", "root": str(linked.parent), "images": ["by_class"]}]))
+    assert len(m.table) == len(world.ham) and {d["why"] for d in m.dropped} == {SAME_FILE}
 
 
 def test_downsampled_ids_are_isic_ids_of_the_same_image(world, tmp_path):
