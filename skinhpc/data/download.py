@@ -327,8 +327,12 @@ def download(
     for f in files:
         dest = to / f.name
         if dest.exists():
-            record[f.name] = verify_present(dest, record[f.name]) if f.name in record else _facts(dest)
-            log.info("%s: present, size and sha256 as recorded; skipped", dest)
+            if f.name in record:
+                record[f.name] = verify_present(dest, record[f.name])
+                log.info("%s: present, size and sha256 as recorded; skipped", dest)
+            else:  # downloaded before records were kept: its facts from now on
+                record[f.name] = _facts(dest)
+                log.info("%s: present, not recorded before; size and sha256 recorded now", dest)
         elif f.path is not None:
             fetch(f"{base.rstrip('/')}/{f.path}", dest, None, retries=retries)
             record[f.name] = _facts(dest)
