@@ -348,8 +348,8 @@ def test_header_only_metadata_is_refused_at_reading(ham_root, rows, tmp_path, ca
     assert "metadata.csv: header but no rows" in capsys.readouterr().err
 
 
-def test_short_row_and_non_utf8_byte_are_named_by_line(small_ham, tmp_path):
-    """Issue 22 defects 6 and 7: a short row was padded with blanks; a bad byte was an offset."""
+def test_short_row_is_named_by_line_not_padded(small_ham, tmp_path):
+    """Issue 22 defect 6: a row with too few fields was padded with blanks (age, sex, site)."""
     src = [{"kind": "ham10000", "root": str(small_ham)}]
     path = small_ham / "metadata.csv"
     lines = path.read_text().splitlines()
@@ -357,6 +357,13 @@ def test_short_row_and_non_utf8_byte_are_named_by_line(small_ham, tmp_path):
     path.write_text("\n".join([*lines[:4], short, *lines[5:]]) + "\n")
     with pytest.raises(DataError, match=r"metadata.csv:5: 4 field\(s\), the header has 7"):
         build_manifest(job(tmp_path, src))
+
+
+def test_non_utf8_byte_is_named_by_line(small_ham, tmp_path):
+    """Issue 22 defect 7: a non-UTF-8 byte was reported as a byte offset."""
+    src = [{"kind": "ham10000", "root": str(small_ham)}]
+    path = small_ham / "metadata.csv"
+    lines = path.read_text().splitlines()
     bad = "\n".join(lines).encode().replace(lines[6].encode(), lines[6].encode().replace(b"male", b"m\xe4le"))
     path.write_bytes(bad)
     with pytest.raises(DataError, match=r"metadata.csv:7: not UTF-8 \(byte 0xe4 at column \d+\)"):
