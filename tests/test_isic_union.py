@@ -277,6 +277,20 @@ def test_download_changed_file_is_found_named_and_kept(world, tmp_path):
     assert len(srv.requests) == n
 
 
+def test_download_command_line_prints_licence_and_citation(world, tmp_path, repo):
+    srv = Bucket(world.files)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "skinhpc.cli", "data", "download", "isic2020", "--to", str(tmp_path / "i20"),
+             "--base-url", srv.url], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(repo)})
+    finally:
+        srv.close()
+    assert r.returncode == 0, r.stderr
+    assert "CC BY-NC 4.0" in r.stderr and "Rotemberg et al., Sci. Data 8, 34 (2021)" in r.stderr
+    assert len(os.listdir(tmp_path / "i20" / "train")) == world.n20
+
+
 # ------------------------------------------------------------------ deduplication (issue 22)
 def test_first_listed_source_decides_before_labels_drop_rows(world, tmp_path):
     """Defect 1: with ISIC 2019 first, HAM's seven classes and unknown_dx: drop, the image ISIC
