@@ -33,7 +33,7 @@ from skinhpc.data.sources.common import (
     parse_sex,
     parse_site,
     read_csv,
-    refuse_repeats,
+    refuse_repeated_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def read_ham10000(src: SourceSpec, root: Path) -> SourceRead:
 def read_isic2019(src: SourceSpec, root: Path) -> SourceRead:
     gt_path = find_file(root, src.metadata, ISIC2019_GT, "ISIC 2019 ground truth")
     gt = read_csv(gt_path, ["image"] + [c for c in ISIC2019_ONEHOT if c != "UNK"])
-    refuse_repeats(gt, "image", gt_path)
+    refuse_repeated_ids(gt, "image", gt_path)
     cols = [c for c in ISIC2019_ONEHOT if c in gt.columns]
     try:
         onehot = gt[cols].apply(pd.to_numeric, errors="raise").to_numpy(dtype=float)
@@ -132,9 +132,9 @@ def read_isic2019(src: SourceSpec, root: Path) -> SourceRead:
         elif "sex" not in meta:
             raise DataError(f"{meta_path}: missing column(s) sex (or gender); found "
                             f"{', '.join(c for c in meta.columns if c != '_line')}")
-        refuse_repeats(meta, "image", meta_path)
+        refuse_repeated_ids(meta, "image", meta_path)
         meta = meta.drop(columns="_line").rename(columns={"image": "image_id"})
-        meta = meta.drop(columns=[c for c in ("gender",) if c in meta])
+        meta = meta.drop(columns="gender", errors="ignore")  # when both are present, sex is read
         gt = gt.merge(meta, on="image_id", how="left", validate="one_to_one")
         if "lesion_id" not in meta:
             why = f"{meta_path.name} has no lesion_id column (an early release of the file)"

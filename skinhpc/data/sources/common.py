@@ -121,7 +121,7 @@ def read_csv(path: Path, required: Iterable[str], sep: str | None = None,
     return df
 
 
-def refuse_repeats(df: pd.DataFrame, column: str, path: Path) -> None:
+def refuse_repeated_ids(df: pd.DataFrame, column: str, path: Path) -> None:
     """An id listed twice in one file names two rows for one image: refused, both lines named."""
     twice = df[column].str.strip().duplicated(keep=False)
     if twice.any():
