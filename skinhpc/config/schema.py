@@ -70,7 +70,9 @@ class SourceSpec:
     metadata: str | None = doc(
         "Metadata/ground-truth CSV relative to root (adapter default when null: "
         "ham10000 metadata.csv or HAM10000_metadata.csv; isic2019 "
-        "ISIC_2019_Training_GroundTruth.csv; isic2020 train.csv; manifest manifest.csv).",
+        "ISIC_2019_Training_GroundTruth.csv; isic2020 the first present of "
+        "ISIC_2020_Training_GroundTruth_v2.csv (it adds lesion_id), ISIC_2020_Training_GroundTruth.csv, "
+        "train.csv; manifest manifest.csv).",
         default=None,
     )
     extra_metadata: str | None = doc(
