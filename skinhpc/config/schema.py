@@ -10,7 +10,8 @@ what the rest of the layer reads:
   length of a list or string, ``choices``: allowed items of a list, ``pattern``: a regular
   expression a string must match in full (``skinhpc.config.validate`` enforces them);
 * ``identity``: which fingerprints the field belongs to, inherited by a section's fields unless
-  a field says otherwise (``skinhpc.config.identity`` explains the levels).
+  a field says otherwise (``skinhpc.config.identity`` explains the levels); ``omit_default``: a
+  key added later that stays out of fingerprints while at its default (old results keep theirs).
 
 Longer than the ~400 lines a module should be, on purpose: it is the one place every key is
 declared, and nothing else lives here (loading, validation, fingerprints and docs read it).
@@ -35,7 +36,7 @@ class SpecError(ValueError):
         self.key = key
 
 
-_META = ("identity", "ge", "gt", "le", "lt", "min_len", "max_len", "choices", "pattern")
+_META = ("identity", "omit_default", "ge", "gt", "le", "lt", "min_len", "max_len", "choices", "pattern")
 
 
 def doc(text: str, **kw: Any) -> Any:
@@ -216,6 +217,13 @@ class PreprocessSpec:
 class MetadataSpec:
     enabled: bool = doc("Fuse age, sex and anatomical site through a small MLP.", default=False)
     hidden: int = doc("Width of the metadata MLP.", default=32, ge=1)
+    images_per_patient: bool = doc(
+        "Add the SIIM-ISIC 2020 winners' feature: log1p of the number of images the row's patient "
+        "(its manifest group: patient, else lesion, else the image) has in the whole manifest, "
+        "train+val+test counted together as the winners did (a count, not a label, so no leak of "
+        "labels). One more metadata input; needs enabled. `skinhpc predict` reads it from an "
+        "optional group_images column of the input table, else takes 1 (a patient seen once).",
+        default=False, identity="member", omit_default=True)
 
 
 @dataclass

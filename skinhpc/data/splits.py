@@ -20,6 +20,18 @@ from skinhpc.data.sources import DataError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+# Column ``load_table`` adds: how many images the row's manifest group (patient, else lesion, else
+# the image alone) has in the whole manifest (model.metadata.images_per_patient reads it).
+GROUP_IMAGES = "group_images"
+
+
+def group_image_counts(manifest: pd.DataFrame) -> np.ndarray:
+    """Images of each row's ``group`` in ``manifest``: pass the whole manifest (train, val and
+    test together, as the SIIM-ISIC 2020 winners counted), so a row's count does not depend on
+    which split or fold it sits in."""
+    group = manifest["group"].astype(str)
+    return group.map(group.value_counts()).to_numpy(dtype=np.int64)
+
 
 def resolve_groups(manifest: pd.DataFrame, group_by: str) -> pd.Series:
     """The grouping key per image; errors when the requested key is not in the data."""
