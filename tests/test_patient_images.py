@@ -59,6 +59,7 @@ def test_existing_metadata_job_keeps_its_input_size(repo: Path) -> None:
 def test_tiny_member_trains_and_predicts_with_images_per_patient(tmp_path: Path, ham_root: Path,
                                                                  prepared_tiny_job) -> None:
     from skinhpc.ensemble.predictor import EnsemblePredictor  # deferred: torch-heavy reduce side
+    from skinhpc.outputs.evaluate import evaluate
     from skinhpc.outputs.publish import reduce
     from skinhpc.train.member import train_member
 
@@ -95,3 +96,24 @@ def test_tiny_member_trains_and_predicts_with_images_per_patient(tmp_path: Path,
     # a score depends on its own row only, never on how many images are predicted together
     pair = predictor.predict_files([image, table["path"].iloc[1]], pd.concat([rows[1], rows[1]]))
     assert pair["prob_malignant"].iloc[0] == pytest.approx(probs[1], abs=1e-6)
+
+    # evaluate counts over the evaluated data set's own manifest: a 2-image lesion scores as n=2
+    meta = pd.read_csv(ham_root / "metadata.csv")
+    sizes = meta["lesion_id"].map(meta["lesion_id"].value_counts())
+    pair_rows = meta[(sizes == 2) & (meta["dx"] == "mel")].head(2)
+    single = meta[(sizes == 1) & (meta["dx"] == "nv")].head(1)
+    data = tmp_path / "external"
+    (data / "images").mkdir(parents=True)
+    small = pd.concat([pair_rows, single])
+    small.to_csv(data / "metadata.csv", index=False)
+    for image_id in small["image_id"]:
+        (data / "images" / f"{image_id}.jpg").symlink_to(ham_root / "images" / f"{image_id}.jpg")
+    (tmp_path / "external.yaml").write_text(f"{{kind: ham10000, root: {data}, images: [images]}}\n")
+    evaluate(paths.root, tmp_path / "external.yaml", tmp_path / "eval")
+    got = pd.read_csv(tmp_path / "eval" / "predictions.csv").set_index("image_id")["prob_malignant"]
+    for image_id, n in [*((i, 2) for i in pair_rows["image_id"]), (single["image_id"].iloc[0], 1)]:
+        row = small.set_index("image_id").loc[image_id]
+        own = pd.DataFrame({"age": [row["age"]], "sex": [row["sex"]], "site": [row["localization"]],
+                            GROUP_IMAGES: [n]})
+        alone = predictor.predict_files([data / "images" / f"{image_id}.jpg"], own)
+        assert got[image_id] == pytest.approx(alone["prob_malignant"].iloc[0], abs=1e-6), image_id
