@@ -117,3 +117,13 @@ def test_tiny_member_trains_and_predicts_with_images_per_patient(tmp_path: Path,
                             GROUP_IMAGES: [n]})
         alone = predictor.predict_files([data / "images" / f"{image_id}.jpg"], own)
         assert got[image_id] == pytest.approx(alone["prob_malignant"].iloc[0], abs=1e-6), image_id
+
+
+def test_predict_metadata_csv_carries_group_images(tmp_path: Path) -> None:
+    from skinhpc.cli.predict import metadata_table
+
+    csv = tmp_path / "meta.csv"
+    csv.write_text("path,age,sex,site,group_images\na.jpg,50,male,back,7\nb.jpg,60,female,face,\n")
+    t = metadata_table(str(csv), [tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "c.jpg"])
+    assert list(t.columns) == ["age", "sex", "site", GROUP_IMAGES]
+    assert encode_metadata(t, True)[:, -1].tolist() == pytest.approx([np.log1p(7), np.log1p(1), np.log1p(1)])
