@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from skinhpc.config import load_spec, plan_members
 from skinhpc.data.dataset import META_DIM, encode_metadata, metadata_width
@@ -127,3 +128,24 @@ def test_predict_metadata_csv_carries_group_images(tmp_path: Path) -> None:
     t = metadata_table(str(csv), [tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "c.jpg"])
     assert list(t.columns) == ["age", "sex", "site", GROUP_IMAGES]
     assert encode_metadata(t, True)[:, -1].tolist() == pytest.approx([np.log1p(7), np.log1p(1), np.log1p(1)])
+
+
+def test_one_encoding_feeds_members_with_and_without_the_column(tmp_path: Path, ham_root: Path, tiny_job) -> None:
+    """A sweep over images_per_patient: the reduce encodes once (wide); each member reads its width."""
+    from skinhpc.ensemble.inference import Normalized, metadata_rows
+
+    meta = {"name": "small_cnn", "pretrained": "none", "metadata": {"enabled": True, "hidden": 8}}
+    off = tiny_job(tmp_path, ham_root, model=meta)
+    on = tiny_job(tmp_path, ham_root, model={**meta, "metadata": {**meta["metadata"], "images_per_patient": True}})
+    torch.manual_seed(0)
+    plain = Normalized(build_model(off).eval(), [0.5] * 3, [0.25] * 3, True)
+    wide = Normalized(build_model(on).eval(), [0.5] * 3, [0.25] * 3, True, patient_images=True)
+    table = pd.DataFrame({**{k: v * 2 for k, v in BLANK_META.items()}, GROUP_IMAGES: [1, 30]})
+    assert metadata_rows([plain], table).shape == (2, META_DIM)
+    rows = torch.from_numpy(metadata_rows([plain, wide], table))
+    assert rows.shape == (2, META_DIM + 1)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(plain(x, rows), plain(x, rows[:, :META_DIM]))
+        out = wide(x, rows)
+    assert not torch.allclose(out[0], wide(x[[1, 0]], rows)[1])  # same image, other count: other score
