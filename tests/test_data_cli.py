@@ -92,9 +92,24 @@ def test_summary_two_ham10000_sources_shared_and_more(ham_root, tmp_path, capsys
     )
     assert main(["summary", str(frag)]) == 0
     out = capsys.readouterr().out
-    assert "8034 images, 6089 groups, sources: ham10000_more 4701, ham10000 3333" in out
+    assert "8034 images, 6089 groups" in out
+    assert f"data.sources[0] ham10000 ({ham_root}): 3333 read, 3333 kept" in out
+    assert f"data.sources[1] ham10000_more ({more}): 4701 read, 4701 kept" in out
+    assert "malignant: mel, bcc, akiec, scc; malignant dx absent from the data: scc" in out
     assert "data.sources[1] ham10000_more:" in out and "images images (flat)" in out
-    assert "duplicates dropped: 0; label disagreements: 0" in out
+    assert "duplicates dropped: 0 (same id 0, same file 0, listed duplicate 0); label disagreements: 0" in out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()}
     assert rows["All"] == ["6860", "1174", "8034"] and rows["nv"] == ["5905", "0", "5905"]
     assert "preparing would refuse" not in out
+
+
+def test_summary_names_two_unnamed_sources_of_one_kind(ham_root, tmp_path, capsys):
+    """Issue 22: two sources of one kind were shown as one ("ham10000 8034")."""
+    more = ham_root.parent / "ham10000_more"
+    frag = tmp_path / "two.yaml"
+    frag.write_text(f"data:\n  sources:\n    - {{kind: ham10000, root: {ham_root}}}\n"
+                    f"    - {{kind: ham10000, root: {more}}}\n")
+    assert main(["summary", str(frag)]) == 0
+    out = capsys.readouterr().out
+    assert f"data.sources[0] ham10000 ({ham_root}): 3333 read, 3333 kept" in out
+    assert f"data.sources[1] ham10000 ({more}): 4701 read, 4701 kept" in out

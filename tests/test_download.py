@@ -26,8 +26,8 @@ class Server:
     plain download is Dataverse's .tab rendering, the original only with ``format=original``."""
 
     def __init__(self, files: dict[int, tuple[str, str | None, bytes]], truncate_first: bool = False,
-                 listed_md5: dict[int, str] | None = None):
-        self.files, self.truncate_first = files, truncate_first
+                 listed_md5: dict[int, str] | None = None, corrupt: frozenset[int] = frozenset()):
+        self.files, self.truncate_first, self.corrupt = files, truncate_first, corrupt
         self.listed_md5 = listed_md5 or {}
         self.requests: list[tuple[str, str | None]] = []
         outer = self
@@ -60,6 +60,8 @@ class Server:
                 name, orig, data = outer.files[fid]
                 if orig and "format=original" not in self.path:
                     data = data.replace(b",", b"\t")  # the ingested rendering, not the upload
+                if fid in outer.corrupt:  # one bit flipped in transit (the listing has the true md5)
+                    data = data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 1]) + data[len(data) // 2 + 1:]
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0
                 self.send_response(206 if rng else 200)
                 self.send_header("Content-Length", str(len(data) - start))
@@ -135,6 +137,20 @@ def test_listed_checksum_mismatch_fails_naming_file_and_leaves_nothing_complete(
     finally:
         srv.close()
     assert list((tmp_path / "ham").iterdir()) == []
+
+
+def test_corrupted_byte_in_transfer_fails_the_md5_and_leaves_nothing_complete(payload, tmp_path):
+    files, _ = payload
+    (tmp_path / "ham").mkdir()
+    (tmp_path / "ham" / "HAM10000_metadata.csv.part").write_bytes(files[4078519][2][:50])  # resumed
+    srv = Server(files, corrupt=frozenset({4078519}))
+    try:
+        with pytest.raises(DataError, match="HAM10000_metadata.csv: md5 [0-9a-f]{32} does not match expected "
+                           + hashlib.md5(files[4078519][2]).hexdigest()):
+            download("ham10000", tmp_path / "ham", base_url=srv.url, files=DATASETS["ham10000"].files[2:])
+    finally:
+        srv.close()
+    assert list((tmp_path / "ham").iterdir()) == []  # neither the file nor a .part to resume from
 
 
 def test_resume_from_existing_part_file(payload, tmp_path):

@@ -32,11 +32,12 @@ CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 
 
 def base_spec() -> JobSpec:
-    """Defaults almost everywhere; three seeds (reduce.min_members can grow) and a class order
-    (data.task can become multiclass)."""
+    """Defaults almost everywhere; three seeds (reduce.min_members can grow), a class order
+    (data.task can become multiclass) and metadata fusion (its images_per_patient can be set)."""
     return from_dict({"name": "t", "base_dir": "/srv/jobs", "seeds": [1, 2, 3],
                       "data": {"sources": [{"kind": "ham10000", "root": "/srv/data/ham10000"}],
-                               "classes": CLASSES}})
+                               "classes": CLASSES},
+                      "model": {"metadata": {"enabled": True}}})
 
 
 def leaves(obj: Any, prefix: str = "", inherited: str = "job") -> list[tuple[str, Any, Any, dataclasses.Field, str]]:
@@ -174,3 +175,15 @@ def test_tta_choices_are_the_views_the_reduce_implements() -> None:
     from skinhpc.ensemble.tta import VIEWS
 
     assert tuple(VIEWS) == TTA_VIEWS
+
+
+def test_images_per_patient_at_its_default_keeps_old_fingerprints_and_counts_when_on() -> None:
+    """model.metadata.images_per_patient came after the pinned fingerprints (omit_default): off,
+    it is not in any view; on, it moves the member fingerprint and is named as changed."""
+    spec = base_spec()
+    assert "images_per_patient" not in identity_view(spec, "member")["model"]["metadata"]
+    on = with_overrides(spec, {"model.metadata.images_per_patient": True})
+    assert member_fingerprint(on) != member_fingerprint(spec)
+    assert changed_keys(spec, on) == ["model.metadata.images_per_patient"]
+    with pytest.raises(SpecError, match="model.metadata.images_per_patient: .*enabled"):
+        with_overrides(spec, {"model.metadata.enabled": False, "model.metadata.images_per_patient": True})

@@ -21,10 +21,11 @@ def _git_status(repo: Path) -> str:
 
 def test_shipped_job_dry_runs(shipped_job: str, ham_root: Path, repo: Path) -> None:
     """One test per jobs/*.yaml (``shipped_job``, its file name: tests/conftest.py parametrizes it)."""
-    # the full-dataset jobs point at data/ham10000 (a download); aim them at the shared copy
-    full = [p for p in load_raw(repo / "jobs" / shipped_job).get("data", {}).get("sources", [])
-            if str(p.get("root", "")).endswith("data/ham10000")]
-    over = [f"data.sources.0.root={ham_root}"] if full else []
+    # the full-dataset jobs point at downloads (data/ham10000, data/isic2019, ...); a dry run only
+    # checks that the folders exist: aim them at the shared copy
+    sources = load_raw(repo / "jobs" / shipped_job).get("data", {}).get("sources", [])
+    over = [f"data.sources.{i}.root={ham_root}" for i, p in enumerate(sources)
+            if re.search(r"(^|/)data/(ham10000|isic2019|isic2020)$", str(p.get("root", "")))]
     before = _git_status(repo)
     r = subprocess.run([sys.executable, "-m", "skinhpc.launch", f"jobs/{shipped_job}", "--dry-run", *over],
                        cwd=repo, capture_output=True, text=True, timeout=180)

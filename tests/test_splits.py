@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
@@ -80,3 +81,15 @@ def test_group_by_image_warns_and_missing_key_fails(manifests, caplog):
     assert s["group"].str.startswith("image:").all()
     with pytest.raises(DataError, match="group_by=patient: image 'ISIC_"):
         make_splits(m, SplitSpec(group_by="patient"))
+
+
+def test_kfold_with_every_class_below_the_folds_names_class_count_and_key(manifests):
+    m = manifests["multiclass"]
+    firsts = m.drop_duplicates("group")
+    small = firsts[firsts["dx"].isin(["df", "vasc"])].groupby("dx").head(4).reset_index(drop=True)
+    spec = SplitSpec(method="kfold", folds=5, fractions=[0.85, 0.0, 0.15])
+    with pytest.raises(DataError) as e:
+        make_splits(small, spec)
+    msg = str(e.value)
+    assert "\n" not in msg and "data.split.folds=5" in msg
+    assert re.search(r"label \d \((df|vasc)\), has [34]:", msg), msg

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,15 @@ from skinhpc.config import (
 )
 from skinhpc.data.download import DATASETS, DEFAULT_BASE_URL, ENV_BASE_URL, download
 from skinhpc.data.prepare import build_cache, finalize, load_table, prepare_tables
-from skinhpc.data.sources import DataError, check_grouping, gather, read_manifest_csv
+from skinhpc.data.sources import (
+    LISTED_DUPLICATE,
+    SAME_FILE,
+    SAME_ID,
+    DataError,
+    check_grouping,
+    gather,
+    read_manifest_csv,
+)
 from skinhpc.data.splits import class_table
 from skinhpc.io.layout import JobPaths
 
@@ -60,16 +69,26 @@ def cmd_summary(spec: JobSpec, args: argparse.Namespace) -> int:
     df = m.table
     for name, layout in m.layouts.items():
         print(f"{name}: {layout}")
-    print(f"{len(df)} images, {df['group'].nunique()} groups, sources: "
-          f"{', '.join(f'{k} {v}' for k, v in df['source'].value_counts().items())}")
+    print(f"{len(df)} images, {df['group'].nunique()} groups")
+    for name, c in m.counts.items():
+        print(f"  {name} ({c['root']}): {c['read']} read, {c['kept']} kept")
+    named = spec.data.classes if spec.data.task == "multiclass" else spec.data.malignant
+    absent = [c for c in named if c not in set(df["dx"])]
+    print(f"task {spec.data.task}; malignant: {', '.join(spec.data.malignant)}; "
+          f"{'classes' if spec.data.task == 'multiclass' else 'malignant dx'} absent from the data: "
+          f"{', '.join(absent) or 'none'}")
     t = pd.crosstab(df["dx"], df["label"].map(lambda k: spec.class_names[k]), margins=True)
     _print_table("dx x class", t)
     print(f"\nmissing: age {int(df['age'].isna().sum())}, sex {int((df['sex'] == '').sum())}, "
           f"site {int((df['site'] == '').sum())}; image-level groups "
           f"{int(df['group'].str.startswith('image:').sum())}")
-    print(f"duplicates dropped: {len(m.dropped)}; label disagreements: {len(m.disagreements)}")
+    why = Counter(d.get("why", "") for d in m.dropped)
+    print(f"duplicates dropped: {len(m.dropped)} ("
+          + ", ".join(f"{w} {why[w]}" for w in (SAME_ID, SAME_FILE, LISTED_DUPLICATE))
+          + f"); label disagreements: {len(m.disagreements)}")
     for d in m.disagreements[: args.show]:
-        print(f"  {d['image_ids']} {d['sources']} dx {d['dx']} binary {d['binary']}")
+        print(f"  {d['image_ids']} {d['sources']} dx {d['dx']} binary {d['binary']}; "
+              f"kept {d['kept_source']}'s")
     for name, u in m.ungrouped.items():
         print(f"no lesion/patient id: {name}: {u['images']} of {u['of']} ({u['why']})")
     try:
@@ -140,12 +159,14 @@ def main(argv: list[str]) -> int:
         p.add_argument("--show", type=int, default=20, help="audit findings / summary disagreements to print")
         p.add_argument("--shards", type=int, default=1, help="cache: shards to build in turn")
     p = sub.add_parser("download", help="DATASET --to DIR [--base-url URL]: a dataset's current files, "
-                                        "md5-checked",
-                       description="fetch a dataset's current files, verify their md5, resume, unpack")
+                                        "checked, resumable",
+                       description="fetch a dataset's current files, verify them (the publisher's md5, else the "
+                                   "size + sha256 recorded at the first download), resume, unpack")
     p.add_argument("dataset", choices=sorted(DATASETS))
     p.add_argument("--to", required=True, help="folder to fill (e.g. data/ham10000)")
     p.add_argument("--base-url", default=None,
-                   help=f"Dataverse server (default ${ENV_BASE_URL} or {DEFAULT_BASE_URL})")
+                   help=f"server to fetch from (default ${ENV_BASE_URL}, else the dataset's publisher, "
+                        f"e.g. {DEFAULT_BASE_URL} for ham10000)")
     p.add_argument("--retries", type=int, default=5)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

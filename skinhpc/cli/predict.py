@@ -22,6 +22,7 @@ import pandas as pd
 
 from skinhpc.cli.parser import CommandParser, UsageError
 from skinhpc.config import SpecError
+from skinhpc.data.splits import GROUP_IMAGES
 from skinhpc.ensemble.predictor import EnsemblePredictor
 from skinhpc.io.atomic import write_csv_atomic
 from skinhpc.outputs.evaluate import evaluate
@@ -53,7 +54,7 @@ def metadata_table(csv_path: str, files: list[Path]) -> pd.DataFrame:
         raise SpecError(f"{csv_path}: needs a 'path' column (full path or file name)")
     by_key = {str(p): r for p, r in zip(meta["path"], meta.to_dict("records"), strict=True)}
     rows = [by_key.get(str(f)) or by_key.get(f.name) or {} for f in files]
-    return pd.DataFrame(rows, columns=["age", "sex", "site"]).reindex(range(len(files)))
+    return pd.DataFrame(rows, columns=["age", "sex", "site", GROUP_IMAGES]).reindex(range(len(files)))
 
 
 def main(argv: Sequence[str]) -> int:
@@ -63,7 +64,8 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("inputs", nargs="+", help="image files and/or folders (walked recursively)")
     ap.add_argument("--out", help="write the predictions CSV here (default: print it)")
     ap.add_argument("--gradcam", help="folder for one Grad-CAM overlay PNG per image")
-    ap.add_argument("--metadata", help="CSV with columns path (or file name), age, sex, site")
+    ap.add_argument("--metadata", help="CSV with columns path (or file name), age, sex, site and, for a job with "
+                    "model.metadata.images_per_patient, group_images (the patient's image count; blank: 1)")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     ap.add_argument("--batch-size", type=int, default=None)
     args = ap.parse_args(argv)

@@ -13,7 +13,10 @@ The levels nest, from the narrowest:
 * ``none``   -- where or how it runs (cluster, workers, batch size of evaluation, paths of results).
 
 A field in level L belongs to every wider identity too (a ``cache`` field is part of the member
-and the job identity). A field without its own ``identity`` inherits its section's. This module
+and the job identity). A field without its own ``identity`` inherits its section's. A field
+declared with ``omit_default`` (a key added after fingerprints were pinned) is left out of every
+view while it holds its default, so checkpoints and caches written before it existed keep their
+fingerprints; set to anything else, it counts like any other field. This module
 works on any dataclass instance and imports nothing from the schema, so the schema's own
 methods (``JobSpec.fingerprint``) can call it.
 """
@@ -55,7 +58,7 @@ def identity_view(obj: Any, level: str, inherited: str = "job") -> dict[str, Any
             sub = identity_view(value, level, ident)
             if sub:
                 out[f.name] = sub
-        elif _RANK[ident] <= _RANK[level]:
+        elif _RANK[ident] <= _RANK[level] and not (f.metadata.get("omit_default") and value == f.default):
             out[f.name] = _plain(value, level, ident)
     return out
 

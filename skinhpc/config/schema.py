@@ -11,7 +11,8 @@ what the rest of the layer reads:
   expression a string must match in full, ``reserved``: expressions it must not match in full
   (case-insensitive) (``skinhpc.config.validate`` enforces them);
 * ``identity``: which fingerprints the field belongs to, inherited by a section's fields unless
-  a field says otherwise (``skinhpc.config.identity`` explains the levels).
+  a field says otherwise (``skinhpc.config.identity`` explains the levels); ``omit_default``: a
+  key added later that stays out of fingerprints while at its default (old results keep theirs).
 
 Longer than the ~400 lines a module should be, on purpose: it is the one place every key is
 declared, and nothing else lives here (loading, validation, fingerprints and docs read it).
@@ -36,7 +37,8 @@ class SpecError(ValueError):
         self.key = key
 
 
-_META = ("identity", "ge", "gt", "le", "lt", "min_len", "max_len", "choices", "pattern", "reserved")
+_META = ("identity", "omit_default", "ge", "gt", "le", "lt", "min_len", "max_len", "choices", "pattern",
+         "reserved")
 
 
 def doc(text: str, **kw: Any) -> Any:
@@ -78,7 +80,9 @@ class SourceSpec:
     metadata: str | None = doc(
         "Metadata/ground-truth CSV relative to root (adapter default when null: "
         "ham10000 metadata.csv or HAM10000_metadata.csv; isic2019 "
-        "ISIC_2019_Training_GroundTruth.csv; isic2020 train.csv; manifest manifest.csv).",
+        "ISIC_2019_Training_GroundTruth.csv; isic2020 the first present of "
+        "ISIC_2020_Training_GroundTruth_v2.csv (it adds lesion_id), ISIC_2020_Training_GroundTruth.csv, "
+        "train.csv; manifest manifest.csv).",
         default=None,
     )
     extra_metadata: str | None = doc(
@@ -222,6 +226,13 @@ class PreprocessSpec:
 class MetadataSpec:
     enabled: bool = doc("Fuse age, sex and anatomical site through a small MLP.", default=False)
     hidden: int = doc("Width of the metadata MLP.", default=32, ge=1)
+    images_per_patient: bool = doc(
+        "Add the SIIM-ISIC 2020 winners' feature: log1p of the number of images the row's patient "
+        "(its manifest group: patient, else lesion, else the image) has in the whole manifest, "
+        "train+val+test counted together as the winners did (a count, not a label, so no leak of "
+        "labels). One more metadata input; needs enabled. `skinhpc predict` reads it from an "
+        "optional group_images column of the input table, else takes 1 (a patient seen once).",
+        default=False, identity="member", omit_default=True)
 
 
 @dataclass

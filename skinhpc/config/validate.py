@@ -250,6 +250,8 @@ def validate(spec: JobSpec) -> None:
                         f"{show(spec.data.classes)}; data.malignant is {show(spec.data.malignant)}")
         if set(spec.data.classes) <= set(spec.data.malignant):
             raise _fail("data.malignant", "every class is malignant: no benign class left for malignant_auc")
+    if spec.model.metadata.images_per_patient and not spec.model.metadata.enabled:
+        raise _fail("model.metadata.images_per_patient", "is a metadata input: needs model.metadata.enabled=true")
     if spec.model.pretrained == "file" and not spec.model.weights:
         raise _fail("model.weights", "pretrained=file needs a weights path")
     for key, minutes in (("cluster.time_min", spec.cluster.time_min),

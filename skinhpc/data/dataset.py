@@ -21,6 +21,8 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
 from skinhpc.data.cache import load_cached
+from skinhpc.data.sources import AGE_RANGE
+from skinhpc.data.splits import GROUP_IMAGES
 
 # Anatomical sites of HAM10000 (`localization`) and ISIC 2019/2020
 # (`anatom_site_general[_challenge]`), lower-case. Anything else is `other`;
@@ -39,12 +41,40 @@ META_COLUMNS: tuple[str, ...] = (
     + tuple(f"site_{s}" for s in SITES) + ("site_other", "site_missing")
 )
 META_DIM = len(META_COLUMNS)
+# model.metadata.images_per_patient appends these after META_COLUMNS (last, so a model without
+# them reads the first META_DIM columns of a wider encoding: one encoding serves a mixed ensemble).
+PATIENT_COLUMNS: tuple[str, ...] = ("group_images_log1p",)
 _MISSING = {"", "nan", "none", "unknown", "null"}
 
 
-def encode_metadata(table: pd.DataFrame) -> np.ndarray:
-    """float32 (N, META_DIM): age/100 with a missing flag, sex one-hot + missing,
-    site one-hot over ``SITES`` + other + missing (column order in ``META_COLUMNS``)."""
+def metadata_width(images_per_patient: bool = False) -> int:
+    """Columns :func:`encode_metadata` returns, i.e. the model's metadata input size."""
+    return META_DIM + (len(PATIENT_COLUMNS) if images_per_patient else 0)
+
+
+def patient_images(table: pd.DataFrame) -> np.ndarray:
+    """log1p of ``group_images`` (the SIIM-ISIC 2020 winners' scaling); a blank count is 1.
+
+    Training tables always carry the count (``load_table``); a blank is the case of an image
+    given to ``skinhpc predict`` without one: a patient seen once.  A count that is not a whole
+    number >= 1 is refused naming the row."""
+    if GROUP_IMAGES not in table.columns:
+        raise KeyError(f"metadata: table has no column {GROUP_IMAGES!r} (columns: {list(table.columns)})")
+    raw = table[GROUP_IMAGES]
+    blank = raw.isna().to_numpy() | raw.astype(str).str.strip().str.lower().isin(_MISSING).to_numpy()
+    n = pd.to_numeric(raw.where(~blank), errors="coerce").to_numpy(dtype=np.float64)
+    n[blank] = 1.0
+    bad = ~np.isfinite(n) | (n < 1) | (n != np.floor(n))
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"metadata: row {r}: {GROUP_IMAGES}={raw.iloc[r]!r} is not a count of images >= 1")
+    return np.log1p(n)
+
+
+def encode_metadata(table: pd.DataFrame, images_per_patient: bool = False) -> np.ndarray:
+    """float32 (N, metadata_width()): age/100 with a missing flag, sex one-hot + missing,
+    site one-hot over ``SITES`` + other + missing (column order in ``META_COLUMNS``), then, with
+    ``images_per_patient``, :func:`patient_images` (``PATIENT_COLUMNS``)."""
     n = len(table)
     out = np.zeros((n, META_DIM), dtype=np.float32)
     for col in ("age", "sex", "site"):
@@ -52,7 +82,7 @@ def encode_metadata(table: pd.DataFrame) -> np.ndarray:
             raise KeyError(f"metadata: table has no column {col!r} (columns: {list(table.columns)})")
     age = pd.to_numeric(table["age"], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(age)
-    out[:, 0] = np.where(bad, 0.0, np.clip(age, 0, 120) / AGE_SCALE)
+    out[:, 0] = np.where(bad, 0.0, np.clip(age, *AGE_RANGE) / AGE_SCALE)
     out[:, 1] = bad
     sex = table["sex"].fillna("").astype(str).str.strip().str.lower().to_numpy()
     for j, s in enumerate(SEXES):
@@ -68,6 +98,8 @@ def encode_metadata(table: pd.DataFrame) -> np.ndarray:
             out[r, base + index[s]] = 1
         else:
             out[r, base + len(SITES)] = 1
+    if images_per_patient:
+        out = np.concatenate([out, patient_images(table)[:, None].astype(np.float32)], axis=1)
     return out
 
 
@@ -101,14 +133,15 @@ class SkinDataset(Dataset):
     """Rows of one split: (image float CHW normalised, meta float (D,) or (0,), label int)."""
 
     def __init__(self, table: pd.DataFrame, cache_dir: str | Path, mean: Sequence[float],
-                 std: Sequence[float], augment: float = 0.0, seed: int = 0, metadata: bool = False):
+                 std: Sequence[float], augment: float = 0.0, seed: int = 0, metadata: bool = False,
+                 images_per_patient: bool = False):
         self.table = table.reset_index(drop=True)
         self.image_ids = self.table["image_id"].astype(str).tolist()
         self.labels = self.table["label"].astype(int).to_numpy()
         self.cache_dir = Path(cache_dir)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255
-        self.meta = torch.from_numpy(encode_metadata(self.table)) if metadata else None
+        self.meta = torch.from_numpy(encode_metadata(self.table, images_per_patient)) if metadata else None
         self.transform = build_augment(augment)
         self.seed = seed
         self.epoch = 0

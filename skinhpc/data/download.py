@@ -1,7 +1,8 @@
-"""`skinhpc data download ham10000 --to DIR`: fetch, verify, resume, unpack.
+"""`skinhpc data download ham10000|isic2019|isic2020 --to DIR`: fetch, verify, resume, unpack.
 
 The file table is data, not code paths: which files of the dataset to fetch, by the names
-Dataverse lists them under.  Their ids and md5s are read from the dataset's own current
+Dataverse lists them under (HAM10000) or by the publisher's URL (ISIC 2019 and 2020, from the
+ISIC challenge bucket, which publishes no checksums).  Their ids and md5s are read from the dataset's own current
 Dataverse record (``/api/datasets/:persistentId/?persistentId=<doi>``: files[].dataFile.{id,
 filename, originalFileName, md5}), so a new dataset version changes nothing here and every
 checksum is the one Dataverse publishes, never one copied from a mirror.  A tabular file that
@@ -10,8 +11,12 @@ Dataverse ingested (the metadata CSV, listed as ``.tab``) is fetched as the uplo
 
 A download goes to ``<name>.part``; an interrupted one is resumed with an HTTP Range request;
 the ``.part`` is renamed to its final name only after the checksum matches, so a file under its
-final name is always complete and verified.  Zips are unpacked into a temporary folder renamed
-into place, in the layout the ham10000 adapter finds by itself (docs/DATA.md).
+final name is always complete and verified.  Where the publisher gives no checksum, the size and
+sha256 of the first complete download are recorded in ``skinhpc_download.json`` beside the files
+and every later run checks the file against them (re-hashing only when its size or mtime moved),
+so a file changed on disk after the download is found, named and left as it is.  Zips are
+unpacked into a temporary folder renamed into place, in the layout the adapters find by
+themselves (docs/DATA.md).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from skinhpc.data.sources import IMAGE_EXTS, DataError
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://dataverse.harvard.edu"
+ISIC_BASE_URL = "https://isic-challenge-data.s3.amazonaws.com"
+RECORD = "skinhpc_download.json"  # size, mtime and sha256 of each file as first downloaded
 ENV_BASE_URL = "SKINHPC_DOWNLOAD_URL"
 CHUNK = 1 << 20
 
@@ -43,8 +50,9 @@ CHUNK = 1 << 20
 @dataclass(frozen=True)
 class RemoteFile:
     name: str  # file name written under --to
-    listed: tuple[str, ...]  # names Dataverse may list it under (filename or originalFileName)
+    listed: tuple[str, ...] = ()  # names Dataverse may list it under (filename or originalFileName)
     unzip_to: str | None = None  # folder the zip's images go to
+    path: str | None = None  # URL path under the publisher's base: a direct download, no checksum
 
 
 @dataclass(frozen=True)
@@ -58,9 +66,10 @@ class Listed:
 
 @dataclass(frozen=True)
 class Dataset:
-    doi: str
+    doi: str | None  # a Dataverse record listing ids and md5s; None: direct URLs (RemoteFile.path)
     files: tuple[RemoteFile, ...]
     licence: str
+    base_url: str = DEFAULT_BASE_URL
 
 
 DATASETS: dict[str, Dataset] = {
@@ -77,11 +86,46 @@ DATASETS: dict[str, Dataset] = {
             RemoteFile("HAM10000_metadata.csv", ("HAM10000_metadata.csv", "HAM10000_metadata.tab")),
         ),
     ),
+    # The ISIC challenge bucket (https://challenge.isic-archive.com/data/): training images and
+    # every published CSV.  25,331 images (HAM10000's 10,015 among them, same ids; 2,074 under
+    # `<id>_downsampled`), 9 diagnosis columns.
+    "isic2019": Dataset(
+        doi=None,
+        base_url=ISIC_BASE_URL,
+        licence="CC BY-NC 4.0; cite Tschandl et al., Sci. Data 5, 180161 (2018) (HAM10000), "
+                "Codella et al., ISBI 2018, arXiv:1710.05006 (ISIC 2017) and Combalia et al., "
+                "arXiv:1908.02288 (2019) (BCN20000)",
+        files=(
+            RemoteFile("ISIC_2019_Training_Input.zip", unzip_to="ISIC_2019_Training_Input",
+                       path="2019/ISIC_2019_Training_Input.zip"),
+            RemoteFile("ISIC_2019_Training_GroundTruth.csv", path="2019/ISIC_2019_Training_GroundTruth.csv"),
+            RemoteFile("ISIC_2019_Training_Metadata.csv", path="2019/ISIC_2019_Training_Metadata.csv"),
+        ),
+    ),
+    # 33,126 images of 2,056 patients, 584 melanomas; v2 adds lesion_id; 425 duplicate pairs.
+    "isic2020": Dataset(
+        doi=None,
+        base_url=ISIC_BASE_URL,
+        licence="CC BY-NC 4.0; cite Rotemberg et al., Sci. Data 8, 34 (2021) (the SIIM-ISIC 2020 "
+                "challenge dataset)",
+        files=(
+            RemoteFile("ISIC_2020_Training_JPEG.zip", unzip_to="train",
+                       path="2020/ISIC_2020_Training_JPEG.zip"),
+            RemoteFile("ISIC_2020_Training_GroundTruth.csv", path="2020/ISIC_2020_Training_GroundTruth.csv"),
+            RemoteFile("ISIC_2020_Training_GroundTruth_v2.csv",
+                       path="2020/ISIC_2020_Training_GroundTruth_v2.csv"),
+            RemoteFile("ISIC_2020_Training_Duplicates.csv", path="2020/ISIC_2020_Training_Duplicates.csv"),
+        ),
+    ),
 }
 
 
 def md5_file(path: Path) -> str:
-    h = hashlib.md5()
+    return _digest(path, "md5")
+
+
+def _digest(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
             h.update(block)
@@ -125,9 +169,16 @@ def dataset_files(base: str, doi: str, timeout: float = 60) -> dict[str, Listed]
     return out
 
 
-def fetch(url: str, dest: Path, md5: str, retries: int = 5, timeout: float = 60) -> Path:
-    """Download ``url`` to ``dest`` via ``dest.part`` with resume; verify md5; then rename."""
+def fetch(url: str, dest: Path, md5: str | None, retries: int = 5, timeout: float = 60) -> Path:
+    """Download ``url`` to ``dest`` via ``dest.part`` with resume; verify the md5 where the
+    publisher gives one and the length the server announced; then rename.
+
+    The ETag of the response a ``.part`` began with is kept beside it (``.part.etag``) and a
+    resume asks ``If-Range`` with it: a file replaced on the server between the cut and the
+    resume is fetched whole again instead of spliced from two versions (the one corruption a
+    length check cannot see and, without a published checksum, nothing else would)."""
     part = dest.with_name(dest.name + ".part")
+    tag = dest.with_name(dest.name + ".part.etag")
     dest.parent.mkdir(parents=True, exist_ok=True)
     last_err: Exception | None = None
     for attempt in range(retries + 1):
@@ -135,10 +186,19 @@ def fetch(url: str, dest: Path, md5: str, retries: int = 5, timeout: float = 60)
         req = urllib.request.Request(url, headers={"User-Agent": "skinhpc"})
         if have:
             req.add_header("Range", f"bytes={have}-")
+            if tag.is_file():
+                req.add_header("If-Range", tag.read_text())
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 if have and r.status != 206:
-                    have = 0  # server ignored the range: start over
+                    have = 0  # server ignored the range, or the file changed: start over
+                    log.warning("%s: the server sent the whole file again; starting over", dest.name)
+                if not have:  # a fresh body: remember which version of the file it is
+                    etag = r.headers.get("ETag")
+                    if etag:
+                        tag.write_text(etag)
+                    else:
+                        tag.unlink(missing_ok=True)
                 length = r.headers.get("Content-Length")
                 total = have + int(length) if length else None
                 bar = _progress(total, have, dest.name)
@@ -169,12 +229,14 @@ def fetch(url: str, dest: Path, md5: str, retries: int = 5, timeout: float = 60)
             time.sleep(min(2**attempt * 0.1, 5))
     if last_err is not None:
         raise DataError(f"{dest.name}: download failed after {retries} retries: {last_err}")
-    got = md5_file(part)
+    got = md5_file(part) if md5 else None
     if got != md5:
         part.unlink()  # a wrong file must not be resumed nor mistaken for a complete one
+        tag.unlink(missing_ok=True)
         raise DataError(f"{dest.name}: md5 {got} does not match expected {md5} (from {url}); removed")
     os.replace(part, dest)
-    log.info("%s: %d bytes, md5 ok", dest.name, dest.stat().st_size)
+    tag.unlink(missing_ok=True)
+    log.info("%s: %d bytes%s", dest.name, dest.stat().st_size, ", md5 ok" if md5 else "")
     return dest
 
 
@@ -204,6 +266,44 @@ def unpack(zip_path: Path, folder: Path) -> int:
     return n
 
 
+def _read_record(to: Path) -> dict[str, dict]:
+    path = to / RECORD
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: unreadable download record ({e}); delete it to record afresh") from None
+
+
+def _write_record(to: Path, record: dict[str, dict]) -> None:
+    tmp = to / f".{RECORD}.tmp"
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+    os.replace(tmp, to / RECORD)
+
+
+def _facts(path: Path, sha256: str | None = None) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256 or _digest(path, "sha256")}
+
+
+def verify_present(path: Path, recorded: dict) -> dict:
+    """A file downloaded before is the one recorded: same size and sha256 (hashed again only
+    when its size or mtime moved).  Returns the facts to record; a changed file is refused and
+    left as it is (it may be the only copy of something)."""
+    st = path.stat()
+    if st.st_size == recorded.get("size") and st.st_mtime_ns == recorded.get("mtime_ns"):
+        return recorded
+    now = _facts(path)
+    if now["size"] != recorded.get("size") or now["sha256"] != recorded.get("sha256"):
+        raise DataError(
+            f"{path}: changed since it was downloaded ({now['size']} bytes, sha256 {now['sha256']}; "
+            f"recorded {recorded.get('size')} bytes, sha256 {recorded.get('sha256')} in {RECORD}); "
+            "move it away to download it again"
+        )
+    return now
+
+
 def download(
     dataset: str,
     to: str | Path,
@@ -215,16 +315,29 @@ def download(
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
     ds = DATASETS[dataset]
-    base = base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
+    base = base_url or os.environ.get(ENV_BASE_URL) or ds.base_url
     files = files if files is not None else ds.files
     to = Path(to)
     to.mkdir(parents=True, exist_ok=True)
-    log.info("%s (%s) -> %s; licence: %s", dataset, ds.doi, to, ds.licence)
+    log.info("%s (%s) -> %s; licence and citation: %s", dataset, ds.doi or base, to, ds.licence)
+    record = _read_record(to)
     listing: dict[str, Listed] | None = None
     out = []
     for f in files:
         dest = to / f.name
-        if not dest.exists():
+        if dest.exists():
+            if f.name in record:
+                record[f.name] = verify_present(dest, record[f.name])
+                log.info("%s: present, size and sha256 as recorded; skipped", dest)
+            else:  # downloaded before records were kept: its facts from now on
+                record[f.name] = _facts(dest)
+                log.info("%s: present, not recorded before; size and sha256 recorded now", dest)
+        elif f.path is not None:
+            fetch(f"{base.rstrip('/')}/{f.path}", dest, None, retries=retries)
+            record[f.name] = _facts(dest)
+        else:
+            if ds.doi is None:
+                raise DataError(f"{f.name}: the dataset {dataset} gives neither a DOI nor a URL path")
             listing = listing if listing is not None else dataset_files(base, ds.doi)
             hit = next((listing[n] for n in f.listed if n in listing), None)
             if hit is None:
@@ -233,10 +346,11 @@ def download(
                     f"{', '.join(f.listed)}; listed: {', '.join(sorted(listing)) or 'nothing'})"
                 )
             fetch(file_url(base, hit.file_id, hit.original), dest, hit.md5, retries=retries)
-        else:
-            log.info("%s: present, skipped", dest)
+            record[f.name] = _facts(dest)
+        _write_record(to, record)
         if f.unzip_to:
             unpack(dest, to / f.unzip_to)
         out.append(dest)
+    log.info("%s: done; licence and citation: %s", dataset, ds.licence)
     return out
 

@@ -29,7 +29,7 @@ from skinhpc.data.sources import (
     read_manifest_csv,
     write_manifest,
 )
-from skinhpc.data.splits import make_splits
+from skinhpc.data.splits import GROUP_IMAGES, group_image_counts, make_splits
 from skinhpc.io import provenance
 from skinhpc.io.atomic import atomic_path, write_json_atomic
 from skinhpc.io.layout import JobPaths
@@ -106,10 +106,12 @@ def prepare_tables(spec: JobSpec, paths: JobPaths, audit: bool = True, force: bo
 
 
 def load_table(spec: JobSpec, paths: JobPaths) -> pd.DataFrame:
-    """Manifest joined with splits, minus images the cache skipped as bad (prepare.done.json)."""
+    """Manifest joined with splits (plus ``group_images``), minus images the cache skipped as bad
+    (prepare.done.json)."""
     if not paths.manifest.exists() or not paths.splits.exists():
         raise DataError(f"{paths.root}: manifest.csv/splits.csv missing; run the prepare stage first")
     manifest = read_manifest_csv(paths.manifest)
+    manifest[GROUP_IMAGES] = group_image_counts(manifest)  # over the whole manifest, before any cut
     splits = read_csv(paths.splits, ["image_id", "split", "group"]).drop(columns="_line")
     cols = ["image_id", "split"] + (["fold"] if "fold" in splits.columns else [])
     table = manifest.merge(splits[cols], on="image_id", how="inner", validate="1:1")

@@ -20,6 +20,17 @@ from skinhpc.data.sources import DataError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+# Column ``load_table`` adds: how many images the row's manifest group (patient, else lesion, else
+# the image alone) has in the whole manifest (model.metadata.images_per_patient reads it).
+GROUP_IMAGES = "group_images"
+
+
+def group_image_counts(manifest: pd.DataFrame) -> np.ndarray:
+    """Images of each row's ``group`` in ``manifest``: pass the whole manifest (train, val and
+    test together, as the SIIM-ISIC 2020 winners counted), so a row's count does not depend on
+    which split or fold it sits in."""
+    group = manifest["group"].astype(str)
+    return group.map(group.value_counts()).to_numpy(dtype=np.int64)
 
 
 def resolve_groups(manifest: pd.DataFrame, group_by: str) -> pd.Series:
@@ -102,12 +113,29 @@ def kfold(manifest: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
     y = manifest["label"].to_numpy()[idx]
     if len(np.unique(groups.to_numpy()[idx])) < spec.folds:
         raise DataError(f"data.split.folds={spec.folds}: only {len(idx)} groups outside test")
+    _check_class_counts(manifest.iloc[idx], spec.folds)
     fold_of_group = pd.Series(-1, index=split_of_group.index, dtype=int)
     for f, (_, val_idx) in enumerate(sgkf.split(idx, y, groups.to_numpy()[idx])):
         fold_of_group[list(set(groups.to_numpy()[idx][val_idx]))] = f
     out = _frame(manifest, groups, split_of_group)
     out["fold"] = groups.map(fold_of_group).to_numpy()
     return out
+
+
+def _check_class_counts(rows: pd.DataFrame, folds: int) -> None:
+    """StratifiedGroupKFold refuses (a bare ValueError) when every class has fewer images than
+    folds and only warns when some do: say which class, its count and the key, in one line."""
+    counts = rows["label"].value_counts()
+    name = rows.groupby("label")["dx"].agg(lambda s: s.value_counts().index[0])
+    if (counts < folds).all():
+        big = counts.idxmax()
+        raise DataError(
+            f"data.split.folds={folds}: every class has fewer images outside test than folds; the "
+            f"largest, label {big} ({name[big]}), has {counts[big]}: set data.split.folds <= {counts[big]} "
+            f"or add images")
+    for label, n in counts[counts < folds].items():
+        log.warning("data.split.folds=%d: class label %s (%s) has %d image(s) outside test, so %d "
+                    "fold(s) validate without it", folds, label, name[label], n, folds - n)
 
 
 def member_view(table: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
 from skinhpc.config import JobSpec, Member, plan_members
 from skinhpc.data.cache import load_cached
+from skinhpc.data.dataset import encode_metadata, metadata_width
 from skinhpc.ensemble.tta import apply_views, check_views, split_views
 from skinhpc.io.checkpoint import member_checkpoint_problem
 from skinhpc.io.layout import JobPaths
@@ -35,18 +37,34 @@ class MembersMissing(RuntimeError):
 
 
 class Normalized(nn.Module):
-    """A member's network with its own input normalisation and metadata switch built in."""
+    """A member's network with its own input normalisation and metadata switch built in.
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], uses_meta: bool):
+    Its metadata input is the first ``meta_dim`` columns of what it is given, so members with and
+    without the images-per-patient column (encoded last) share one encoding (:func:`metadata_rows`).
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], uses_meta: bool,
+                 patient_images: bool = False):
         super().__init__()
         self.model = model
         self.uses_meta = bool(uses_meta)
+        self.patient_images = self.uses_meta and bool(patient_images)
+        self.meta_dim = metadata_width(self.patient_images) if self.uses_meta else 0
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, images: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         x = (images - self.mean) / self.std
-        return self.model(x, meta if self.uses_meta else None)
+        return self.model(x, meta[..., : self.meta_dim] if self.uses_meta and meta is not None else None)
+
+
+def metadata_rows(models: Sequence[nn.Module], table: pd.DataFrame) -> np.ndarray | None:
+    """The metadata of ``table``'s rows for ``models`` (float32): None when none fuses metadata,
+    else encoded once, with the images-per-patient column when any member reads it."""
+    if not any(getattr(m, "uses_meta", False) for m in models):
+        return None
+    wide = any(getattr(m, "patient_images", False) for m in models)
+    return np.asarray(encode_metadata(table.reset_index(drop=True), wide), dtype=np.float32)
 
 
 @dataclass
@@ -77,7 +95,8 @@ def gather_members(
             try:
                 net = load_checkpoint_model(mp.best, mspec)
                 cfg = data_config(mspec)
-                model = Normalized(net, cfg["mean"], cfg["std"], mspec.model.metadata.enabled)
+                model = Normalized(net, cfg["mean"], cfg["std"], mspec.model.metadata.enabled,
+                                   mspec.model.metadata.images_per_patient)
             except Exception as e:  # noqa: BLE001 - any bad checkpoint leaves the member out, named
                 reason = f"cannot load {mp.best}: {type(e).__name__}: {e}"
         if reason is not None:

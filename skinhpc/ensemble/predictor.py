@@ -21,11 +21,17 @@ import pandas as pd
 import torch
 
 from skinhpc.config import load_spec
-from skinhpc.data.dataset import encode_metadata
 from skinhpc.data.images import BadImageError, read_rgb
 from skinhpc.data.preprocess import preprocess
+from skinhpc.data.splits import GROUP_IMAGES
 from skinhpc.ensemble.decision import decisions
-from skinhpc.ensemble.inference import combine, load_members, predict_probs, to_unit_tensor
+from skinhpc.ensemble.inference import (
+    combine,
+    load_members,
+    metadata_rows,
+    predict_probs,
+    to_unit_tensor,
+)
 from skinhpc.io.atomic import COMPLETE_MARKER, dir_complete
 from skinhpc.io.layout import JobPaths
 from skinhpc.metrics import apply_temperature, malignant_indices
@@ -98,13 +104,17 @@ class EnsemblePredictor:
         return preprocess(read_rgb(path), self.spec.preprocess)
 
     def _meta(self, table: pd.DataFrame | None, n: int) -> np.ndarray | None:
+        """Each row's metadata from its own columns only.  A new image has no manifest, so a
+        member trained with images_per_patient reads the table's optional ``group_images`` (how
+        many images its patient has, as counted in training) and takes 1 where it is absent or
+        blank: never a count of the rows given together, which would make a score depend on
+        its batch."""
         if not self.uses_meta:
             return None
         t = pd.DataFrame(index=range(n))
-        for col, empty in (("age", np.nan), ("sex", ""), ("site", "")):
+        for col, empty in (("age", np.nan), ("sex", ""), ("site", ""), (GROUP_IMAGES, np.nan)):
             t[col] = table[col].to_numpy() if table is not None and col in table else empty
-        meta = encode_metadata(t)
-        return meta.numpy() if isinstance(meta, torch.Tensor) else np.asarray(meta)
+        return metadata_rows(self.models, t)
 
     # -- scores
     def probabilities(self, images: np.ndarray, table: pd.DataFrame | None = None) -> np.ndarray:

@@ -17,8 +17,7 @@ import pandas as pd
 import torch
 
 from skinhpc.config import JobSpec, Member
-from skinhpc.data.dataset import encode_metadata
-from skinhpc.ensemble.inference import cached_batches, combine, predict_probs
+from skinhpc.ensemble.inference import cached_batches, combine, metadata_rows, predict_probs
 from skinhpc.io.layout import JobPaths
 
 log = logging.getLogger(__name__)
@@ -56,9 +55,7 @@ def split_probs(
     spec: JobSpec, models: Sequence[torch.nn.Module], frame: pd.DataFrame, device: torch.device
 ) -> np.ndarray:
     """TTA probabilities ``(M, N, C)`` of every member for the rows of ``frame``."""
-    meta = None
-    if any(getattr(m, "uses_meta", False) for m in models):
-        meta = np.asarray(encode_metadata(frame), dtype=np.float32)
+    meta = metadata_rows(models, frame)
     ids = frame["image_id"].astype(str).tolist()
     bs = max(1, spec.train.eval_batch_size)
     return predict_probs(models, cached_batches(spec.cache_dir, ids, bs), meta, spec.reduce.tta, bs, device)

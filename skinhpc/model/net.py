@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from skinhpc.config import JobSpec
-from skinhpc.data.dataset import META_DIM
+from skinhpc.data.dataset import metadata_width
 from skinhpc.io.checkpoint import CheckpointError, load_checkpoint
 from skinhpc.io.state import member_fingerprint
 
@@ -190,10 +190,10 @@ def _timm_pretrained(name: str, **kw: Any) -> nn.Module:
 
 # --------------------------------------------------------------------------- public
 def meta_dim(spec: JobSpec) -> int:
+    """Metadata input size of the member's head (0: no metadata branch)."""
     if not spec.model.metadata.enabled:
         return 0
-
-    return META_DIM
+    return metadata_width(spec.model.metadata.images_per_patient)
 
 
 def build_model(spec: JobSpec) -> nn.Module:

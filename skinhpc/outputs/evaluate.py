@@ -14,6 +14,7 @@ import yaml
 from skinhpc import metrics
 from skinhpc.config import JobSpec, SpecError, with_overrides
 from skinhpc.data.sources import build_manifest
+from skinhpc.data.splits import GROUP_IMAGES, group_image_counts
 from skinhpc.ensemble.predictor import EnsemblePredictor
 from skinhpc.io.atomic import write_csv_atomic, write_json_atomic
 from skinhpc.metrics.malignant import BINARY_CLASSES, to_binary_labels
@@ -55,6 +56,8 @@ def evaluate(job_dir: str | Path, data: str | Path, out_dir: str | Path,
     spec = predictor.spec
     eval_spec = with_overrides(spec, {"data.sources": data_sources(data), "data.subset": None})
     manifest = build_manifest(eval_spec)
+    # images_per_patient: counted over the evaluated data set's own manifest, as in training
+    manifest[GROUP_IMAGES] = group_image_counts(manifest)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     preds = predictor.predict_files(list(manifest["path"]), manifest)

@@ -78,7 +78,8 @@ class MeanEnsemble(nn.Module):
 
 # --------------------------------------------------------------------------- sample images
 def sample_inputs(spec: JobSpec, paths: JobPaths, n: int = 8, uses_meta: bool = False,
-                  table: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                  table: pd.DataFrame | None = None,
+                  images_per_patient: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Real preprocessed images of the job (test split first) and their metadata rows.
 
     ``table`` is the job's table (rows with ``split``, ``image_id``, ``path``) when the caller
@@ -100,7 +101,7 @@ def sample_inputs(spec: JobSpec, paths: JobPaths, n: int = 8, uses_meta: bool = 
         raise ValueError(f"{paths.root}: no images in the job's table to verify the ONNX export on")
     meta = None
     if uses_meta:
-        meta = np.asarray(encode_metadata(table.reset_index(drop=True)), dtype=np.float32)
+        meta = np.asarray(encode_metadata(table.reset_index(drop=True), images_per_patient), dtype=np.float32)
     return np.stack(images), meta
 
 
@@ -167,7 +168,8 @@ def export_job(spec: JobSpec, paths: JobPaths, n_images: int = 8, *,
         loaded = [(m, net.float().eval()) for m, net in load_members(spec, paths, "cpu")]
     models = [m for _, m in loaded]
     uses_meta = any(getattr(m, "uses_meta", False) for m in models)
-    imgs, meta_np = sample_inputs(spec, paths, n_images, uses_meta, table)
+    imgs, meta_np = sample_inputs(spec, paths, n_images, uses_meta, table,
+                                  any(getattr(m, "patient_images", False) for m in models))
     image = to_unit_tensor(imgs)
     meta = None if meta_np is None else torch.from_numpy(meta_np)
     example = (image[:2],) if meta is None else (image[:2], meta[:2])

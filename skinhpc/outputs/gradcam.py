@@ -107,7 +107,7 @@ def gallery(spec: JobSpec, models: Sequence[nn.Module], frame: pd.DataFrame, pro
             result["note"] = "no member model to explain."
             return result
         model = models[0]
-        meta_dim = META_DIM if getattr(model, "uses_meta", False) else None
+        meta_dim = getattr(model, "meta_dim", META_DIM) if getattr(model, "uses_meta", False) else None
         layer = find_target_layer(model, spec.preprocess.size, meta_dim)
         if layer is None:
             result["note"] = f"{spec.model.name} has no convolutional feature map: Grad-CAM skipped."
@@ -181,7 +181,8 @@ def _render(spec: JobSpec, model: nn.Module, layer: nn.Module, frame: pd.DataFra
         return []
     sub = frame.iloc[[c["row"] for c in cases]].reset_index(drop=True)
     images = torch.cat(list(cached_batches(spec.cache_dir, sub["image_id"].astype(str).tolist(), 64)))
-    meta = torch.from_numpy(encode_metadata(sub)).to(_device_of(model)) if with_meta else None
+    meta = (torch.from_numpy(encode_metadata(sub, getattr(model, "patient_images", False))).to(_device_of(model))
+            if with_meta else None)
     names = list(spec.class_names)
     pairs = render(model, layer, images, [names.index(c["pred"]) for c in cases], meta)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,8 @@ def build_inputs(spec: JobSpec, paths: JobPaths, member: Member, accelerator: An
     meta = spec.model.metadata.enabled
     datasets = {
         s: SkinDataset(tables[s], spec.cache_dir, cfg["mean"], cfg["std"],
-                       augment=t.augment if s == "train" else 0.0, seed=member.seed, metadata=meta)
+                       augment=t.augment if s == "train" else 0.0, seed=member.seed, metadata=meta,
+                       images_per_patient=spec.model.metadata.images_per_patient)
         for s in SPLITS
     }
     weights = balanced_weights(datasets["train"].labels) if t.balanced_sampler else None

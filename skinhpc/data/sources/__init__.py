@@ -22,9 +22,13 @@ from skinhpc.data.sources.combine import (
     write_manifest,
 )
 from skinhpc.data.sources.common import (
+    AGE_RANGE,
     COLUMNS,
     IMAGE_EXTS,
     KNOWN_DX,
+    LISTED_DUPLICATE,
+    SAME_FILE,
+    SAME_ID,
     DataError,
     SourceRead,
     index_images,
@@ -32,7 +36,7 @@ from skinhpc.data.sources.common import (
 )
 
 __all__ = [
-    "ADAPTERS", "COLUMNS", "IMAGE_EXTS", "ISIC2019_ONEHOT", "ISIC2020_DX", "KNOWN_DX", "DataError",
+    "AGE_RANGE", "ADAPTERS", "COLUMNS", "IMAGE_EXTS", "ISIC2019_ONEHOT", "ISIC2020_DX", "KNOWN_DX", "LISTED_DUPLICATE", "SAME_FILE", "SAME_ID", "DataError",
     "Manifest", "SourceRead", "apply_labels", "binary_of", "build_manifest", "check_grouping",
     "gather", "index_images", "prepare_manifest", "read_csv", "read_manifest_csv", "read_source",
     "subsample", "write_manifest",

@@ -20,6 +20,7 @@ import pandas as pd
 from skinhpc.config import SourceSpec
 from skinhpc.data.sources.common import (
     IMAGE_EXTS,
+    LISTED_DUPLICATE,
     DataError,
     SourceRead,
     attach_paths,
@@ -32,6 +33,7 @@ from skinhpc.data.sources.common import (
     parse_sex,
     parse_site,
     read_csv,
+    refuse_repeated_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,7 @@ def read_ham10000(src: SourceSpec, root: Path) -> SourceRead:
 def read_isic2019(src: SourceSpec, root: Path) -> SourceRead:
     gt_path = find_file(root, src.metadata, ISIC2019_GT, "ISIC 2019 ground truth")
     gt = read_csv(gt_path, ["image"] + [c for c in ISIC2019_ONEHOT if c != "UNK"])
+    refuse_repeated_ids(gt, "image", gt_path)
     cols = [c for c in ISIC2019_ONEHOT if c in gt.columns]
     try:
         onehot = gt[cols].apply(pd.to_numeric, errors="raise").to_numpy(dtype=float)
@@ -123,8 +126,15 @@ def read_isic2019(src: SourceSpec, root: Path) -> SourceRead:
     why = ""
     if meta_path.is_file():
         # sex, age and site are required by name: a renamed column must not blank them quietly
-        meta = read_csv(meta_path, ["image", "age_approx", "anatom_site_general", "sex"])
+        meta = read_csv(meta_path, ["image", "age_approx", "anatom_site_general"])
+        if "sex" not in meta and "gender" in meta:
+            meta = meta.rename(columns={"gender": "sex"})  # an earlier release's name for it
+        elif "sex" not in meta:
+            raise DataError(f"{meta_path}: missing column(s) sex (or gender); found "
+                            f"{', '.join(c for c in meta.columns if c != '_line')}")
+        refuse_repeated_ids(meta, "image", meta_path)
         meta = meta.drop(columns="_line").rename(columns={"image": "image_id"})
+        meta = meta.drop(columns="gender", errors="ignore")  # when both are present, sex is read
         gt = gt.merge(meta, on="image_id", how="left", validate="one_to_one")
         if "lesion_id" not in meta:
             why = f"{meta_path.name} has no lesion_id column (an early release of the file)"
@@ -154,7 +164,7 @@ def _isic2020_duplicates(df: pd.DataFrame, root: Path, src: SourceSpec) -> tuple
     path = root / ISIC2020_DUPLICATES
     if not path.is_file() or not df["image_id"].is_unique:  # repeated ids are refused later
         return df, [], []
-    pairs = read_csv(path, ["image_name_1", "image_name_2"])
+    pairs = read_csv(path, ["image_name_1", "image_name_2"], allow_empty=True)
     row = pd.Series(range(len(df)), index=df["image_id"])
     dropped, disagree, drop_rows = [], [], set()
     for a, b, line in zip(pairs["image_name_1"].str.strip(), pairs["image_name_2"].str.strip(),
@@ -164,12 +174,13 @@ def _isic2020_duplicates(df: pd.DataFrame, root: Path, src: SourceSpec) -> tuple
         drop_rows.add(int(row[b]))
         ra, rb = df.iloc[int(row[a])], df.iloc[int(row[b])]
         dropped.append({"image_id": b, "source": src.name or "isic2020", "kept": a,
-                        "kept_source": src.name or "isic2020",
+                        "kept_source": src.name or "isic2020", "why": LISTED_DUPLICATE,
                         "reason": f"{line}: same picture as {a}"})
         if int(ra["_binary"]) != int(rb["_binary"]) or ra["dx"] != rb["dx"]:
             disagree.append({"image_ids": [a, b], "sources": [src.name or "isic2020"] * 2,
                              "dx": [ra["dx"], rb["dx"]],
-                             "binary": [int(ra["_binary"]), int(rb["_binary"])], "kept": a})
+                             "binary": [int(ra["_binary"]), int(rb["_binary"])], "kept": a,
+                             "kept_source": src.name or "isic2020"})
     keep = ~np.isin(np.arange(len(df)), sorted(drop_rows))
     return df[keep].reset_index(drop=True), dropped, disagree
 
@@ -245,10 +256,16 @@ def read_manifest(src: SourceSpec, root: Path) -> SourceRead:
         if c not in df:
             df[c] = ""
     p = df["path"].map(lambda s: s if os.path.isabs(s) else str((root / s).resolve()))
+    # a manifest is a list of images: a row naming /etc/passwd or a folder is refused here,
+    # before the image reader, not read as a corrupt picture
+    image = p.map(lambda s: os.path.splitext(s)[1].lower() in IMAGE_EXTS)
+    if not image.all():
+        i = image.idxmin()
+        raise DataError(f"{df['_line'][i]}: {p[i]} is not an image file (extensions {', '.join(IMAGE_EXTS)})")
     exists = p.map(os.path.isfile)
     if not exists.all():
         i = exists.idxmin()
-        raise DataError(f"{df['_line'][i]}: image file {p[i]} not found")
+        raise DataError(f"{df['_line'][i]}: image file {p[i]} not found (or not a regular file)")
     df["path"] = p
     df["dx"] = df["dx"].str.strip().str.lower()
     empty = df["group"].str.strip() == ""

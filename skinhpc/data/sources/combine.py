@@ -27,12 +27,22 @@ import pandas as pd
 
 from skinhpc.config import DataSpec, JobSpec, SourceSpec
 from skinhpc.data.sources.adapters import ADAPTERS
-from skinhpc.data.sources.common import COLUMNS, KNOWN_DX, DataError, SourceRead, read_csv
+from skinhpc.data.sources.common import (
+    COLUMNS,
+    KNOWN_DX,
+    SAME_FILE,
+    SAME_ID,
+    DataError,
+    SourceRead,
+    read_csv,
+)
 from skinhpc.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
-ISIC_ID = re.compile(r"ISIC_\d{7}")
+# An ISIC archive id; ISIC 2019 ships 2,074 images downsized under ``<id>_downsampled``.
+ISIC_ID = re.compile(r"ISIC_\d{7}(?:_downsampled)?")
+ISIC_DOWNSAMPLED = r"^(ISIC_\d{7})_downsampled$"
 GROUP_RANK = {"patient": 0, "lesion": 1}  # which key names a merged group; image: comes last
 
 
@@ -45,11 +55,12 @@ class Manifest:
     dropped: list[dict] = field(default_factory=list)
     disagreements: list[dict] = field(default_factory=list)
     ungrouped: dict[str, dict] = field(default_factory=dict)
+    counts: dict[str, dict] = field(default_factory=dict)  # per source: root, rows read, rows kept
     n_rows: int = 0  # images before data.subset (the grouping check counts these)
 
     def record(self) -> dict[str, Any]:
         """What ``duplicates.json`` holds: every dropped image and every label disagreement."""
-        return {"n_images": len(self.table), "layouts": self.layouts,
+        return {"n_images": len(self.table), "layouts": self.layouts, "sources": self.counts,
                 "ungrouped": self.ungrouped, "dropped": self.dropped,
                 "disagreements": self.disagreements}
 
@@ -98,8 +109,46 @@ def apply_labels(df: pd.DataFrame, data: DataSpec) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- combining
+def _union_find() -> tuple[dict[str, str], Any]:
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(x, x) != root:  # path compression: 35k rows stay linear
+            parent[x], x = root, parent[x]
+        return root
+
+    return parent, find
+
+
+def _file_identity(path: str) -> str:
+    """The file itself (device and inode: a symlink or hard link is the same file), one stat;
+    the real path where the file cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def picture_key(df: pd.DataFrame) -> pd.Series:
+    """One key per picture: rows with the same ISIC id (``_downsampled`` is the same image as
+    its original) or the same file on disk share a key, transitively."""
+    ids = df["image_id"].astype(str)
+    base = ids.str.replace(ISIC_DOWNSAMPLED, r"\1", regex=True)
+    real = df["path"].map(_file_identity)
+    parent, find = _union_find()
+    for i, f in zip(base, real, strict=True):
+        a, b = find("id:" + i), find("file:" + f)
+        if a != b:
+            parent[b] = a
+    return pd.Series([find("id:" + i)[3:] for i in base], index=df.index)
+
+
 def _refuse_repeats(df: pd.DataFrame) -> None:
-    """The same id twice within one source, or naming two different files: refused."""
+    """The same id twice within one source, or a non-ISIC id naming two files: refused."""
     dup = df["image_id"].duplicated(keep=False)
     if not dup.any():
         return
@@ -121,20 +170,16 @@ def _refuse_repeats(df: pd.DataFrame) -> None:
     )
 
 
-def _merge_groups(df: pd.DataFrame) -> pd.Series:
-    """Groups linked by a shared image become one (union-find), named by the strongest key."""
-    parent: dict[str, str] = {}
-
-    def find(g: str) -> str:
-        while parent.get(g, g) != g:
-            g = parent[g]
-        return g
+def _merge_groups(df: pd.DataFrame, key: pd.Series) -> pd.Series:
+    """Groups linked by a shared picture become one (union-find), named by the strongest key."""
+    parent, find = _union_find()
 
     def rank(g: str) -> tuple[int, str]:
         return (GROUP_RANK.get(g.split(":", 1)[0], 2), g)
 
-    for _, part in df[df["image_id"].duplicated(keep=False)].groupby("image_id", sort=False):
-        roots = sorted({find(g) for g in part["group"]}, key=rank)
+    shared = key.duplicated(keep=False)
+    for _, part in df.loc[shared, "group"].groupby(key[shared], sort=False):
+        roots = sorted({find(g) for g in part}, key=rank)
         for r in roots[1:]:
             parent[r] = roots[0]
     if not parent:
@@ -143,23 +188,33 @@ def _merge_groups(df: pd.DataFrame) -> pd.Series:
 
 
 def deduplicate(df: pd.DataFrame, data: DataSpec) -> tuple[pd.DataFrame, list[dict], list[dict]]:
-    """Drop later copies of an image (first listed source wins); merge groups; report label
-    disagreements.  ``df`` holds every source's labelled rows in source order."""
+    """Drop later copies of a picture (first listed source wins); merge groups; report label
+    disagreements.  ``df`` holds every source's rows in source order, before the job's labels
+    are applied: a copy is found and dropped on what the sources say, so a row the label map
+    drops later (``unknown_dx: drop``) cannot let a later source's copy win."""
     _refuse_repeats(df)
-    first = ~df["image_id"].duplicated(keep="first")
+    key = picture_key(df)
+    first = ~key.duplicated(keep="first")
     if first.all():
         return df, [], []
-    df = df.assign(group=_merge_groups(df), _bin=binary_of(df, data))
-    kept = df[first].set_index("image_id").loc[df.loc[~first, "image_id"]]
+    df = df.assign(group=_merge_groups(df, key), _bin=binary_of(df, data))
+    kept_at = pd.Series(np.flatnonzero(first.to_numpy()), index=key[first].to_numpy())
+    base = df["image_id"].astype(str).str.replace(ISIC_DOWNSAMPLED, r"\1", regex=True)
+    cols = {c: df[c].to_numpy() for c in ("image_id", "source", "_line", "dx", "_bin")}
+    cols["base"] = base.to_numpy()
     dropped, disagree = [], []
-    for (_, row), (_, k) in zip(df[~first].iterrows(), kept.iterrows(), strict=True):
-        dropped.append({"image_id": row["image_id"], "source": row["source"], "kept": row["image_id"],
-                        "kept_source": k["source"],
-                        "reason": f"{row['_line']}: same ISIC id or file as {k['_line']}"})
-        if k["_bin"] != row["_bin"] or k["dx"] != row["dx"]:
-            disagree.append({"image_ids": [row["image_id"]] * 2, "sources": [k["source"], row["source"]],
-                             "dx": [k["dx"], row["dx"]], "binary": [int(k["_bin"]), int(row["_bin"])],
-                             "kept": row["image_id"]})
+    for i, k in zip(np.flatnonzero(~first.to_numpy()), kept_at[key[~first].to_numpy()].to_numpy(), strict=True):
+        row = {c: v[i] for c, v in cols.items()}
+        kept = {c: v[k] for c, v in cols.items()}
+        why = SAME_ID if row["base"] == kept["base"] else SAME_FILE
+        dropped.append({"image_id": row["image_id"], "source": row["source"], "kept": kept["image_id"],
+                        "kept_source": kept["source"], "why": why,
+                        "reason": f"{row['_line']}: {why} as {kept['_line']}"})
+        if kept["_bin"] != row["_bin"] or kept["dx"] != row["dx"]:
+            disagree.append({"image_ids": [kept["image_id"], row["image_id"]],
+                             "sources": [kept["source"], row["source"]], "dx": [kept["dx"], row["dx"]],
+                             "binary": [int(kept["_bin"]), int(row["_bin"])],
+                             "kept": kept["image_id"], "kept_source": kept["source"]})
     return df[first].drop(columns="_bin").reset_index(drop=True), dropped, disagree
 
 
@@ -169,32 +224,33 @@ def _label(i: int, src: SourceSpec) -> str:
 
 def read_source(spec: JobSpec, src: SourceSpec) -> pd.DataFrame:
     """One source, labelled, with the private ``_line`` column kept for error messages."""
-    return _read(spec, src)[0]
+    return apply_labels(_read(spec, src).table, spec.data)
 
 
-def _read(spec: JobSpec, src: SourceSpec) -> tuple[pd.DataFrame, SourceRead]:
+def _read(spec: JobSpec, src: SourceSpec) -> SourceRead:
     root = spec.resolve(src.root)
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found (source {src.name or src.kind})")
-    got = ADAPTERS[src.kind](src, root)
-    return apply_labels(got.table, spec.data), got
+    return ADAPTERS[src.kind](src, root)
 
 
 def gather(spec: JobSpec) -> Manifest:
-    """Every source of the job, labelled, deduplicated, combined, optionally subsampled."""
+    """Every source of the job, deduplicated, labelled, combined, optionally subsampled."""
     if not spec.data.sources:
         raise DataError(f"job {spec.name}: data.sources is empty")
     parts, m = [], Manifest(pd.DataFrame())
     for i, src in enumerate(spec.data.sources):
-        table, got = _read(spec, src)
+        got = _read(spec, src)
         name = _label(i, src)
         m.layouts[name] = f"{spec.resolve(src.root)}: {got.layout}"
-        log.info("%s: %d images; %s", name, len(table), m.layouts[name])
+        m.counts[name] = {"root": str(spec.resolve(src.root)), "read": len(got.table) + len(got.dropped)}
+        log.info("%s: %d images; %s", name, len(got.table), m.layouts[name])
         m.dropped += got.dropped
         m.disagreements += got.disagreements
-        parts.append(table.assign(_src=i, _why=got.ungrouped_why))
+        parts.append(got.table.assign(_src=i, _why=got.ungrouped_why))
     df = pd.concat(parts, ignore_index=True)
     df, dropped, disagree = deduplicate(df, spec.data)
+    df = apply_labels(df, spec.data).reset_index(drop=True)
     m.dropped += dropped
     m.disagreements += disagree
     if m.dropped:
@@ -204,6 +260,8 @@ def gather(spec: JobSpec) -> Manifest:
         log.warning("%d duplicate pair(s) disagree on the label: %s", len(m.disagreements),
                     "; ".join(f"{d['image_ids']} {d['sources']} dx {d['dx']} binary {d['binary']}"
                               for d in m.disagreements[:10]))
+    for i, src in enumerate(spec.data.sources):
+        m.counts[_label(i, src)]["kept"] = int((df["_src"] == i).sum())
     image = df["group"].astype(str).str.startswith("image:")
     for i, part in df[image].groupby("_src", sort=True):
         m.ungrouped[_label(int(i), spec.data.sources[int(i)])] = {

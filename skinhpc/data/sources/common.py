@@ -10,6 +10,9 @@ nested copy) is skipped, not trusted.
 
 from __future__ import annotations
 
+import csv
+import io
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,7 +24,17 @@ import pandas as pd
 from skinhpc.config import SourceSpec
 from skinhpc.io.provenance import note_read
 
+log = logging.getLogger(__name__)
+
 COLUMNS = ["image_id", "path", "label", "dx", "group", "age", "sex", "site", "source"]
+# Why a row was dropped as a copy of another (duplicates.json `why`, `data summary` counts)
+SAME_ID = "same id"  # the same ISIC archive id (a `_downsampled` copy included)
+SAME_FILE = "same file"  # another row points at the same file on disk
+LISTED_DUPLICATE = "listed duplicate"  # the dataset's own duplicate list (ISIC 2020)
+
+# Plausible ages in years, declared once: parse_age sets others missing, and the metadata
+# encoder (skinhpc.data.dataset) scales by the upper bound.
+AGE_RANGE = (0.0, 120.0)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 # dx codes every adapter may emit.  "benign"/"malignant" come from folder-per-class datasets
@@ -49,27 +62,77 @@ class SourceRead:
     disagreements: list[dict] = field(default_factory=list)
 
 
-def read_csv(path: Path, required: Iterable[str], sep: str | None = None) -> pd.DataFrame:
-    """All columns as strings (no silent NaN/float guessing); ``_line`` = line in the file."""
+def read_csv(path: Path, required: Iterable[str], sep: str | None = None,
+             allow_empty: bool = False) -> pd.DataFrame:
+    """All columns as strings (no silent NaN/float guessing); ``_line`` = the row's first line
+    in the file (header = line 1).
+
+    Read with the csv module rather than pandas because pandas pads a short row with blanks
+    (age, sex and site quietly lost), reports a bad byte as an offset, and returns an empty
+    table for a header without rows; here each is refused naming the line.  A file of only a
+    header is refused unless ``allow_empty`` (a list that may legitimately be empty).
+    """
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     note_read(path)  # recorded by prepare: a relaunch refuses once it changes (io.provenance)
     if sep is None:
         sep = "\t" if path.suffix.lower() in (".tab", ".tsv") else ","
+    raw = path.read_bytes()
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
-    except pd.errors.ParserError as e:
-        raise DataError(f"{path}: malformed CSV: {e}") from None
-    except (pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: unreadable CSV: {e}") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in required if c not in df.columns]
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x} at "
+            f"column {e.start - line_start + 1}); save the file as UTF-8"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
+    rows: list[list[str]] = []
+    lines: list[str] = []
+    try:
+        header = next(reader, None)
+        if header is None or not any(h.strip() for h in header):
+            raise DataError(f"{path}: empty file (no header line)")
+        header = [h.strip() for h in header]
+        end = reader.line_num
+        for rec in reader:
+            start, end = end + 1, reader.line_num
+            if not any(f.strip() for f in rec):
+                continue  # a blank line (a trailing newline too many)
+            if len(rec) != len(header):
+                raise DataError(
+                    f"{path}:{start}: {len(rec)} field(s), the header has {len(header)}; a row "
+                    "with fields missing or extra would shift or blank its values"
+                )
+            rows.append(rec)
+            lines.append(f"{path}:{start}")
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV: {e}") from None
+    missing = [c for c in required if c not in header]
     if missing:
         raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(df.columns)}"
+            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(header)}"
         )
-    df["_line"] = [f"{path}:{i + 2}" for i in range(len(df))]
+    if not rows and not allow_empty:
+        raise DataError(f"{path}: header but no rows; an empty list of images is not a dataset")
+    df = pd.DataFrame(rows, columns=header, dtype=str)
+    if df.columns.duplicated().any():
+        raise DataError(f"{path}: column {df.columns[df.columns.duplicated()][0]!r} appears twice in the header")
+    df["_line"] = lines
     return df
+
+
+def refuse_repeated_ids(df: pd.DataFrame, column: str, path: Path) -> None:
+    """An id listed twice in one file names two rows for one image: refused, both lines named."""
+    twice = df[column].str.strip().duplicated(keep=False)
+    if twice.any():
+        first = df.loc[twice, column].str.strip().iloc[0]
+        lines = df.loc[twice & (df[column].str.strip() == first), "_line"].tolist()
+        raise DataError(
+            f"{lines[0]}: {column} {first!r} is listed again at line {lines[1].rsplit(':', 1)[1]} of "
+            f"{path.name} ({int(twice.sum())} rows with a repeated {column}); an image must be listed once"
+        )
 
 
 def index_images(folders: list[Path]) -> dict[str, Path]:
@@ -142,6 +205,9 @@ def attach_paths(df: pd.DataFrame, index: dict[str, Path], folders: list[Path]) 
 
 
 def parse_age(values: pd.Series, lines: pd.Series) -> pd.Series:
+    """Years as float, blank/unknown -> NaN; a number outside ``AGE_RANGE`` is a typo or a
+    sign error (``-45``), not a patient: set missing with a warning naming the rows, so one bad
+    cell costs one age, not the image."""
     v = values.astype(str).str.strip()
     blank = v.str.lower().isin(["", "unknown", "na", "nan"])
     out = pd.to_numeric(v.where(~blank, None), errors="coerce")
@@ -149,6 +215,12 @@ def parse_age(values: pd.Series, lines: pd.Series) -> pd.Series:
     if bad.any():
         i = bad.idxmax()
         raise DataError(f"{lines[i]}: age {values[i]!r} is not a number")
+    lo, hi = AGE_RANGE
+    outside = out.notna() & ((out < lo) | (out > hi))
+    if outside.any():
+        log.warning("%d age(s) outside %g-%g set missing: %s", int(outside.sum()), lo, hi,
+                    "; ".join(f"{lines[i]}: age {values[i]!r}" for i in out.index[outside][:5]))
+        out = out.where(~outside)
     return out.astype(float)
 
 
