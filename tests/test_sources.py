@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from skinhpc.cli.data import main
+from skinhpc.cli.main import main as skinhpc_main
 from skinhpc.config import from_dict
 from skinhpc.data.prepare import prepare_tables
 from skinhpc.data.sources import (
@@ -344,7 +344,7 @@ def test_header_only_metadata_is_refused_at_reading(ham_root, rows, tmp_path, ca
     (ham / "metadata.csv").write_text(",".join(rows.columns) + "\n")
     frag = tmp_path / "f.yaml"
     frag.write_text(f"data:\n  sources:\n    - {{kind: ham10000, root: {ham}}}\n")
-    assert main(["summary", str(frag)]) == 2
+    assert skinhpc_main(["data", "summary", str(frag)]) == 2  # errors meet the user in the dispatcher
     assert "metadata.csv: header but no rows" in capsys.readouterr().err
 
 
