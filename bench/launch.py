@@ -2,7 +2,10 @@
 plain ``sbatch --array=0-99`` (+ a dependent reduce sbatch), measured side by side in one run;
 then the seconds from the last member's end to the reduce's start.
 
-    python bench/launch.py [--members 100] [--repeats 3]
+    python bench/launch.py [--members 100] [--repeats 3] [--no-run]
+
+It also counts the member-spec validations one launch makes in the launching process
+(``Member.spec`` builds and validates a member's own spec; the goal is one per member).
 
 Needs the dev cluster (slurm/devcluster/up.sh; this script starts it with MaxArraySize 1001).
 Both sides submit with ``--hold`` so nothing competes for the 2 cores while timing; the
@@ -28,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from skinhpc.config import dump_yaml, from_dict, plan_members  # noqa: E402
+from skinhpc.config import Member, dump_yaml, from_dict, plan_members  # noqa: E402
 from skinhpc.io.layout import JobPaths  # noqa: E402
 from skinhpc.io.state import write_member_done  # noqa: E402
 from skinhpc.orchestrate.cluster import active_slurm_ids, job_ids, read_launches  # noqa: E402
@@ -56,6 +59,16 @@ def job_file(folder: Path, members: int, name: str) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+SPEC_BUILDS = [0]
+
+
+def _counting(build):  # noqa: ANN001, ANN202 - wraps Member.spec to count validations
+    def spec(self, job):  # noqa: ANN001, ANN202
+        SPEC_BUILDS[0] += 1
+        return build(self, job)
+    return spec
 
 
 def plain_sbatch(folder: Path, members: int) -> tuple[float, list[str]]:
@@ -91,7 +104,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--members", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-run", action="store_true", help="time the submissions only; skip the reduce delay")
     args = ap.parse_args()
+    Member.spec = _counting(Member.spec)  # type: ignore[method-assign]
     env = dict(os.environ, SKINHPC_MAX_ARRAY_SIZE=os.environ.get("SKINHPC_MAX_ARRAY_SIZE", "1001"))
     subprocess.run(["bash", str(REPO / "slurm/devcluster/up.sh")], check=True, env=env)
     folder = Path(tempfile.mkdtemp(prefix="skinhpc-bench-launch-"))
@@ -104,7 +119,7 @@ def main() -> int:
     JobPaths(spec0.job_dir).job_yaml.write_text(dump_yaml(spec0))
     PrepareTask(spec0.job_dir, "all")()
 
-    plain_s, ours_s = [], []
+    plain_s, ours_s, builds = [], [], []
     last_paths = None
     for r in range(args.repeats):
         s, ids = plain_sbatch(folder, args.members)
@@ -118,14 +133,25 @@ def main() -> int:
             for f in ("manifest.csv", "splits.csv", "audit.json", "prepare.done.json"):
                 if (src.root / f).exists():
                     (dst.root / f).write_bytes((src.root / f).read_bytes())
+        SPEC_BUILDS[0] = 0
         t0 = time.perf_counter()
         spec, entries = launch(job)  # load + validate + plan + job.yaml + sbatch x2
         ours_s.append(time.perf_counter() - t0)
+        builds.append(SPEC_BUILDS[0])
         assert [e["stage"] for e in entries] == ["train", "reduce"], entries
         paths = JobPaths(spec.job_dir)
-        if r < args.repeats - 1:
+        if r < args.repeats - 1 or args.no_run:
             subprocess.run(["scancel", *job_ids(paths)], check=False)
         last_paths = paths
+
+    p, o = statistics.median(plain_s), statistics.median(ours_s)
+    print(f"members                         {args.members}")
+    print(f"plain sbatch array + reduce     {p:.3f} s  (median of {args.repeats})")
+    print(f"skinhpc launch (plan + submit)  {o:.3f} s  (median of {args.repeats})")
+    print(f"ratio skinhpc / plain           {o / p:.2f}x  (target <= 1.5x)")
+    print(f"member-spec validations/launch  {max(builds)}  (goal: {args.members}, one per member)")
+    if args.no_run:
+        return 0
 
     # run the last launch: members exit at once, then the reduce starts by dependency
     paths = last_paths
@@ -142,11 +168,6 @@ def main() -> int:
     start = times.get(reduce_id, ("", ""))[0]
     gap = ts(start) - max(ends) if ends and start not in ("", "Unknown") else float("nan")
 
-    p, o = statistics.median(plain_s), statistics.median(ours_s)
-    print(f"members                         {args.members}")
-    print(f"plain sbatch array + reduce     {p:.3f} s  (median of {args.repeats})")
-    print(f"skinhpc launch (plan + submit)  {o:.3f} s  (median of {args.repeats})")
-    print(f"ratio skinhpc / plain           {o / p:.2f}x  (target <= 2x)")
     print(f"last member end -> reduce start {gap:.0f} s  (sacct, 1 s resolution; {len(ends)} members ended)")
     return 0
 
