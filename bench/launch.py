@@ -5,7 +5,8 @@ then the seconds from the last member's end to the reduce's start.
     python bench/launch.py [--members 100] [--repeats 3] [--no-run]
 
 It also counts the member-spec validations one launch makes in the launching process
-(``Member.spec`` builds and validates a member's own spec; the goal is one per member).
+(``Member.spec`` builds and validates a member's own spec with ``with_overrides``; the
+job is a sweep so that every member has its own spec; the goal is one per member).
 
 Needs the dev cluster (slurm/devcluster/up.sh; this script starts it with MaxArraySize 1001).
 Both sides submit with ``--hold`` so nothing competes for the 2 cores while timing; the
@@ -31,11 +32,13 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from skinhpc.config import Member, dump_yaml, from_dict, plan_members  # noqa: E402
+from skinhpc.config import dump_yaml, from_dict, plan_members  # noqa: E402
+from skinhpc.config import members as members_mod  # noqa: E402
 from skinhpc.io.layout import JobPaths  # noqa: E402
 from skinhpc.io.state import write_member_done  # noqa: E402
-from skinhpc.orchestrate.cluster import active_slurm_ids, job_ids, read_launches  # noqa: E402
+from skinhpc.orchestrate.backends.slurm import active_slurm_ids  # noqa: E402
 from skinhpc.orchestrate.launch import launch  # noqa: E402
+from skinhpc.orchestrate.launch_log import job_ids, read_launches  # noqa: E402
 from skinhpc.orchestrate.stages import PrepareTask  # noqa: E402
 
 HAM = Path(os.environ.get("SKINHPC_SHARED", REPO.parent / "shared")) / "data" / "ham10000"
@@ -45,7 +48,8 @@ def job_file(folder: Path, members: int, name: str) -> Path:
     raw = {
         "name": name,
         "results_dir": str(folder / "results"),
-        "seeds": list(range(1, members + 1)),
+        "seeds": [1],  # a 100-member sweep: one member spec each (the validations counted)
+        "sweep": {"grid": {"train.weight_decay": [round(0.001 * k, 3) for k in range(members)]}},
         "data": {"sources": [{"kind": "ham10000", "root": str(HAM), "images": ["images"]}],
                  "subset": 60, "audit": {"near_duplicates": False}},
         "preprocess": {"size": 16, "workers": 1, "cache_dir": str(folder / "cache")},
@@ -64,10 +68,10 @@ def job_file(folder: Path, members: int, name: str) -> Path:
 SPEC_BUILDS = [0]
 
 
-def _counting(build):  # noqa: ANN001, ANN202 - wraps Member.spec to count validations
-    def spec(self, job):  # noqa: ANN001, ANN202
+def _counting(build):  # noqa: ANN001, ANN202 - wraps the member-spec builder to count validations
+    def spec(job, values):  # noqa: ANN001, ANN202
         SPEC_BUILDS[0] += 1
-        return build(self, job)
+        return build(job, values)
     return spec
 
 
@@ -106,7 +110,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-run", action="store_true", help="time the submissions only; skip the reduce delay")
     args = ap.parse_args()
-    Member.spec = _counting(Member.spec)  # type: ignore[method-assign]
+    members_mod.with_overrides = _counting(members_mod.with_overrides)
     env = dict(os.environ, SKINHPC_MAX_ARRAY_SIZE=os.environ.get("SKINHPC_MAX_ARRAY_SIZE", "1001"))
     subprocess.run(["bash", str(REPO / "slurm/devcluster/up.sh")], check=True, env=env)
     folder = Path(tempfile.mkdtemp(prefix="skinhpc-bench-launch-"))
@@ -138,7 +142,7 @@ def main() -> int:
         spec, entries = launch(job)  # load + validate + plan + job.yaml + sbatch x2
         ours_s.append(time.perf_counter() - t0)
         builds.append(SPEC_BUILDS[0])
-        assert [e["stage"] for e in entries] == ["train", "reduce"], entries
+        assert [e.stage for e in entries] == ["train", "reduce"], entries
         paths = JobPaths(spec.job_dir)
         if r < args.repeats - 1 or args.no_run:
             subprocess.run(["scancel", *job_ids(paths)], check=False)
@@ -162,7 +166,7 @@ def main() -> int:
     deadline = time.time() + 900
     while active_slurm_ids(ids) and time.time() < deadline:
         time.sleep(1)
-    array, reduce_id = [e["job_id"] for e in read_launches(paths) if e["stage"] in ("train", "reduce")]
+    array, reduce_id = [e.job_id for e in read_launches(paths) if e.stage in ("train", "reduce")]
     times = sacct_times([array, reduce_id])
     ends = [ts(e) for j, (_, e) in times.items() if j.startswith(f"{array}_") and e not in ("", "Unknown")]
     start = times.get(reduce_id, ("", ""))[0]

@@ -24,7 +24,7 @@ from skinhpc import runtime
 from skinhpc.config import JobSpec, deep_merge, dump_yaml, from_dict, plan_members
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
-from skinhpc.orchestrate.plan import scontrol_max_array_size
+from skinhpc.orchestrate.backends.slurm import scontrol_max_array_size
 
 # The checkout root: its one definition, reached by tests through the `repo` fixture (and by
 # pytest_generate_tests below, which runs at collection time, before any fixture).

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 from skinhpc.config import SpecError
 from skinhpc.io.lock import JobBusy
-from skinhpc.orchestrate.pipeline import LaunchError, SubmitError
+from skinhpc.orchestrate.errors import LaunchError, SubmitError
 
 DEBUG_FLAG = "--debug"
 

@@ -18,6 +18,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
+from skinhpc.config.member_grid import member_grid
 from skinhpc.config.schema import CHECKPOINT_SIGNAL_MARGIN_S, JobSpec, SpecError
 
 SHOWN_CHARS = 80  # values quoted in error messages are cut to this many characters
@@ -198,12 +199,9 @@ def bound_text(m: Any) -> str:
 
 
 def member_count(spec: JobSpec) -> int:
-    """How many members the job plans (seeds x sweep points), without planning them."""
-    sw = spec.sweep
-    points = math.prod(len(v) for v in sw.grid.values()) if sw.grid else 1
-    if sw.random and sw.count:
-        points *= sw.count
-    return len(spec.seeds) * points
+    """How many members the job plans: the length of the plan's own enumeration (sweep points x
+    folds x seeds, :func:`skinhpc.config.member_grid.member_grid`), without building their specs."""
+    return len(member_grid(spec))
 
 
 def check_dotted(key: str) -> None:
@@ -259,7 +257,7 @@ def validate(spec: JobSpec) -> None:
     n = member_count(spec)
     if spec.reduce.min_members > n:
         raise _fail("reduce.min_members", f"{spec.reduce.min_members} is more than the {n} member(s) "
-                    f"planned (seeds x sweep points)")
+                    f"planned (sweep points x folds x seeds)")
 
 
 def check_dotted_in(section: str, key: str) -> None:
