@@ -75,7 +75,7 @@ def run_recorded(paths: JobPaths, stage: str, fn: Any, *args: Any) -> Any:
     first = before.get("first_started") if before.get("state") not in (None, "done") else None
     # pid (record's) and start time: the process's identity, for liveness, busy and cancel
     record(paths, stage, "running", attempts=attempts, requeues=requeues, started=now,
-           first_started=first or now, pid_start=start_time(os.getpid()))
+           first_started=first or now, pid_start=start_time(os.getpid()), spec_fingerprint=None)
     try:
         out = fn(*args)
     except SystemExit as e:
@@ -289,4 +289,6 @@ class ReduceTask:
                 return reduce(spec, paths)
 
         run_recorded(paths, "reduce", locked)
+        # which settings ensemble/ was computed from: status says "done" only for job.yaml's own
+        record(paths, "reduce", "done", spec_fingerprint=spec.fingerprint())
         return "done"

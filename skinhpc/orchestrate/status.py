@@ -160,7 +160,16 @@ def collect(job_dir: str | Path) -> list[StatusRow]:
         r = row(f"member-{m.index}", f"member {m.name}", m.index in done)
         r.progress = member_progress(spec, paths, m, r.state, read_state(paths, f"member-{m.index}"))
         rows.append(r)
-    rows.append(row("reduce", "reduce", read_state(paths, "reduce").get("state") == "done"))
+    reduced = read_state(paths, "reduce")
+    made_from = reduced.get("spec_fingerprint")
+    stale = reduced.get("state") == "done" and made_from not in (None, spec.fingerprint())
+    reduce_row = row("reduce", "reduce", reduced.get("state") == "done" and not stale)
+    if stale and reduce_row.state == "done":  # recorded done by a reduce of other settings
+        reduce_row.state = "pending"
+    if stale:
+        reduce_row.reason = (f"ensemble/ was computed from other settings (spec {made_from}); "
+                             f"job.yaml is {spec.fingerprint()}: its reduce has not finished")
+    rows.append(reduce_row)
     return rows
 
 
