@@ -23,6 +23,7 @@ import pandas as pd
 from skinhpc.config import SpecError
 from skinhpc.ensemble.predictor import EnsemblePredictor
 from skinhpc.io.atomic import write_csv_atomic
+from skinhpc.orchestrate.status import ensemble_mismatch
 from skinhpc.outputs.evaluate import evaluate
 from skinhpc.outputs.overlays import write_gradcams
 
@@ -74,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         predictor = EnsemblePredictor(args.model, args.device, args.batch_size)
+        if mismatch := ensemble_mismatch(args.model):  # serving an ensemble job.yaml does not describe
+            print(f"skinhpc predict: warning: {mismatch}", file=sys.stderr)
     except (FileNotFoundError, SpecError, ValueError, RuntimeError) as e:
         print(f"skinhpc predict: {e}", file=sys.stderr)
         return 2

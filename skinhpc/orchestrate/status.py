@@ -173,6 +173,20 @@ def collect(job_dir: str | Path) -> list[StatusRow]:
     return rows
 
 
+def ensemble_mismatch(job_dir: str | Path) -> str | None:
+    """Why ``ensemble/`` is not the one job.yaml describes (a reduce of other settings made it,
+    and job.yaml's own reduce has not finished), or None: what predict warns about."""
+    paths = JobPaths(Path(job_dir))
+    made_from = read_state(paths, "reduce").get("spec_fingerprint")
+    if made_from is None or not paths.job_yaml.exists():
+        return None
+    spec, _ = load_job(job_dir)
+    if made_from == spec.fingerprint():
+        return None
+    return (f"{paths.ensemble} was computed from other settings (spec {made_from}) than "
+            f"{paths.job_yaml} ({spec.fingerprint()}); its reduce has not finished")
+
+
 def format_rows(rows: list[StatusRow]) -> str:
     lines = []
     for r in rows:

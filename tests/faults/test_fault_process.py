@@ -24,7 +24,7 @@ from skinhpc.orchestrate.cancel import cancel
 from skinhpc.orchestrate.errors import LaunchError
 from skinhpc.orchestrate.launch_log import append_launch
 from skinhpc.orchestrate.processes import pid_alive, start_time
-from skinhpc.orchestrate.status import collect
+from skinhpc.orchestrate.status import collect, ensemble_mismatch
 
 pytestmark = [pytest.mark.faults]
 PY = sys.executable
@@ -162,5 +162,7 @@ def test_status_does_not_call_an_ensemble_of_other_settings_done(job_writer) -> 
     record(paths, "reduce", "done", spec_fingerprint=old.fingerprint())
     row = next(r for r in collect(paths.root) if r.stage == "reduce")
     assert row.state != "done" and old.fingerprint() in row.reason, row
+    assert old.fingerprint() in (ensemble_mismatch(paths.root) or "")  # what predict warns
     record(paths, "reduce", "done", spec_fingerprint=spec.fingerprint())
     assert next(r for r in collect(paths.root) if r.stage == "reduce").state == "done"
+    assert ensemble_mismatch(paths.root) is None
