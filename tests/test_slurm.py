@@ -70,9 +70,9 @@ def test_failing_member_reported_and_reduce_still_runs(slurm_cluster, tmp_path, 
     assert paths.member(0).done.exists(), logs(paths)
     rows = {r.stage: r for r in collect(paths.root)}
     bad = rows["member 001"]
-    assert bad["state"] == "failed" and "model.pretrained=package holds" in bad["reason"]
-    assert "Traceback" in Path(bad["error_file"]).read_text()
-    assert bad["log"] and Path(bad["log"]).exists()
+    assert bad.state == "failed" and "model.pretrained=package holds" in bad.reason
+    assert "Traceback" in Path(bad.error_file).read_text()
+    assert bad.log and Path(bad.log).exists()
     out = subprocess.run([PY, "-m", "skinhpc.cli", "status", str(paths.root)], capture_output=True, text=True)
     member = next(ln for ln in out.stdout.splitlines() if ln.startswith("member 001"))
     assert member.split()[2] == "failed" and "model.pretrained=package holds" in out.stdout, out.stdout
