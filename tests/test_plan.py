@@ -8,8 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from skinhpc.config import JobSpec, SpecError, from_dict, member_at, member_count, plan_members
+from skinhpc.config import (
+    JobSpec,
+    SpecError,
+    from_dict,
+    member_at,
+    member_count,
+    plan_members,
+    set_dotted,
+    with_overrides,
+)
 from skinhpc.config import members as members_mod
+from skinhpc.config.validate import NotReplaceable, replace_dotted
 from skinhpc.io.atomic import atomic_path, write_json_atomic
 from skinhpc.io.layout import JobPaths
 from skinhpc.orchestrate.plan import resources
@@ -139,3 +149,42 @@ def test_resources_per_stage(tmp_path: Path) -> None:
     plain = resources(_resource_spec(tmp_path, gpus_per_member=1, gpu_request="gpus-per-node"), "train")
     assert plain["slurm_gpus_per_node"] == 1 and "slurm_gres" not in plain
     assert "slurm_gpus_per_node" not in resources(_resource_spec(tmp_path, gpus_per_member=1, gpu_request="none"), "train")
+
+
+def _leaves(node: dict, prefix: tuple[str, ...] = ()) -> list[tuple[str, object]]:
+    out = []
+    for k, v in node.items():
+        out += _leaves(v, prefix + (k,)) if isinstance(v, dict) and v else [(".".join(prefix + (k,)), v)]
+    return out
+
+
+def test_member_spec_by_replacement_equals_a_full_rebuild(tmp_path: Path) -> None:
+    """A member spec replaces only its keys (each checked by the schema's own per-key check) and runs
+    the cross-field rules once; for every key of the schema and a spread of good and bad values it is
+    the spec, or the error, that rebuilding the whole job from plain data gives."""
+    spec = from_dict({"name": "x", "base_dir": str(tmp_path), "seeds": [1, 2],
+                      "sweep": {"grid": {"train.weight_decay": [0.1]}}})
+    cases = [(key, value) for key, default in _leaves(spec.to_dict())
+             for value in (default, -1, 0, 1.5, "x", None, True, [], [1], {"a": 1}, float("nan"))]
+    cases += [("train.phases.1.lr", 0.5), ("train.phases.0", {"epochs": 2}), ("seeds.0", 7), ("data.split.fold", 1)]
+    replaced = 0
+    for key, value in cases:
+        raw = spec.to_dict()
+        set_dotted(raw, key.split("."), value)
+        try:
+            want: object = from_dict(raw).to_dict()
+        except SpecError as e:
+            want = str(e).split(": ", 1)[1]
+        try:
+            got: object = replace_dotted(spec, {key: value}).to_dict()
+        except SpecError as e:
+            got = str(e)
+        except NotReplaceable:
+            continue
+        replaced += 1
+        assert got == want, (key, value)
+    assert replaced > 0.95 * len(cases)
+    member = plan_members(spec)[0].spec(spec)
+    assert member.train.weight_decay == 0.1 and member.data is spec.data  # untouched sections shared
+    with pytest.raises(SpecError, match=r"^job x with .*: train\.weight_decay: must be >= 0"):
+        with_overrides(spec, {"train.weight_decay": -1.0})
