@@ -188,3 +188,16 @@ def test_member_spec_by_replacement_equals_a_full_rebuild(tmp_path: Path) -> Non
     assert member.train.weight_decay == 0.1 and member.data is spec.data  # untouched sections shared
     with pytest.raises(SpecError, match=r"^job x with .*: train\.weight_decay: must be >= 0"):
         with_overrides(spec, {"train.weight_decay": -1.0})
+
+
+def test_member_count_is_the_plans_length(tmp_path: Path) -> None:
+    """member_count (asked by every member spec's cross-field check) counts without enumerating;
+    it must stay the length of the one enumeration for grids, random draws, both, and folds."""
+    sweeps = [{}, {"grid": {"train.weight_decay": [0.0, 0.1, 0.2], "train.batch_size": [8, 16]}},
+              {"random": {"train.weight_decay": [0.001, 0.1]}, "count": 4},
+              {"grid": {"train.batch_size": [8, 16]}, "random": {"train.ema.decay": [0.9, 0.99]}, "count": 3}]
+    for sweep in sweeps:
+        for split in ({}, {"method": "kfold", "folds": 3}):
+            spec = from_dict({"name": "x", "base_dir": str(tmp_path), "seeds": [1, 2],
+                              "sweep": sweep, "data": {"split": split}})
+            assert member_count(spec) == len(plan_members(spec)), (sweep, split)

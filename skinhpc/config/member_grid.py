@@ -43,10 +43,22 @@ def sweep_points(spec: JobSpec) -> list[dict[str, Any]]:
     return points
 
 
+def folds(spec: JobSpec) -> list[int | None]:
+    """The validation folds a sweep point is trained on: 0..k-1 for k-fold, [None] for holdout."""
+    return list(range(spec.data.split.folds)) if spec.data.split.method == "kfold" else [None]
+
+
 def member_grid(spec: JobSpec) -> list[tuple[dict[str, Any], int | None, int]]:
     """(sweep point, fold, seed) of every member in index order: sweep point major, then fold
     (k-fold jobs; None for holdout), seed minor. Indices never depend on state."""
-    folds: list[int | None] = [None]
-    if spec.data.split.method == "kfold":
-        folds = list(range(spec.data.split.folds))
-    return [(point, fold, seed) for point in sweep_points(spec) for fold in folds for seed in spec.seeds]
+    return [(point, fold, seed) for point in sweep_points(spec) for fold in folds(spec) for seed in spec.seeds]
+
+
+def grid_size(spec: JobSpec) -> int:
+    """``len(member_grid(spec))`` without drawing or building a point: the cross-field check of
+    every member spec (``reduce.min_members``) asks for it, 100 times for a 100-point sweep."""
+    sw = spec.sweep
+    points = math.prod(len(v) for v in sw.grid.values()) if sw.grid else 1
+    if sw.random and sw.count:
+        points *= sw.count
+    return points * len(folds(spec)) * len(spec.seeds)

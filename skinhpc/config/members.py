@@ -7,6 +7,7 @@ fingerprint, and its split view is derived from ``splits.csv``, never re-dealt).
 
 from __future__ import annotations
 
+import functools
 import json
 import weakref
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ class Member:
             built[self.point] = with_overrides(job, values)
         return built[self.point]
 
-    @property
+    @functools.cached_property  # read for every member by the planner, checks and done_members
     def point(self) -> str:
         """Key of what the member's spec depends on besides the seed (sweep point and fold):
         members with the same point share a member fingerprint."""

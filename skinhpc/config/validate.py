@@ -18,7 +18,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
-from skinhpc.config.member_grid import member_grid
+from skinhpc.config.member_grid import grid_size
 from skinhpc.config.schema import CHECKPOINT_SIGNAL_MARGIN_S, JobSpec, SpecError
 
 SHOWN_CHARS = 80  # values quoted in error messages are cut to this many characters
@@ -255,7 +255,7 @@ def bound_text(m: Any) -> str:
 def member_count(spec: JobSpec) -> int:
     """How many members the job plans: the length of the plan's own enumeration (sweep points x
     folds x seeds, :func:`skinhpc.config.member_grid.member_grid`), without building their specs."""
-    return len(member_grid(spec))
+    return grid_size(spec)
 
 
 def check_dotted(key: str) -> None:

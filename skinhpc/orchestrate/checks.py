@@ -35,7 +35,9 @@ def _check(spec: JobSpec, planned: list[Member]) -> None:
     if not spec.data.sources:
         raise SpecError(f"data.sources: the job names no data; include a data fragment such as "
                         f"configs/data/ham10000.yaml (after `{DOWNLOAD}`)", key="data.sources")
-    roots = {(i, s.resolve(src.root)) for s in members for i, src in enumerate(s.data.sources)}
+    # resolved once per distinct (index, base, root), not once per member (a sweep shares its data)
+    named = {(i, s.base_dir, src.root): s for s in members for i, src in enumerate(s.data.sources)}
+    roots = {(i, s.resolve(root)) for (i, _, root), s in named.items()}
     for i, root in sorted(roots):
         if not root.is_dir():
             raise SpecError(
