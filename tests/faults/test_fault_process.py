@@ -166,3 +166,82 @@ def test_status_does_not_call_an_ensemble_of_other_settings_done(job_writer) -> 
     record(paths, "reduce", "done", spec_fingerprint=spec.fingerprint())
     assert next(r for r in collect(paths.root) if r.stage == "reduce").state == "done"
     assert ensemble_mismatch(paths.root) is None
+
+
+LONG = {"train": {"phases": [{"name": "all", "epochs": 200, "train": "all", "lr": 3e-3}],
+                  "max_steps_per_epoch": None, "batch_size": 4}}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", *args], capture_output=True, text=True, timeout=180)
+
+
+def _until(cond, what: str, limit_s: float = 240) -> None:  # noqa: ANN001 - a predicate
+    deadline = time.time() + limit_s
+    while not cond():
+        assert time.time() < deadline, what
+        time.sleep(0.2)
+
+
+def _member_state(root: Path) -> dict:
+    f = root / "state" / "member-0.json"
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _drivers(root: Path) -> list[int]:
+    log = root / "launches.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [int(e["pid"]) for e in map(json.loads, lines) if e.get("stage") == "driver" and e.get("pid")]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def test_real_local_launch_driver_killed_while_member_trains(job_writer) -> None:
+    """Item 3 with the real thing: `skinhpc.launch --executor local` of a tiny job; the driver
+    is SIGKILLed while member 000 trains (its trainer lives on). A relaunch is refused and writes
+    nothing; `skinhpc cancel` stops the trainer; then a relaunch is accepted in the same folder,
+    the member's files kept (job.yaml and the member's spec.json byte-identical, no file gone)."""
+    job = job_writer(**LONG)
+    spec = load_spec(job)
+    root = JobPaths(spec.job_dir).root
+    r = _cli("skinhpc.launch", str(job), "--executor", "local")
+    assert r.returncode == 0, r.stderr
+    try:
+        _until(lambda: _member_state(root).get("state") == "running", "member 000 never started")
+        trainer = int(_member_state(root)["pid"])
+        (driver,) = _drivers(root)
+        os.kill(driver, signal.SIGKILL)
+        _until(lambda: not _alive(driver), "the driver outlived SIGKILL", 10)
+        assert _alive(trainer), "the trainer died with its driver: nothing to test"
+
+        kept = {f: (root / f).read_bytes() for f in ("job.yaml", "launches.jsonl")}
+        refused = _cli("skinhpc.launch", str(job), "--executor", "local")
+        assert refused.returncode == 3 and "still running" in refused.stderr, refused.stderr
+        assert {f: (root / f).read_bytes() for f in kept} == kept  # refused: nothing written
+        assert _alive(trainer)
+
+        out = _cli("skinhpc.cli", "cancel", str(root), "--grace", "5")
+        assert out.returncode == 0 and "local train job" in out.stdout, out.stdout + out.stderr  # its controller
+        _until(lambda: not _alive(trainer), f"trainer {trainer} alive after cancel", 15)
+
+        member = root / "members" / "000"
+        before = snapshot(member)
+        assert "spec.json" in before
+        again = _cli("skinhpc.launch", str(job), "--executor", "local")
+        assert again.returncode == 0, again.stderr
+        assert len(_drivers(root)) == 2 and (root / "job.yaml").read_bytes() == kept["job.yaml"]
+        assert (member / "spec.json").read_bytes() == before["spec.json"]
+        assert set(before) <= {str(p.relative_to(member)) for p in member.rglob("*") if p.is_file()}
+        assert not list(root.parent.glob(f"{root.name}.old-*"))
+    finally:
+        _cli("skinhpc.cli", "cancel", str(root), "--grace", "5")
