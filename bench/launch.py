@@ -2,7 +2,11 @@
 plain ``sbatch --array=0-99`` (+ a dependent reduce sbatch), measured side by side in one run;
 then the seconds from the last member's end to the reduce's start.
 
-    python bench/launch.py [--members 100] [--repeats 3]
+    python bench/launch.py [--members 100] [--repeats 3] [--no-run]
+
+It also counts the member-spec validations one launch makes in the launching process
+(``Member.spec`` builds and validates a member's own spec with ``with_overrides``; the
+job is a sweep so that every member has its own spec; the goal is one per member).
 
 Needs the dev cluster (slurm/devcluster/up.sh; this script starts it with MaxArraySize 1001).
 Both sides submit with ``--hold`` so nothing competes for the 2 cores while timing; the
@@ -29,10 +33,12 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 
 from skinhpc.config import dump_yaml, from_dict, plan_members  # noqa: E402
+from skinhpc.config import members as members_mod  # noqa: E402
 from skinhpc.io.layout import JobPaths  # noqa: E402
 from skinhpc.io.state import write_member_done  # noqa: E402
-from skinhpc.orchestrate.cluster import active_slurm_ids, job_ids, read_launches  # noqa: E402
+from skinhpc.orchestrate.backends.slurm import active_slurm_ids  # noqa: E402
 from skinhpc.orchestrate.launch import launch  # noqa: E402
+from skinhpc.orchestrate.launch_log import job_ids, read_launches  # noqa: E402
 from skinhpc.orchestrate.stages import PrepareTask  # noqa: E402
 
 HAM = Path(os.environ.get("SKINHPC_SHARED", REPO.parent / "shared")) / "data" / "ham10000"
@@ -42,7 +48,8 @@ def job_file(folder: Path, members: int, name: str) -> Path:
     raw = {
         "name": name,
         "results_dir": str(folder / "results"),
-        "seeds": list(range(1, members + 1)),
+        "seeds": [1],  # a 100-member sweep: one member spec each (the validations counted)
+        "sweep": {"grid": {"train.weight_decay": [round(0.001 * k, 3) for k in range(members)]}},
         "data": {"sources": [{"kind": "ham10000", "root": str(HAM), "images": ["images"]}],
                  "subset": 60, "audit": {"near_duplicates": False}},
         "preprocess": {"size": 16, "workers": 1, "cache_dir": str(folder / "cache")},
@@ -56,6 +63,16 @@ def job_file(folder: Path, members: int, name: str) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+SPEC_BUILDS = [0]
+
+
+def _counting(build):  # noqa: ANN001, ANN202 - wraps the member-spec builder to count validations
+    def spec(job, values):  # noqa: ANN001, ANN202
+        SPEC_BUILDS[0] += 1
+        return build(job, values)
+    return spec
 
 
 def plain_sbatch(folder: Path, members: int) -> tuple[float, list[str]]:
@@ -91,7 +108,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--members", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-run", action="store_true", help="time the submissions only; skip the reduce delay")
     args = ap.parse_args()
+    members_mod.with_overrides = _counting(members_mod.with_overrides)
     env = dict(os.environ, SKINHPC_MAX_ARRAY_SIZE=os.environ.get("SKINHPC_MAX_ARRAY_SIZE", "1001"))
     subprocess.run(["bash", str(REPO / "slurm/devcluster/up.sh")], check=True, env=env)
     folder = Path(tempfile.mkdtemp(prefix="skinhpc-bench-launch-"))
@@ -104,7 +123,7 @@ def main() -> int:
     JobPaths(spec0.job_dir).job_yaml.write_text(dump_yaml(spec0))
     PrepareTask(spec0.job_dir, "all")()
 
-    plain_s, ours_s = [], []
+    plain_s, ours_s, builds = [], [], []
     last_paths = None
     for r in range(args.repeats):
         s, ids = plain_sbatch(folder, args.members)
@@ -118,14 +137,25 @@ def main() -> int:
             for f in ("manifest.csv", "splits.csv", "audit.json", "prepare.done.json"):
                 if (src.root / f).exists():
                     (dst.root / f).write_bytes((src.root / f).read_bytes())
+        SPEC_BUILDS[0] = 0
         t0 = time.perf_counter()
         spec, entries = launch(job)  # load + validate + plan + job.yaml + sbatch x2
         ours_s.append(time.perf_counter() - t0)
-        assert [e["stage"] for e in entries] == ["train", "reduce"], entries
+        builds.append(SPEC_BUILDS[0])
+        assert [e.stage for e in entries] == ["train", "reduce"], entries
         paths = JobPaths(spec.job_dir)
-        if r < args.repeats - 1:
+        if r < args.repeats - 1 or args.no_run:
             subprocess.run(["scancel", *job_ids(paths)], check=False)
         last_paths = paths
+
+    p, o = statistics.median(plain_s), statistics.median(ours_s)
+    print(f"members                         {args.members}")
+    print(f"plain sbatch array + reduce     {p:.3f} s  (median of {args.repeats})")
+    print(f"skinhpc launch (plan + submit)  {o:.3f} s  (median of {args.repeats})")
+    print(f"ratio skinhpc / plain           {o / p:.2f}x  (target <= 1.5x)")
+    print(f"member-spec validations/launch  {max(builds)}  (goal: {args.members}, one per member)")
+    if args.no_run:
+        return 0
 
     # run the last launch: members exit at once, then the reduce starts by dependency
     paths = last_paths
@@ -136,17 +166,12 @@ def main() -> int:
     deadline = time.time() + 900
     while active_slurm_ids(ids) and time.time() < deadline:
         time.sleep(1)
-    array, reduce_id = [e["job_id"] for e in read_launches(paths) if e["stage"] in ("train", "reduce")]
+    array, reduce_id = [e.job_id for e in read_launches(paths) if e.stage in ("train", "reduce")]
     times = sacct_times([array, reduce_id])
     ends = [ts(e) for j, (_, e) in times.items() if j.startswith(f"{array}_") and e not in ("", "Unknown")]
     start = times.get(reduce_id, ("", ""))[0]
     gap = ts(start) - max(ends) if ends and start not in ("", "Unknown") else float("nan")
 
-    p, o = statistics.median(plain_s), statistics.median(ours_s)
-    print(f"members                         {args.members}")
-    print(f"plain sbatch array + reduce     {p:.3f} s  (median of {args.repeats})")
-    print(f"skinhpc launch (plan + submit)  {o:.3f} s  (median of {args.repeats})")
-    print(f"ratio skinhpc / plain           {o / p:.2f}x  (target <= 2x)")
     print(f"last member end -> reduce start {gap:.0f} s  (sacct, 1 s resolution; {len(ends)} members ended)")
     return 0
 

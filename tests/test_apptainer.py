@@ -69,7 +69,7 @@ def test_test_section_imports_and_runs_spec(definition: Path):
 
 def test_container_python_binds_data_cache_results(tiny_spec):
     from skinhpc.config import with_overrides
-    from skinhpc.orchestrate.cluster import container_python
+    from skinhpc.orchestrate.plan import container_python
 
     spec = with_overrides(tiny_spec, {"cluster.container": "/images/skinhpc.sif"})
     py = container_python(spec)

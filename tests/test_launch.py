@@ -13,8 +13,8 @@ from skinhpc.cli import launch as launch_cli
 from skinhpc.config import load_spec
 from skinhpc.io.layout import JobPaths
 from skinhpc.orchestrate import launch as launch_mod
-from skinhpc.orchestrate.evidence import local_driver_alive
-from skinhpc.orchestrate.launches import read_launches
+from skinhpc.orchestrate.backends.local import local_driver_alive
+from skinhpc.orchestrate.launch_log import read_launches
 from skinhpc.orchestrate.plan import plan_submission
 from skinhpc.orchestrate.stages import read_state
 from skinhpc.orchestrate.status import collect
@@ -75,10 +75,10 @@ def test_debug_executor_runs_the_job_and_reports_a_failing_member(tmp_path, job_
     err = paths.member(1).error.read_text()
     assert "model.pretrained=package holds" in err and "Traceback" in err
     assert read_state(paths, "reduce")["state"] == "done"  # min_members=1: one member is enough
-    rows = {r["stage"]: r for r in collect(paths.root)}
-    assert rows["member 000"]["state"] == "done" and rows["reduce"]["state"] == "done"
-    assert rows["member 001"]["state"] == "failed"
-    assert "model.pretrained=package holds" in rows["member 001"]["reason"]
+    rows = {r.stage: r for r in collect(paths.root)}
+    assert rows["member 000"].state == "done" and rows["reduce"].state == "done"
+    assert rows["member 001"].state == "failed"
+    assert "model.pretrained=package holds" in rows["member 001"].reason
     status = subprocess.run([PY, "-m", "skinhpc.cli", "status", str(paths.root)], capture_output=True, text=True)
     assert status.returncode == 1 and "traceback: " + str(paths.member(1).error) in status.stdout
 
@@ -96,7 +96,7 @@ def test_local_executor_returns_at_once_then_relaunch_skips(tmp_path, job_writer
     log = (paths.submitit / "driver.log").read_text()
     assert all(paths.member(k).done.exists() for k in (0, 1)), log[-3000:]
     assert read_state(paths, "reduce")["state"] == "done", log[-3000:]
-    stages = [e["stage"] for e in read_launches(paths)]
+    stages = [e.stage for e in read_launches(paths)]
     assert stages.count("train") == 2 and stages.count("reduce") == 1
     # a relaunch skips prepare and both members: only the reduce runs again
     plan = plan_submission(load_spec(paths.job_yaml), paths)
@@ -104,7 +104,7 @@ def test_local_executor_returns_at_once_then_relaunch_skips(tmp_path, job_writer
     n = len(read_launches(paths))
     r = run_cli(str(job), "--executor", "local", "--wait")
     assert r.returncode == 0, r.stderr
-    new = [e["stage"] for e in read_launches(paths)[n:]]
+    new = [e.stage for e in read_launches(paths)[n:]]
     assert new == ["driver", "reduce"], new
     assert json.loads(paths.member(0).done.read_text())  # untouched, still valid JSON
     # only reduce settings changed: the same experiment, members reused, the reduce reruns
@@ -122,7 +122,7 @@ def test_local_executor_returns_at_once_then_relaunch_skips(tmp_path, job_writer
 def test_max_array_size_read_from_slurm_conf(tmp_path, monkeypatch):
     """MaxArraySize comes from slurm.conf (no scontrol round trip at every launch); a file that
     includes others may hold it elsewhere, so then the caller must ask scontrol."""
-    from skinhpc.orchestrate.plan import DEFAULT_MAX_ARRAY_SIZE, conf_max_array_size
+    from skinhpc.orchestrate.backends.slurm import DEFAULT_MAX_ARRAY_SIZE, conf_max_array_size
 
     conf = tmp_path / "slurm.conf"
     monkeypatch.setenv("SLURM_CONF", str(conf))

@@ -1,4 +1,5 @@
-"""Members = seeds x sweep, stable indices, and atomic writes that never leave a complete-looking file."""
+"""Members = sweep x folds x seeds (one planner, its length the count), each member spec validated
+once; resources() per stage; atomic writes that never leave a complete-looking file."""
 
 from __future__ import annotations
 
@@ -7,9 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from skinhpc.config import SpecError, from_dict, plan_members
+from skinhpc.config import (
+    JobSpec,
+    SpecError,
+    from_dict,
+    member_at,
+    member_count,
+    plan_members,
+    set_dotted,
+    with_overrides,
+)
+from skinhpc.config import members as members_mod
+from skinhpc.config.validate import NotReplaceable, replace_dotted
 from skinhpc.io.atomic import atomic_path, write_json_atomic
 from skinhpc.io.layout import JobPaths
+from skinhpc.orchestrate.plan import resources
 
 
 def test_seeds_times_grid_in_stable_order(tmp_path: Path) -> None:
@@ -82,3 +95,109 @@ def test_atomic_write_honours_umask(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask
+
+
+def test_kfold_members_count_for_min_members(tmp_path: Path) -> None:
+    """One seed, three folds: three members, so min_members=2 is allowed (the count is the plan's
+    length, folds included) and 4 is refused naming the count."""
+    raw = {"name": "x", "base_dir": str(tmp_path), "seeds": [42],
+           "data": {"split": {"method": "kfold", "folds": 3}}, "reduce": {"min_members": 2}}
+    spec = from_dict(raw)
+    assert [(m.fold, m.seed) for m in plan_members(spec)] == [(0, 42), (1, 42), (2, 42)]
+    assert member_count(spec) == len(plan_members(spec)) == 3
+    raw["reduce"]["min_members"] = 4
+    with pytest.raises(SpecError, match=r"reduce\.min_members: 4 is more than the 3 member\(s\)"):
+        from_dict(raw)
+
+
+def test_each_member_spec_validated_once_per_job(tmp_path: Path, monkeypatch) -> None:
+    """Planning again (checks, plan, dry run) builds no member spec twice; a task builds only its own."""
+    built: list[dict] = []
+    real = members_mod.with_overrides
+    monkeypatch.setattr(members_mod, "with_overrides", lambda job, values: built.append(values) or real(job, values))
+    spec = from_dict({"name": "x", "base_dir": str(tmp_path), "seeds": [1, 2, 3],
+                      "sweep": {"grid": {"train.weight_decay": [0.0, 0.1]}}})
+    for _ in range(3):
+        plan_members(spec)
+    assert len(built) == 2  # one per distinct member spec (seeds share theirs), not 6 x 3
+    other = from_dict({"name": "x", "base_dir": str(tmp_path), "seeds": [1, 2, 3],
+                       "sweep": {"grid": {"train.weight_decay": [0.0, 0.1]}}})
+    assert member_at(other, 4).spec(other).train.weight_decay == 0.1 and len(built) == 3
+
+
+def _resource_spec(tmp_path: Path, **cluster) -> JobSpec:
+    return from_dict({"name": "r", "base_dir": str(tmp_path), "cluster": cluster})
+
+
+def test_resources_per_stage(tmp_path: Path) -> None:
+    """resources(): GPUs in the site's form, per-stage overrides over cluster-wide settings, sbatch
+    lines merged (dash and underscore one key), requeue for train and reduce only."""
+    spec = _resource_spec(tmp_path, gpus_per_member=2, gpu_type="a100", gpu_request="gres", cpus_per_gpu=4,
+                          mem_gb=32, time_min=120, partition="gpu", account="lab",
+                          sbatch={"mail-type": "END"},
+                          stages={"prepare": {"partition": "cpu", "cpus": 3},
+                                  "reduce": {"time_min": 30, "sbatch": {"mail_type": "FAIL"}}})
+    train, prepare, reduce = (resources(spec, s) for s in ("train", "prepare", "reduce"))
+    assert train["slurm_gres"] == "gpu:a100:2" and train["cpus_per_task"] == 8 and train["mem_gb"] == 32
+    assert train["timeout_min"] == 120 and train["slurm_partition"] == "gpu" and train["slurm_account"] == "lab"
+    assert train["slurm_additional_parameters"] == {"requeue": True, "mail_type": "END"}
+    assert train["name"] == "skinhpc-r-train" and "slurm_array_parallelism" in train
+    assert "slurm_gres" not in prepare and prepare["cpus_per_task"] == 3 and prepare["slurm_partition"] == "cpu"
+    assert prepare["slurm_additional_parameters"] == {"mail_type": "END"}  # never requeued
+    assert reduce["slurm_gres"] == "gpu:a100:1" and reduce["timeout_min"] == 30 and reduce["cpus_per_task"] == 4
+    assert reduce["slurm_additional_parameters"] == {"requeue": True, "mail_type": "FAIL"}
+    plain = resources(_resource_spec(tmp_path, gpus_per_member=1, gpu_request="gpus-per-node"), "train")
+    assert plain["slurm_gpus_per_node"] == 1 and "slurm_gres" not in plain
+    assert "slurm_gpus_per_node" not in resources(_resource_spec(tmp_path, gpus_per_member=1, gpu_request="none"), "train")
+
+
+def _leaves(node: dict, prefix: tuple[str, ...] = ()) -> list[tuple[str, object]]:
+    out = []
+    for k, v in node.items():
+        out += _leaves(v, prefix + (k,)) if isinstance(v, dict) and v else [(".".join(prefix + (k,)), v)]
+    return out
+
+
+def test_member_spec_by_replacement_equals_a_full_rebuild(tmp_path: Path) -> None:
+    """A member spec replaces only its keys (each checked by the schema's own per-key check) and runs
+    the cross-field rules once; for every key of the schema and a spread of good and bad values it is
+    the spec, or the error, that rebuilding the whole job from plain data gives."""
+    spec = from_dict({"name": "x", "base_dir": str(tmp_path), "seeds": [1, 2],
+                      "sweep": {"grid": {"train.weight_decay": [0.1]}}})
+    cases = [(key, value) for key, default in _leaves(spec.to_dict())
+             for value in (default, -1, 0, 1.5, "x", None, True, [], [1], {"a": 1}, float("nan"))]
+    cases += [("train.phases.1.lr", 0.5), ("train.phases.0", {"epochs": 2}), ("seeds.0", 7), ("data.split.fold", 1)]
+    replaced = 0
+    for key, value in cases:
+        raw = spec.to_dict()
+        set_dotted(raw, key.split("."), value)
+        try:
+            want: object = from_dict(raw).to_dict()
+        except SpecError as e:
+            want = str(e).split(": ", 1)[1]
+        try:
+            got: object = replace_dotted(spec, {key: value}).to_dict()
+        except SpecError as e:
+            got = str(e)
+        except NotReplaceable:
+            continue
+        replaced += 1
+        assert got == want, (key, value)
+    assert replaced > 0.95 * len(cases)
+    member = plan_members(spec)[0].spec(spec)
+    assert member.train.weight_decay == 0.1 and member.data is spec.data  # untouched sections shared
+    with pytest.raises(SpecError, match=r"^job x with .*: train\.weight_decay: must be >= 0"):
+        with_overrides(spec, {"train.weight_decay": -1.0})
+
+
+def test_member_count_is_the_plans_length(tmp_path: Path) -> None:
+    """member_count (asked by every member spec's cross-field check) counts without enumerating;
+    it must stay the length of the one enumeration for grids, random draws, both, and folds."""
+    sweeps = [{}, {"grid": {"train.weight_decay": [0.0, 0.1, 0.2], "train.batch_size": [8, 16]}},
+              {"random": {"train.weight_decay": [0.001, 0.1]}, "count": 4},
+              {"grid": {"train.batch_size": [8, 16]}, "random": {"train.ema.decay": [0.9, 0.99]}, "count": 3}]
+    for sweep in sweeps:
+        for split in ({}, {"method": "kfold", "folds": 3}):
+            spec = from_dict({"name": "x", "base_dir": str(tmp_path), "seeds": [1, 2],
+                              "sweep": sweep, "data": {"split": split}})
+            assert member_count(spec) == len(plan_members(spec)), (sweep, split)

@@ -16,8 +16,8 @@ import pytest
 
 from skinhpc.config import load_spec
 from skinhpc.io.layout import JobPaths
-from skinhpc.orchestrate.evidence import active_slurm_ids
-from skinhpc.orchestrate.launches import job_ids, read_launches
+from skinhpc.orchestrate.backends.slurm import active_slurm_ids
+from skinhpc.orchestrate.launch_log import job_ids, read_launches
 from skinhpc.orchestrate.stages import read_state
 
 PY = sys.executable
@@ -85,7 +85,7 @@ def test_per_stage_resources_and_requeue_reach_slurm(slurm_cluster, job_writer):
     r = _launch(job, "--executor", "slurm")
     assert r.returncode == 0, r.stderr
     paths = JobPaths(load_spec(job, ["cluster.executor=slurm"]).job_dir)
-    ids = {e["stage"]: e["job_id"] for e in read_launches(paths)}
+    ids = {e.stage: e.job_id for e in read_launches(paths)}
     try:
         for stage, want in stages.items():
             got = _job(ids[stage])
@@ -121,7 +121,7 @@ def test_more_gpus_than_the_partition_has_is_refused_at_launch(slurm_cluster, jo
 def test_partition_gpus_reads_what_sinfo_can_tell(tmp_path, monkeypatch):
     """GPUs per node from sinfo's GRES column, by type; nothing concluded when sinfo is absent,
     fails or knows no such partition (a stand-in `sinfo` prints what a GPU site's does)."""
-    from skinhpc.orchestrate.checks import partition_gpus
+    from skinhpc.orchestrate.backends.slurm import partition_gpus
 
     fake = tmp_path / "bin" / "sinfo"
     fake.parent.mkdir()

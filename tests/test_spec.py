@@ -66,7 +66,18 @@ def test_missing_data_is_refused_at_launch_not_at_load(tmp_path: Path):
         check_environment(spec, str(path))
     msg = str(e.value)
     assert str(path) in msg and "data.sources[0].root" in msg and str(tmp_path / "nowhere") in msg
-    assert "skinhpc data download ham10000 --to data/ham10000" in msg
+    assert f"skinhpc data download ham10000 --to {tmp_path / 'nowhere'}" in msg
+    # an ISIC source is told its own download, not HAM10000's
+    isic = load_spec(write(tmp_path / "k.yaml", "name: t\ndata:\n  sources: [{kind: isic2019, root: nowhere}]\n"))
+    with pytest.raises(SpecError, match=r"skinhpc data download isic2019 --to .*configs/data/isic2019.yaml"):
+        check_environment(isic, "k.yaml")
+
+
+def test_every_downloadable_source_kind_is_named_by_the_launch_check() -> None:
+    from skinhpc.data.download import DATASETS
+    from skinhpc.orchestrate.checks import DOWNLOADABLE
+
+    assert set(DOWNLOADABLE) == set(DATASETS)
 
 
 def test_missing_weights_and_unknown_timm_model_refused_at_launch(job, tmp_path: Path):

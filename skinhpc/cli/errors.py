@@ -28,8 +28,8 @@ EXIT_CLOSED_PIPE = 128 + signal.SIGPIPE
 # exception cannot be an instance of a class never loaded, and `skinhpc status` or `launch`
 # then never imports torch (model, checkpoint) or pandas (data) just to map an error.
 EXIT_CODES: tuple[tuple[str, str, int], ...] = (
-    ("skinhpc.orchestrate.pipeline", "SubmitError", 1),  # a LaunchError, but the scheduler's refusal
-    ("skinhpc.orchestrate.pipeline", "LaunchError", 3),
+    ("skinhpc.orchestrate.errors", "SubmitError", 1),  # a LaunchError, but the scheduler's refusal
+    ("skinhpc.orchestrate.errors", "LaunchError", 3),
     ("skinhpc.io.lock", "JobBusy", 3),
     ("skinhpc.ensemble.inference", "MembersMissing", 3),
     ("skinhpc.outputs.compare", "CompareRefused", 3),  # before ValueError-like rows: the jobs' state

@@ -25,10 +25,10 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         return 0
     for e in entries:
-        ident = e.get("job_id") or f"pid {e.get('pid')}"
-        tasks = f" tasks {len(e['tasks'])}" if e.get("tasks") else ""
-        dep = f" ({e['dependency']})" if e.get("dependency") else ""
-        print(f"{e['stage']:<15} {ident}{tasks}{dep}")
+        ident = e.job_id or f"pid {e.pid}"
+        tasks = f" tasks {len(e.tasks)}" if e.tasks else ""
+        dep = f" ({e.dependency})" if e.dependency else ""
+        print(f"{e.stage:<15} {ident}{tasks}{dep}")
     print(f"results: {spec.job_dir}")
     print(f"status:  skinhpc status {spec.job_dir}", flush=True)
     if not args.wait:

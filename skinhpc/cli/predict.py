@@ -25,6 +25,7 @@ from skinhpc.config import SpecError
 from skinhpc.data.splits import GROUP_IMAGES
 from skinhpc.ensemble.predictor import EnsemblePredictor
 from skinhpc.io.atomic import write_csv_atomic
+from skinhpc.orchestrate.status import ensemble_mismatch
 from skinhpc.outputs.evaluate import evaluate
 from skinhpc.outputs.overlays import write_gradcams
 
@@ -75,6 +76,8 @@ def main(argv: Sequence[str]) -> int:
     if not files:
         raise UsageError(f"no files in {' '.join(args.inputs)}")
     predictor = EnsemblePredictor(args.model, args.device, args.batch_size)
+    if mismatch := ensemble_mismatch(args.model):  # serving an ensemble job.yaml does not describe
+        print(f"skinhpc predict: warning: {mismatch}", file=sys.stderr)
     table = metadata_table(args.metadata, files) if args.metadata else None
     out = predictor.predict_files(files, table)
     ok = out["decision"] != "error"

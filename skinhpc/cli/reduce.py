@@ -10,8 +10,8 @@ from skinhpc.cli.parser import CommandParser
 from skinhpc.config import load_spec
 from skinhpc.io.layout import JobPaths
 from skinhpc.io.lock import REDUCE_LOCK, job_lock
-from skinhpc.orchestrate.evidence import busy
-from skinhpc.orchestrate.pipeline import LaunchError
+from skinhpc.orchestrate.backends import busy
+from skinhpc.orchestrate.errors import LaunchError
 from skinhpc.orchestrate.stages import run_recorded
 from skinhpc.outputs.publish import log_only, reduce
 from skinhpc.outputs.tracking.record import logging_problem

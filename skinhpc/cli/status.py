@@ -19,9 +19,9 @@ from skinhpc.orchestrate.status import EXIT_IN_PROGRESS, collect, exit_code, for
 CLEAR = "\033[H\033[2J"
 
 
-def document(job_dir: str, rows: list[dict[str, Any]], code: int) -> dict[str, Any]:
+def document(job_dir: str, rows: list[Any], code: int) -> dict[str, Any]:
     """What ``--json`` prints: the job folder, the time, the exit code and every row."""
-    return {"job_dir": job_dir, "time": round(time.time(), 3), "exit_code": code, "stages": rows}
+    return {"job_dir": job_dir, "time": round(time.time(), 3), "exit_code": code, "stages": [r.to_dict() for r in rows]}
 
 
 def main(argv: list[str]) -> int:

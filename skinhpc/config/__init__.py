@@ -23,7 +23,7 @@ from skinhpc.config.loader import (
     set_dotted,
     with_overrides,
 )
-from skinhpc.config.members import Member, plan_members
+from skinhpc.config.members import Member, member_at, plan_members
 from skinhpc.config.schema import (
     CHECKPOINT_SIGNAL_MARGIN_S,
     NAME_PATTERN,
@@ -62,6 +62,6 @@ __all__ = [
     "MlflowSpec", "ModelSpec", "PhaseSpec", "PreprocessSpec", "ReduceSpec", "SchedulerSpec",
     "SourceSpec", "SpecError", "SplitSpec", "SweepSpec", "TrainSpec", "cache_view", "changed_keys",
     "deep_merge", "describe", "dump_yaml", "from_dict", "identity_view", "leaf_identities", "load_raw",
-    "load_spec", "member_count", "member_fingerprint", "parse_override", "plan_members", "project_dir",
+    "load_spec", "member_at", "member_count", "member_fingerprint", "parse_override", "plan_members", "project_dir",
     "schema_markdown", "schema_rows", "set_dotted", "with_overrides",
 ]

@@ -17,7 +17,14 @@ import yaml
 
 from skinhpc.config.bounded import UnreadableFileError, read_bounded
 from skinhpc.config.schema import JobSpec, SpecError
-from skinhpc.config.validate import build_spec, check_dotted, show, validate
+from skinhpc.config.validate import (
+    NotReplaceable,
+    build_spec,
+    check_dotted,
+    replace_dotted,
+    show,
+    validate,
+)
 
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
@@ -276,11 +283,19 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 
 def with_overrides(spec: JobSpec, values: dict[str, Any]) -> JobSpec:
-    """A copy of ``spec`` with dotted keys replaced (sweep points), validated again."""
+    """A copy of ``spec`` with dotted keys replaced (sweep points), validated again: only the
+    replaced keys and the cross-field rules (:func:`replace_dotted`) where it can, else rebuilt."""
+    where = f"job {spec.name} with {show(values)}"
+    try:
+        return replace_dotted(spec, values)
+    except SpecError as e:
+        raise SpecError(f"{where}: {e}", key=e.key) from None
+    except NotReplaceable:
+        pass
     raw = spec.to_dict()
     for key, value in values.items():
         set_dotted(raw, key.split("."), value)
-    return from_dict(raw, f"job {spec.name} with {show(values)}")
+    return from_dict(raw, where)
 
 
 def dump_yaml(spec: JobSpec) -> str:

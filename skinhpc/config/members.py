@@ -7,14 +7,14 @@ fingerprint, and its split view is derived from ``splits.csv``, never re-dealt).
 
 from __future__ import annotations
 
-import itertools
+import functools
 import json
-import math
-import random
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 from skinhpc.config.loader import with_overrides
+from skinhpc.config.member_grid import member_grid
 from skinhpc.config.schema import JobSpec
 
 
@@ -32,13 +32,20 @@ class Member:
         return f"{self.index:03d}"
 
     def spec(self, job: JobSpec) -> JobSpec:
-        """The member's own spec: the job with its sweep point (and fold) applied."""
+        """The member's own spec: the job with its sweep point (and fold) applied, built and
+        validated once per (job object, point) and kept: every member of a point (its seeds)
+        and every later call share it."""
         values = dict(self.overrides)
         if self.fold is not None:
             values["data.split.fold"] = self.fold
-        return with_overrides(job, values) if values else job
+        if not values:
+            return job
+        built = _built_for(job)
+        if self.point not in built:
+            built[self.point] = with_overrides(job, values)
+        return built[self.point]
 
-    @property
+    @functools.cached_property  # read for every member by the planner, checks and done_members
     def point(self) -> str:
         """Key of what the member's spec depends on besides the seed (sweep point and fold):
         members with the same point share a member fingerprint."""
@@ -51,44 +58,40 @@ class Member:
         return d
 
 
-def _sweep_points(spec: JobSpec) -> list[dict[str, Any]]:
-    sw = spec.sweep
-    points: list[dict[str, Any]] = [{}]
-    if sw.grid:
-        keys = list(sw.grid)
-        points = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(sw.grid[k] for k in keys))]
-    if sw.random and sw.count:
-        rng = random.Random(sw.seed)
-        sampled = []
-        for _ in range(sw.count):
-            point = {}
-            for key, space in sw.random.items():
-                is_range = len(space) == 2 and all(isinstance(v, float) for v in space)
-                if is_range:
-                    lo, hi = space
-                    if lo > 0 and hi > 0 and key.rsplit(".", 1)[-1] in ("lr", "weight_decay"):
-                        point[key] = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-                    else:
-                        point[key] = rng.uniform(lo, hi)
-                else:
-                    point[key] = rng.choice(space)
-            sampled.append(point)
-        points = [dict(p, **s) for p in points for s in sampled]
-    return points
+# id(job) -> (weak reference to the job, {point: member spec}); an entry goes with its job
+_BUILT: dict[int, tuple[weakref.ref, dict[str, JobSpec]]] = {}
 
 
-def plan_members(spec: JobSpec) -> list[Member]:
-    """Members in a stable order: sweep point major, then fold, seed minor; indices never
-    depend on state."""
-    folds: list[int | None] = [None]
-    if spec.data.split.method == "kfold":
-        folds = list(range(spec.data.split.folds))
-    members = []
-    for point in _sweep_points(spec):
-        for fold in folds:
-            for seed in spec.seeds:
-                members.append(Member(index=len(members), seed=seed, overrides=point, fold=fold))
-    # every member's spec must validate before anything is submitted
-    for m in members:
-        m.spec(spec)
+def _built_for(job: JobSpec) -> dict[str, JobSpec]:
+    entry = _BUILT.get(id(job))
+    if entry is None or entry[0]() is not job:
+        key = id(job)
+        entry = (weakref.ref(job, lambda _ref: _BUILT.pop(key, None)), {})
+        _BUILT[key] = entry
+    return entry[1]
+
+
+def plan_members(spec: JobSpec, validate: bool = True) -> list[Member]:
+    """Members in a stable order (:func:`~skinhpc.config.member_grid.member_grid`: sweep point
+    major, then fold, seed minor); indices never depend on state.
+
+    ``validate`` builds every distinct member spec now, so a bad sweep value is refused before
+    anything is submitted. Each distinct spec is built once per job object (:meth:`Member.spec`
+    keeps it), so planning again in the same process validates nothing twice; a task that needs
+    one member passes ``validate=False`` and builds only its own (:func:`member_at`).
+    """
+    members = [Member(index=i, seed=seed, overrides=point, fold=fold)
+               for i, (point, fold, seed) in enumerate(member_grid(spec))]
+    if validate:
+        for m in members:
+            m.spec(spec)
     return members
+
+
+def member_at(spec: JobSpec, index: int) -> Member:
+    """Member ``index`` of the plan, its own spec validated and no other built (a task's view)."""
+    members = plan_members(spec, validate=False)
+    if not 0 <= index < len(members):
+        raise IndexError(f"member {index} not in the plan of {len(members)}")
+    members[index].spec(spec)
+    return members[index]

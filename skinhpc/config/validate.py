@@ -18,6 +18,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
+from skinhpc.config.member_grid import grid_size
 from skinhpc.config.schema import CHECKPOINT_SIGNAL_MARGIN_S, JobSpec, SpecError
 
 SHOWN_CHARS = 80  # values quoted in error messages are cut to this many characters
@@ -127,12 +128,66 @@ def build(cls: type, value: Any, where: str = "") -> Any:
         if key not in fields:
             cut = str(key)[:SHOWN_CHARS]
             raise _fail(f"{where}.{cut}" if where else cut, f"unknown key{closest(cut, list(fields))}")
-        kwargs[key] = _convert(v, types_[key], path)
-        check_bounds(fields[key], kwargs[key], path)
+        kwargs[key] = build_field(fields[key], types_[key], v, path)
     for name, f in fields.items():
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise _fail(f"{where}.{name}" if where else name, "required key is missing")
     return cls(**kwargs)
+
+
+def build_field(f: dataclasses.Field, tp: Any, value: Any, path: str) -> Any:
+    """One key of a schema class from plain data: its type checked (nested classes built), its
+    declared bounds enforced. :func:`build` calls it for every key, :func:`replace_dotted` for
+    the keys it replaces only."""
+    converted = _convert(value, tp, path)
+    check_bounds(f, converted, path)
+    return converted
+
+
+class NotReplaceable(Exception):
+    """A dotted key :func:`replace_dotted` does not walk (into a mapping-valued key, past a
+    null section, an unknown key or index): the caller rebuilds the whole spec instead."""
+
+
+def _replace_at(obj: Any, keys: list[str], value: Any, where: str) -> Any:
+    """``obj`` (a schema class instance) with the dotted ``keys`` below it set to ``value``:
+    the replaced key validated by :func:`build_field`, every other section shared, not copied."""
+    cls = type(obj)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    key = keys[0]
+    if key not in fields:
+        raise NotReplaceable(key)
+    path = f"{where}.{key}" if where else key
+    tp = hints(cls)[key]
+    if len(keys) == 1:
+        return dataclasses.replace(obj, **{key: build_field(fields[key], tp, value, path)})
+    current = getattr(obj, key)
+    if dataclasses.is_dataclass(current):
+        return dataclasses.replace(obj, **{key: _replace_at(current, keys[1:], value, path)})
+    if not (isinstance(current, list) and keys[1].isdigit() and int(keys[1]) < len(current)):
+        raise NotReplaceable(key)
+    items, i = list(current), int(keys[1])
+    if len(keys) == 2:  # a whole item: the list is checked again as one key (its bounds are the list's)
+        items[i] = value
+        plain = [dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x for x in items]
+        return dataclasses.replace(obj, **{key: build_field(fields[key], tp, plain, path)})
+    if not dataclasses.is_dataclass(items[i]):
+        raise NotReplaceable(key)
+    items[i] = _replace_at(items[i], keys[2:], value, f"{path}[{i}]")
+    return dataclasses.replace(obj, **{key: items})
+
+
+def replace_dotted(spec: JobSpec, values: dict[str, Any]) -> JobSpec:
+    """``spec`` with dotted keys replaced (a sweep point, a fold), validated: each replaced key
+    by its own type and bounds (:func:`build_field`, as a full build would), then the
+    cross-field rules (:func:`validate`) once. Unchanged sections are shared with ``spec``
+    (specs are not mutated once validated), so a member spec costs its keys, not the schema.
+    Raises SpecError, or NotReplaceable where only a full rebuild can apply the key."""
+    out = spec
+    for key, value in values.items():
+        out = _replace_at(out, key.split("."), value, "")
+    validate(out)
+    return out
 
 
 def build_spec(raw: Any) -> JobSpec:
@@ -204,12 +259,9 @@ def bound_text(m: Any) -> str:
 
 
 def member_count(spec: JobSpec) -> int:
-    """How many members the job plans (seeds x sweep points), without planning them."""
-    sw = spec.sweep
-    points = math.prod(len(v) for v in sw.grid.values()) if sw.grid else 1
-    if sw.random and sw.count:
-        points *= sw.count
-    return len(spec.seeds) * points
+    """How many members the job plans: the length of the plan's own enumeration (sweep points x
+    folds x seeds, :func:`skinhpc.config.member_grid.member_grid`), without building their specs."""
+    return grid_size(spec)
 
 
 def check_dotted(key: str) -> None:
@@ -267,7 +319,7 @@ def validate(spec: JobSpec) -> None:
     n = member_count(spec)
     if spec.reduce.min_members > n:
         raise _fail("reduce.min_members", f"{spec.reduce.min_members} is more than the {n} member(s) "
-                    f"planned (seeds x sweep points)")
+                    f"planned (sweep points x folds x seeds)")
 
 
 def check_dotted_in(section: str, key: str) -> None:

@@ -33,6 +33,7 @@ class JobPaths:
         staged._ensemble = Path(folder)
         return staged
     submitit = property(lambda self: self.root / "submitit")
+    driver_plan = property(lambda self: self.root / "submitit" / "plan.pkl")  # the local driver's
     launches = property(lambda self: self.root / "launches.jsonl")
 
     def member(self, member: Member | int) -> MemberPaths:

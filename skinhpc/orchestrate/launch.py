@@ -1,4 +1,5 @@
-"""Launching a job: validate, plan, submit, return at once (the command is :mod:`skinhpc.cli.launch`).
+"""Launching a job: validate, plan once, hand the plan to the backend, return at once (the
+command is :mod:`skinhpc.cli.launch`).
 
 Everything that can be wrong with a job (a typo in a key, a wrong type, a missing data
 folder, an unknown sweep key) is found here, on the login node, before a single sbatch:
@@ -17,17 +18,16 @@ import json
 import time
 from pathlib import Path
 
-from skinhpc.config import JobSpec, SpecError, changed_keys, dump_yaml, load_spec
+from skinhpc.config import JobSpec, SpecError, changed_keys, dump_yaml, load_spec, plan_members
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
 from skinhpc.io.lock import LOCK_NAME, job_lock
 from skinhpc.io.provenance import sources_problem
+from skinhpc.orchestrate.backends import Backend, backend_for, busy
 from skinhpc.orchestrate.checks import check_environment
-from skinhpc.orchestrate.cluster import sbatch_scripts, submit
-from skinhpc.orchestrate.evidence import active_slurm_ids, busy, local_driver_alive
+from skinhpc.orchestrate.errors import LaunchError
 from skinhpc.orchestrate.jobdir import job_paths
-from skinhpc.orchestrate.launches import job_ids
-from skinhpc.orchestrate.pipeline import LaunchError
+from skinhpc.orchestrate.launch_log import LaunchEntry
 from skinhpc.orchestrate.plan import SubmissionPlan, plan_submission
 
 __all__ = ["LaunchError", "check_folder", "changed_keys", "describe_plan", "launch", "wait_for"]
@@ -58,6 +58,7 @@ def check_folder(spec: JobSpec, paths: JobPaths, force_new: bool) -> None:
             return
     if old != spec.fingerprint() or edited:
         if force_new:
+            _busy_check(paths)  # a running job would go on writing into the new folder
             aside = paths.root.with_name(f"{paths.root.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
             paths.root.rename(aside)
             print(f"moved the previous results folder aside to {aside}")
@@ -79,7 +80,7 @@ def _busy_check(paths: JobPaths) -> None:
         )
 
 
-def describe_plan(spec: JobSpec, paths: JobPaths, plan: SubmissionPlan) -> str:
+def describe_plan(spec: JobSpec, paths: JobPaths, plan: SubmissionPlan, backend: Backend) -> str:
     """The dry run: what would be submitted, where, with which resources."""
     lines = [
         f"job {spec.name}  fingerprint {spec.fingerprint()}  executor {spec.cluster.executor}",
@@ -111,17 +112,18 @@ def describe_plan(spec: JobSpec, paths: JobPaths, plan: SubmissionPlan) -> str:
         lines.append(f"  {stage:<8} {json.dumps(params, sort_keys=True)}")
     if plan.python:
         lines.append(f"python: {plan.python}")
-    if spec.cluster.executor == "slurm":
-        lines += _scripts(spec, paths, plan)
+    lines += _scripts(spec, paths, plan, backend)
     return "\n".join(lines)
 
 
-def _scripts(spec: JobSpec, paths: JobPaths, plan: SubmissionPlan) -> list[str]:
-    """The sbatch scripts, verbatim, as submitit would write them (job ids come at submission)."""
+def _scripts(spec: JobSpec, paths: JobPaths, plan: SubmissionPlan, backend: Backend) -> list[str]:
+    """The backend's scripts, verbatim (SLURM: as submitit would write them; ids come at submission)."""
     try:
-        scripts = sbatch_scripts(spec, paths, plan)
+        scripts = backend.scripts(spec, paths, plan)
     except RuntimeError as e:  # submitit's SLURM executor wants srun on PATH
-        return [f"sbatch scripts: not shown here ({e})"]
+        return [f"{backend.name} scripts: not shown here ({e})"]
+    if not scripts:
+        return []
     lines = ["sbatch scripts (a dependency names the stage it waits for; ids come at submission):"]
     for stage, text in scripts:
         lines += [f"----- {stage}", text.rstrip()]
@@ -130,12 +132,8 @@ def _scripts(spec: JobSpec, paths: JobPaths, plan: SubmissionPlan) -> list[str]:
 
 def wait_for(spec: JobSpec, paths: JobPaths, poll_s: float = 2.0) -> None:
     """Block until nothing of this job is queued or running (make demo, tests)."""
-    if spec.cluster.executor == "slurm":
-        while active_slurm_ids(job_ids(paths)):
-            time.sleep(poll_s)
-    elif spec.cluster.executor == "local":
-        while local_driver_alive(paths):
-            time.sleep(poll_s)
+    while busy(paths):
+        time.sleep(poll_s)
 
 
 def launch(
@@ -145,7 +143,7 @@ def launch(
     dry_run: bool = False,
     force_new: bool = False,
     wait: bool = False,
-) -> tuple[JobSpec, list[dict]]:
+) -> tuple[JobSpec, list[LaunchEntry]]:
     """Library form of the CLI: raises SpecError/LaunchError before anything is submitted.
 
     Everything from the folder check to the last submission runs under the job folder's
@@ -154,19 +152,22 @@ def launch(
     """
     overrides = list(overrides) + ([f"cluster.executor={executor}"] if executor else [])
     spec = load_spec(job, overrides)
-    check_environment(spec, str(job))  # data, weights, model name: refused before anything is written
+    backend = backend_for(spec.cluster.executor)
+    members = plan_members(spec)  # every member's spec validated, once, before anything is written
+    check_environment(spec, str(job), members, backend)  # data, weights, model name, the site
     paths = job_paths(spec)
+    size = backend.max_array_size(spec)
     if dry_run:
-        print(describe_plan(spec, paths, plan_submission(spec, paths)))
+        print(describe_plan(spec, paths, plan_submission(spec, paths, size, members), backend))
         return spec, []
     created = not paths.root.exists()
     try:
         with job_lock(paths, "launch"):
             check_folder(spec, paths, force_new)
-            plan = plan_submission(spec, paths)  # before job.yaml: every member's spec validates first
+            plan = plan_submission(spec, paths, size, members)  # the folder as it is now
             paths.root.mkdir(parents=True, exist_ok=True)
             write_text_atomic(paths.job_yaml, dump_yaml(spec))
-            entries = submit(spec, paths, plan)
+            entries = backend.submit(spec, paths, plan)
     except BaseException:
         if created and not paths.job_yaml.exists():  # refused before anything: leave no folder
             (paths.root / LOCK_NAME).unlink(missing_ok=True)

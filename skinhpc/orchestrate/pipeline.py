@@ -5,8 +5,8 @@ succeeded) -> train arrays of at most MaxArraySize members, only if prepare succ
 one reduce once every train array has ended however it ended, so it runs even when
 members fail and decides itself with ``reduce.min_members``.
 
-The backends (:mod:`~skinhpc.orchestrate.slurm`, :mod:`~skinhpc.orchestrate.local`,
-:mod:`~skinhpc.orchestrate.debug`) only run this list; none of them knows the chain.
+The plan (:mod:`~skinhpc.orchestrate.plan`) holds this list; the backends
+(:mod:`skinhpc.orchestrate.backends`) only run it, and none of them knows the chain.
 """
 
 from __future__ import annotations
@@ -15,17 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from skinhpc.config import JobSpec
-from skinhpc.orchestrate.plan import SubmissionPlan
+from skinhpc.config import JobSpec, Member
 from skinhpc.orchestrate.stages import MemberTask, PrepareTask, ReduceTask
-
-
-class LaunchError(RuntimeError):
-    """A launch refused for a reason the user can fix; the message says how, in one line."""
-
-
-class SubmitError(LaunchError):
-    """The scheduler refused a submission; the launch was undone (the message says what)."""
 
 
 @dataclass(frozen=True)
@@ -42,19 +33,21 @@ class Step:
     need: str = "ok"  # "ok": all of them succeeded; "any": all of them ended
 
 
-def pipeline(spec: JobSpec, plan: SubmissionPlan, job_dir: str | Path) -> list[Step]:
-    """The steps of this launch, in an order where every step comes after what it waits for."""
+def pipeline(spec: JobSpec, prepare: str, shards: int, arrays: list[list[Member]],
+             job_dir: str | Path) -> list[Step]:
+    """The steps of this launch, in an order where every step comes after what it waits for:
+    ``prepare`` is skip, single or sharded (over ``shards``), then one train step per array."""
     steps: list[Step] = []
-    if plan.prepare == "single":
+    if prepare == "single":
         steps.append(Step("prepare", "prepare", PrepareTask(job_dir, "all")))
-    elif plan.prepare == "sharded":
-        shards = tuple(range(plan.shards))
+    elif prepare == "sharded":
+        items = tuple(range(shards))
         steps.append(Step("prepare", "prepare", PrepareTask(job_dir, "tables")))
-        steps.append(Step("prepare-shards", "prepare", PrepareTask(job_dir, "shard"), array=shards,
-                          parallel=plan.shards, after=(0,)))
+        steps.append(Step("prepare-shards", "prepare", PrepareTask(job_dir, "shard"), array=items,
+                          parallel=shards, after=(0,)))
         steps.append(Step("finalize", "prepare", PrepareTask(job_dir, "finalize"), after=(1,)))
     prepared = (len(steps) - 1,) if steps else ()
-    for chunk in plan.arrays:
+    for chunk in arrays:
         tasks = tuple(m.index for m in chunk)
         steps.append(Step("train", "train", MemberTask(job_dir, list(tasks)), array=tasks,
                           parallel=max(1, spec.cluster.array_parallelism), after=prepared))

@@ -1,15 +1,14 @@
-"""What a launch will submit: members still to train, array sizes, resources per stage.
+"""What a launch will submit, computed once: members still to train, array sizes, resources
+and python command per stage, the steps with their dependencies (:class:`SubmissionPlan`).
 
-The dry run prints a :class:`SubmissionPlan`; :mod:`skinhpc.orchestrate.pipeline` turns it
-into stages, and a backend runs them.
+The dry run prints it; a backend (:mod:`skinhpc.orchestrate.backends`) runs it as it is and
+computes none of it again. What only a scheduler knows (SLURM's MaxArraySize) the backend
+passes in.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import shlex
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,56 +16,17 @@ from typing import Any
 from skinhpc.config import JobSpec, Member, SpecError, plan_members
 from skinhpc.io.layout import JobPaths
 from skinhpc.io.state import done_members, prepare_complete
+from skinhpc.orchestrate.pipeline import Step, pipeline
 
-DEFAULT_MAX_ARRAY_SIZE = 1001
-SLURM_CONF_PATHS = ("/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf", "/run/slurm/conf/slurm.conf")
-
-
-def conf_max_array_size() -> int | None:
-    """MaxArraySize read from slurm.conf ($SLURM_CONF, the usual places, the configless cache):
-    a file read instead of a ~30 ms ``scontrol`` round trip at every launch. None when no file
-    is readable or it has ``Include`` lines (the value may be elsewhere): ask scontrol then."""
-    env = os.environ.get("SLURM_CONF")
-    for name in ([env] if env else []) + list(SLURM_CONF_PATHS):
-        try:
-            text = Path(name).read_text(errors="replace")
-        except OSError:
-            continue
-        text = re.sub(r"#.*", "", text)
-        m = re.search(r"(?:^|\s)MaxArraySize\s*=\s*(\d+)", text, re.I)
-        if m:
-            return int(m.group(1))
-        if re.search(r"^\s*include\s", text, re.I | re.M):
-            return None
-        return DEFAULT_MAX_ARRAY_SIZE  # not set: SLURM's default
-    return None
-
-
-def scontrol_max_array_size() -> int | None:
-    try:
-        out = subprocess.run(
-            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=20
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
-    return int(m.group(1)) if m else None
-
-
-def max_array_size(spec: JobSpec) -> int:
-    """spec.cluster.max_array_size, else the cluster's own, else SLURM's default 1001."""
-    if spec.cluster.max_array_size:
-        return spec.cluster.max_array_size
-    if spec.cluster.executor == "slurm":
-        return conf_max_array_size() or scontrol_max_array_size() or DEFAULT_MAX_ARRAY_SIZE
-    return DEFAULT_MAX_ARRAY_SIZE
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize; the other backends take it too
 
 
 def container_python(spec: JobSpec) -> str | None:
     """The python command inside the job's Apptainer image, with data, cache, results and
-    model.weights bound.  Apptainer refuses a bind source that does not exist, so the folders
-    skinhpc itself fills are created here (before any job runs), and its ``--bind`` list is
-    split on ``,`` and ``:`` with no escape, so a path holding either is refused naming its key."""
+    model.weights bound. Its ``--bind`` list is split on ``,`` and ``:`` with no escape, so a path
+    holding either is refused naming its key. Pure: Apptainer refuses a bind source that does not
+    exist, but the folders skinhpc fills itself are created at submission
+    (:meth:`SubmissionPlan.create_bind_sources`), never by planning or a dry run."""
     c = spec.cluster
     if not c.container:
         return None
@@ -81,8 +41,6 @@ def container_python(spec: JobSpec) -> str | None:
     for b in c.binds:
         if "," in b:
             raise SpecError(f"cluster.binds: {b!r}: one bind per entry (src[:dst[:opts]]), no ','")
-    spec.cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    spec.job_dir.parent.mkdir(parents=True, exist_ok=True)
     binds = list(dict.fromkeys([str(p) for _, p in named] + list(c.binds)))
     image = shlex.quote(str(spec.resolve(c.container)))
     return f"apptainer exec --nv --bind {shlex.quote(','.join(binds))} {image} python"
@@ -155,7 +113,9 @@ def resources(spec: JobSpec, stage: str) -> dict[str, Any]:
 
 @dataclass
 class SubmissionPlan:
-    """What a launch will submit: the dry run prints it, a backend runs it."""
+    """Everything a launch submits, computed once (:func:`plan_submission`): the dry run prints
+    it, a backend runs its ``steps`` and reads the rest, and the local driver unpickles it
+    instead of planning again."""
 
     prepare: str  # "skip", "single" or "sharded"
     shards: int
@@ -164,11 +124,23 @@ class SubmissionPlan:
     arrays: list[list[Member]] = field(default_factory=list)
     max_array_size: int = DEFAULT_MAX_ARRAY_SIZE
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
-    python: str | None = None
+    python: str | None = None  # the container's python command, None: this python
+    bind_sources: list[Path] = field(default_factory=list)  # folders created at submission
+    max_num_timeout: int = 3
+    steps: list[Step] = field(default_factory=list)
+
+    def create_bind_sources(self) -> None:
+        """At submission only: the container's bind sources skinhpc fills itself must exist."""
+        for folder in self.bind_sources:
+            folder.mkdir(parents=True, exist_ok=True)
 
 
-def plan_submission(spec: JobSpec, paths: JobPaths) -> SubmissionPlan:
-    members = plan_members(spec)
+def plan_submission(spec: JobSpec, paths: JobPaths, max_array_size: int = DEFAULT_MAX_ARRAY_SIZE,
+                    members: list[Member] | None = None) -> SubmissionPlan:
+    """The plan of this launch, from the job folder as it is now (done members and a complete
+    prepare are skipped). ``members``: the launch's already validated member plan, if any.
+    Reads files, writes nothing."""
+    members = members if members is not None else plan_members(spec)
     done = done_members(spec, paths, members)
     todo = [m for m in members if m.index not in done]
     shards = spec.preprocess.shards
@@ -176,8 +148,9 @@ def plan_submission(spec: JobSpec, paths: JobPaths) -> SubmissionPlan:
         prepare = "skip"
     else:
         prepare = "sharded" if shards > 1 else "single"
-    size = max_array_size(spec)
+    size = max_array_size
     arrays = [todo[i : i + size] for i in range(0, len(todo), size)]
+    python = container_python(spec)
     return SubmissionPlan(
         prepare=prepare,
         shards=shards,
@@ -186,5 +159,8 @@ def plan_submission(spec: JobSpec, paths: JobPaths) -> SubmissionPlan:
         arrays=arrays,
         max_array_size=size,
         resources={s: resources(spec, s) for s in STAGES},
-        python=container_python(spec),
+        python=python,
+        bind_sources=[spec.cache_dir.parent, spec.job_dir.parent] if python else [],
+        max_num_timeout=spec.cluster.max_num_timeout,
+        steps=pipeline(spec, prepare, shards, arrays, paths.root),
     )

@@ -28,11 +28,12 @@ from typing import Any
 
 import submitit
 
-from skinhpc.config import JobSpec, Member, load_spec, plan_members
+from skinhpc.config import JobSpec, Member, load_spec, member_at
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
 from skinhpc.io.lock import REDUCE_LOCK, job_lock
 from skinhpc.io.state import error_file, member_done, prepare_complete, read_state, record
+from skinhpc.orchestrate.processes import start_time
 from skinhpc.train.signals import checkpoint_now
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,9 @@ def run_recorded(paths: JobPaths, stage: str, fn: Any, *args: Any) -> Any:
     # the first attempt's start survives requeues and resumes (status's elapsed time); a stage
     # that finished and runs again starts afresh
     first = before.get("first_started") if before.get("state") not in (None, "done") else None
+    # pid (record's) and start time: the process's identity, for liveness, busy and cancel
     record(paths, stage, "running", attempts=attempts, requeues=requeues, started=now,
-           first_started=first or now)
+           first_started=first or now, pid_start=start_time(os.getpid()), spec_fingerprint=None)
     try:
         out = fn(*args)
     except SystemExit as e:
@@ -148,7 +150,7 @@ class MemberTask(submitit.helpers.Checkpointable):
 
     def __init__(self, job_dir: str | Path, tasks: list[int] | None = None) -> None:
         self.job_dir = str(job_dir)
-        # array submission: member index of each array task (see orchestrate.slurm.submit_array)
+        # array submission: member index of each array task (see backends.slurm.submit_array)
         self.tasks = list(tasks) if tasks is not None else None
 
     def _index(self, index: int | None) -> int:
@@ -160,10 +162,11 @@ class MemberTask(submitit.helpers.Checkpointable):
 
     def _member(self, index: int) -> tuple[JobSpec, JobPaths, Member]:
         spec, paths = load_job(self.job_dir)
-        members = plan_members(spec)
-        if not 0 <= index < len(members):
-            raise IndexError(f"{paths.job_yaml}: member {index} not in plan of {len(members)}")
-        return spec, paths, members[index]
+        try:
+            member = member_at(spec, index)  # its own spec validated, no other member's
+        except IndexError as e:
+            raise IndexError(f"{paths.job_yaml}: {e}") from None
+        return spec, paths, member
 
     def __call__(self, index: int | None = None) -> str:
         index = self._index(index)
@@ -286,4 +289,6 @@ class ReduceTask:
                 return reduce(spec, paths)
 
         run_recorded(paths, "reduce", locked)
+        # which settings ensemble/ was computed from: status says "done" only for job.yaml's own
+        record(paths, "reduce", "done", spec_fingerprint=spec.fingerprint())
         return "done"

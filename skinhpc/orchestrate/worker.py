@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from skinhpc.config import plan_members
-from skinhpc.orchestrate.local import drive
-from skinhpc.orchestrate.slurm import run_array_task
+from skinhpc.config import member_at
+from skinhpc.orchestrate.backends.local import drive
+from skinhpc.orchestrate.backends.slurm import run_array_task
 from skinhpc.orchestrate.stages import _train, batch_logging, load_job
 
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if len(argv) == 3 and argv[0] == "member":
         spec, paths = load_job(argv[1])
-        _train(spec, paths, plan_members(spec)[int(argv[2])])
+        _train(spec, paths, member_at(spec, int(argv[2])))
         return 0
     print("usage: python -m skinhpc.orchestrate.worker drive JOB_DIR | member JOB_DIR INDEX | "
           "array-task SUBMITIT_DIR TEMPLATE", file=sys.stderr)

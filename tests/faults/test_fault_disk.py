@@ -71,8 +71,8 @@ def test_full_disk_during_reduce(tmpfs: Path, copy_finished_job) -> None:
     assert _ensemble_files(paths) == before, "the previous ensemble/ changed"
     assert not list(paths.root.glob(".ensemble.*")), "a staging folder of the failed reduce was left"
     # the failure could not be recorded (no space): status still does not say running
-    rows = {row["stage"]: row for row in collect(paths.root)}
-    assert rows["reduce"]["state"] == "failed", rows["reduce"]
+    rows = {row.stage: row for row in collect(paths.root)}
+    assert rows["reduce"].state == "failed", rows["reduce"]
     assert exit_code(list(rows.values())) == 1
 
 
@@ -93,4 +93,4 @@ def test_read_only_results_folder(tmpfs: Path, copy_finished_job, capsys) -> Non
     assert _ensemble_files(paths) == before
     assert _listing(paths.root) == listing, "something was written in the read-only folder"
     # status reads the read-only folder and says what it said before: the refusals changed nothing
-    assert collect(paths.root) == status and {r["state"] for r in status[:-1]} == {"done"}
+    assert collect(paths.root) == status and {r.state for r in status[:-1]} == {"done"}

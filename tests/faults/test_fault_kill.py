@@ -159,7 +159,7 @@ def _equal(x: object, y: object) -> bool:
 def _status_not_running(paths: JobPaths) -> None:
     """After a kill, status must not say the dead process is running."""
     rows = collect(paths.root)
-    assert not [r for r in rows if r["state"] == "running"], rows
+    assert not [r for r in rows if r.state == "running"], rows
     assert exit_code(rows) != 0
 
 

@@ -13,9 +13,10 @@ import pytest
 
 from skinhpc.config import load_spec
 from skinhpc.io.layout import JobPaths
+from skinhpc.orchestrate.backends.local import local_driver_alive
 from skinhpc.orchestrate.cancel import cancel
-from skinhpc.orchestrate.evidence import local_driver_alive, pid_alive
-from skinhpc.orchestrate.launches import read_launches
+from skinhpc.orchestrate.launch_log import read_launches
+from skinhpc.orchestrate.processes import pid_alive
 from skinhpc.orchestrate.stages import read_state
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -56,7 +57,7 @@ def test_two_simultaneous_launches_start_one_driver(tmp_path: Path, job_writer) 
         assert sorted(rc for rc, _, _ in outs) == [0, 3], outs
         refused = next(err for rc, _, err in outs if rc == 3).strip().splitlines()
         assert len(refused) == 1 and str(paths.root) in refused[0], refused
-        assert [e["stage"] for e in read_launches(paths)].count("driver") == 1
+        assert [e.stage for e in read_launches(paths)].count("driver") == 1
     finally:
         cancel(paths.root, grace_s=5)
 

@@ -12,8 +12,8 @@ import pytest
 
 from skinhpc.config import load_spec
 from skinhpc.io.layout import JobPaths
-from skinhpc.orchestrate.evidence import active_slurm_ids
-from skinhpc.orchestrate.launches import job_ids, read_launches
+from skinhpc.orchestrate.backends.slurm import active_slurm_ids
+from skinhpc.orchestrate.launch_log import job_ids, read_launches
 
 pytestmark = [pytest.mark.faults, pytest.mark.slurm, pytest.mark.slow]
 PY = sys.executable
@@ -29,9 +29,9 @@ def test_refused_array_undoes_the_launch(slurm_cluster, job_writer):
     assert "sbatch refused the train stage" in lines[0] and "invalid partition" in lines[0].lower()
     paths = JobPaths(load_spec(job, ["cluster.executor=slurm"]).job_dir)
     launches = read_launches(paths)
-    assert [e["stage"] for e in launches] == ["prepare", "launch-failed"], launches
-    prep = launches[0]["job_id"]
-    assert launches[1]["failed_stage"] == "train" and launches[1]["cancelled"] == [prep]
+    assert [e.stage for e in launches] == ["prepare", "launch-failed"], launches
+    prep = launches[0].job_id
+    assert launches[1].failed_stage == "train" and launches[1].cancelled == [prep]
     assert active_slurm_ids(job_ids(paths)) == []  # the prepare it had submitted is gone
     st = subprocess.run([PY, "-m", "skinhpc.cli", "status", str(paths.root)], capture_output=True,
                         text=True, timeout=120)

@@ -16,9 +16,9 @@ from submitit.core.utils import UncompletedJobError
 
 from skinhpc.config import dump_yaml, load_spec
 from skinhpc.io.layout import JobPaths
-from skinhpc.orchestrate.launches import append_launch
+from skinhpc.orchestrate.launch_log import append_launch
 from skinhpc.orchestrate.stages import read_state, record, run_recorded
-from skinhpc.orchestrate.status import collect, exit_code
+from skinhpc.orchestrate.status import StatusRow, collect, exit_code
 
 pytestmark = pytest.mark.faults
 PY = sys.executable
@@ -45,7 +45,7 @@ def status(paths: JobPaths, env: dict | None = None) -> subprocess.CompletedProc
 
 
 def rows(paths: JobPaths) -> dict:
-    return {r["stage"]: r for r in collect(paths.root)}
+    return {r.stage: r for r in collect(paths.root)}
 
 
 def test_killed_process_is_not_running(job_writer):
@@ -55,12 +55,12 @@ def test_killed_process_is_not_running(job_writer):
     while read_state(paths, "member-0").get("state") != "running":
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.1)
-    assert rows(paths)["member 000"]["state"] == "running"
+    assert rows(paths)["member 000"].state == "running"
     assert status(paths).returncode == 4  # in progress
     proc.send_signal(signal.SIGKILL)  # dies without a word: the file still says running
     proc.wait()
     row = rows(paths)["member 000"]
-    assert row["state"] == "failed" and str(proc.pid) in row["reason"], row
+    assert row.state == "failed" and str(proc.pid) in row.reason, row
     r = status(paths)
     assert r.returncode == 1 and "ended without recording" in r.stdout
 
@@ -95,7 +95,7 @@ def test_requeues_counted_when_they_happen(job_writer):
             run_recorded(paths, stage, preempted, True)
         st = read_state(paths, stage)
         assert st["state"] == "requeued" and st["requeues"] == n and "error" not in st, st
-        assert rows(paths)["member 000"]["state"] == "pending"
+        assert rows(paths)["member 000"].state == "pending"
     with pytest.raises(UncompletedJobError):
         run_recorded(paths, stage, preempted, False)
     st = read_state(paths, stage)
@@ -104,8 +104,8 @@ def test_requeues_counted_when_they_happen(job_writer):
 
 
 def test_exit_codes():
-    done = {"stage": "reduce", "state": "done"}
+    done = StatusRow("reduce", "done")
     assert exit_code([done]) == 0
-    assert exit_code([done, {"stage": "member 000", "state": "cancelled"}]) == 1
-    assert exit_code([done, {"stage": "member 000", "state": "unknown"}]) == 3
-    assert exit_code([done, {"stage": "member 000", "state": "pending"}]) == 4
+    assert exit_code([done, StatusRow("member 000", "cancelled")]) == 1
+    assert exit_code([done, StatusRow("member 000", "unknown")]) == 3
+    assert exit_code([done, StatusRow("member 000", "pending")]) == 4

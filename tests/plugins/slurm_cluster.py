@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from skinhpc.orchestrate.plan import scontrol_max_array_size
+from skinhpc.orchestrate.backends.slurm import scontrol_max_array_size
 
 # Low enough that a 4-member job must be split, high enough for 3-member arrays in one.
 TEST_MAX_ARRAY_SIZE = os.environ.get("SKINHPC_TEST_MAX_ARRAY_SIZE", "3")
