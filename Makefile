@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JOB    ?= jobs/demo.yaml
 # pytest-xdist workers for `make test` (0: one process). The SLURM tests share one dev cluster and
-# run on one worker, one at a time (tests/conftest.py); the rest spread over the others.
+# run on one worker, one at a time (tests/plugins/xdist_grouping.py); the rest spread over the others.
 TEST_WORKERS ?= 2
 
 .PHONY: install demo test lint bench mlflow-ui clean

@@ -27,19 +27,19 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import yaml
+from common import markdown_table, verdict
+
+from skinhpc.config import dump_yaml, from_dict, plan_members
+from skinhpc.config import members as members_mod
+from skinhpc.io.layout import JobPaths
+from skinhpc.io.state import write_member_done
+from skinhpc.orchestrate.backends.slurm import active_slurm_ids
+from skinhpc.orchestrate.launch import launch
+from skinhpc.orchestrate.launch_log import job_ids, read_launches
+from skinhpc.orchestrate.stages import PrepareTask
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import yaml  # noqa: E402
-
-from skinhpc.config import dump_yaml, from_dict, plan_members  # noqa: E402
-from skinhpc.config import members as members_mod  # noqa: E402
-from skinhpc.io.layout import JobPaths  # noqa: E402
-from skinhpc.io.state import write_member_done  # noqa: E402
-from skinhpc.orchestrate.backends.slurm import active_slurm_ids  # noqa: E402
-from skinhpc.orchestrate.launch import launch  # noqa: E402
-from skinhpc.orchestrate.launch_log import job_ids, read_launches  # noqa: E402
-from skinhpc.orchestrate.stages import PrepareTask  # noqa: E402
 
 HAM = Path(os.environ.get("SKINHPC_SHARED", REPO.parent / "shared")) / "data" / "ham10000"
 
@@ -149,11 +149,12 @@ def main() -> int:
         last_paths = paths
 
     p, o = statistics.median(plain_s), statistics.median(ours_s)
-    print(f"members                         {args.members}")
-    print(f"plain sbatch array + reduce     {p:.3f} s  (median of {args.repeats})")
-    print(f"skinhpc launch (plan + submit)  {o:.3f} s  (median of {args.repeats})")
-    print(f"ratio skinhpc / plain           {o / p:.2f}x  (target <= 1.5x)")
-    print(f"member-spec validations/launch  {max(builds)}  (goal: {args.members}, one per member)")
+    print(markdown_table(["", f"seconds (median of {args.repeats})"], [
+        [f"plain `sbatch --array=0-{args.members - 1}` + dependent reduce `sbatch`", f"{p:.3f}"],
+        [f"skinhpc launch of a {args.members}-member sweep (load, validate, plan, job.yaml, submit)", f"{o:.3f}"],
+    ]))
+    verdict("skinhpc / plain", o / p, "<=", 1.5)
+    verdict("member-spec validations a launch", max(builds), "<=", args.members, unit="", digits=0)
     if args.no_run:
         return 0
 

@@ -20,7 +20,7 @@ def _git_status(repo: Path) -> str:
 
 
 def test_shipped_job_dry_runs(shipped_job: str, ham_root: Path, repo: Path) -> None:
-    """One test per jobs/*.yaml (``shipped_job``, its file name: tests/conftest.py parametrizes it)."""
+    """One test per jobs/*.yaml (``shipped_job``, its file name: tests/plugins/locations.py parametrizes it)."""
     # the full-dataset jobs point at downloads (data/ham10000, data/isic2019, ...); a dry run only
     # checks that the folders exist: aim them at the shared copy
     sources = load_raw(repo / "jobs" / shipped_job).get("data", {}).get("sources", [])
