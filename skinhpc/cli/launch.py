@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     wait_for(spec, paths)
     rows = collect(paths.root)
     print(format_rows(rows))
-    report = paths.ensemble / "report.html"
+    report = paths.report
     if report.exists():
         print(f"report:  {report}")
     return exit_code(rows) or (0 if report.exists() else 1)

@@ -29,7 +29,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_intermixed_args(list(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = Path(args.job)
-    job_yaml = target / "job.yaml" if target.is_dir() else target
+    job_yaml = JobPaths(target).job_yaml if target.is_dir() else target
     spec = load_spec(job_yaml, args.overrides)
     paths = JobPaths(target if target.is_dir() else spec.job_dir)
     # the job lock: no launch or cancel meanwhile; the reduce lock: no batch reduce writing ensemble/
@@ -41,7 +41,7 @@ def main(argv: Sequence[str]) -> int:
             raise LaunchError(f"{paths.root}: {running}; wait for it or `skinhpc cancel {paths.root}` first")
         summary = run_recorded(paths, "reduce", reduce, spec, paths)
     test = summary.get("test", {})
-    log.info("reduce done: %s; test %s", paths.ensemble / "report.html",
+    log.info("reduce done: %s; test %s", paths.report,
              {k: test.get(k) for k in ("auc", "auc_macro", "balanced_accuracy") if k in test})
     # the results are complete either way; a job that requires MLflow says its mirror failed
     return 1 if spec.reduce.mlflow.required and logging_problem(paths) else 0

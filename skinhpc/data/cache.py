@@ -46,7 +46,7 @@ from skinhpc.data.images import BadImageError, BadImagesError, read_image_bytes,
 from skinhpc.data.preprocess import preprocess
 from skinhpc.io import state
 from skinhpc.io.atomic import atomic_path, write_json_atomic
-from skinhpc.io.layout import JobPaths
+from skinhpc.io.layout import CachePaths, JobPaths
 
 __all__ = [
     "build_cache",
@@ -59,18 +59,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "preprocess.json"
-SOURCE_SUFFIX = ".source.json"  # <id>.source.json: what <id>.npy was made from
 STALE_TMP_S = 3600.0  # a .tmp older than this belongs to a dead writer, not a live one
 
 
 # --------------------------------------------------------------------------- paths and keys
 def cache_path(cache_dir: str | Path, image_id: str) -> Path:
-    return Path(cache_dir) / f"{image_id}.npy"
+    return CachePaths(cache_dir).entry(image_id)
 
 
 def source_record_path(cache_dir: str | Path, image_id: str) -> Path:
-    return Path(cache_dir) / f"{image_id}{SOURCE_SUFFIX}"
+    return CachePaths(cache_dir).source(image_id)
 
 
 def load_cached(cache_dir: str | Path, image_id: str) -> np.ndarray:
@@ -112,7 +110,7 @@ def manifest_hash(paths: JobPaths) -> str:
 
 
 def shard_report_path(paths: JobPaths, mhash: str, shard: int, num_shards: int) -> Path:
-    return paths.root / "prepare" / f"{mhash}-{shard}-of-{num_shards}.json"
+    return paths.shard_report(mhash, shard, num_shards)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +147,7 @@ def _is_current(dst: Path, nbytes: int, src: Path) -> bool:
     """``dst`` is complete and was made from the bytes ``src`` holds now (module docstring)."""
     if not _is_complete(dst, nbytes):
         return False
-    record_path = dst.with_name(dst.name[: -len(".npy")] + SOURCE_SUFFIX)
+    record_path = CachePaths.source_beside(dst)
     try:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
@@ -183,7 +181,7 @@ def _clean_stale_tmp(cache_dir: Path) -> int:
 
 def _write_config(spec: JobSpec, cache_dir: Path) -> None:
     cfg = cache_view(spec)  # the fields the cache key hashes (identity "cache" in the schema)
-    path = cache_dir / CONFIG_NAME
+    path = CachePaths(cache_dir).config
     if path.exists():
         old = json.loads(path.read_text())
         if old.get("preprocess") != cfg:
@@ -219,7 +217,7 @@ def _process(task: _Task) -> tuple[str, str, str | None]:
     dst = Path(task.dst)
     with atomic_path(dst) as tmp, open(tmp, "wb") as f:
         np.save(f, arr, allow_pickle=False)
-    write_json_atomic(dst.with_name(dst.name[: -len(".npy")] + SOURCE_SUFFIX),
+    write_json_atomic(CachePaths.source_beside(dst),
                       {"path": str(src), **(stamp or {}), "sha256": hashlib.sha256(data).hexdigest()})
     return task.image_id, task.src, None
 
@@ -323,18 +321,18 @@ def build_cache(spec: JobSpec, paths: JobPaths, shard: int = 0, num_shards: int 
 
 def _complete_reports(paths: JobPaths, mhash: str, prefer: int) -> list[dict[str, Any]]:
     found: dict[int, dict[int, Path]] = {}
-    for p in (paths.root / "prepare").glob(f"{mhash}-*-of-*.json"):
+    for p in paths.prepare_reports.glob(f"{mhash}-*-of-*.json"):
         m = re.fullmatch(rf"{mhash}-(\d+)-of-(\d+)\.json", p.name)
         if m:
             found.setdefault(int(m.group(2)), {})[int(m.group(1))] = p
     complete = [n for n, got in found.items() if set(got) == set(range(n))]
     if not complete:
         if not found:
-            raise RuntimeError(f"{paths.root / 'prepare'}: no shard reports for this manifest "
+            raise RuntimeError(f"{paths.prepare_reports}: no shard reports for this manifest "
                                f"({mhash}); run build_cache first")
         n = prefer if prefer in found else max(found)
         missing = sorted(set(range(n)) - set(found[n]))
-        raise RuntimeError(f"{paths.root / 'prepare'}: cache shard(s) {missing} of {n} have no "
+        raise RuntimeError(f"{paths.prepare_reports}: cache shard(s) {missing} of {n} have no "
                            "report (task failed or still running)")
     n = prefer if prefer in complete else max(complete)
     return [json.loads(found[n][k].read_text()) for k in range(n)]

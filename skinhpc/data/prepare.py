@@ -36,9 +36,6 @@ from skinhpc.io.layout import JobPaths
 
 log = logging.getLogger(__name__)
 
-TABLES_META = "prepare.tables.json"
-DUPLICATES = "duplicates.json"  # images dropped as copies of others, label disagreements
-
 
 def data_hash(spec: JobSpec) -> str:
     """Hash of everything that changes the tables (source roots resolved to absolute paths)."""
@@ -53,7 +50,7 @@ def data_hash(spec: JobSpec) -> str:
 
 
 def tables_meta_path(paths: JobPaths) -> Path:
-    return paths.root / TABLES_META
+    return paths.tables_meta
 
 
 def tables_current(spec: JobSpec, paths: JobPaths, audit: bool = True) -> bool:
@@ -84,7 +81,7 @@ def prepare_tables(spec: JobSpec, paths: JobPaths, audit: bool = True, force: bo
     manifest = gathered.table
     splits = make_splits(manifest, spec.data.split)
     write_manifest(manifest, paths.manifest)
-    write_json_atomic(paths.root / DUPLICATES, gathered.record())
+    write_json_atomic(paths.duplicates, gathered.record())
     with atomic_path(paths.splits) as tmp:
         splits.to_csv(tmp, index=False)
     report = None

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 def load_thresholds(paths: JobPaths) -> dict[str, Any]:
     """``ensemble/thresholds.json`` of a reduced job; a missing or broken file is named."""
-    path = paths.ensemble / "thresholds.json"
+    path = paths.thresholds
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; run the reduce stage of this job first")
     if not dir_complete(paths.ensemble):
@@ -71,7 +71,7 @@ class EnsemblePredictor:
         self.class_names = list(self.thresholds.get("class_names") or self.spec.class_names)
         if self.class_names != self.spec.class_names:
             raise ValueError(
-                f"{self.paths.ensemble / 'thresholds.json'}: class_names {self.class_names} differ "
+                f"{self.paths.thresholds}: class_names {self.class_names} differ "
                 f"from the job's {self.spec.class_names}"
             )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -87,7 +87,7 @@ class EnsemblePredictor:
         """The validation rank scale of a rank ensemble, checked against the loaded members."""
         if self.spec.reduce.ensemble != "rank":
             return None
-        where = self.paths.ensemble / "thresholds.json"
+        where = self.paths.thresholds
         ref = self.thresholds.get("rank_reference")
         if not ref:
             raise ValueError(f"{where}: reduce.ensemble=rank but no rank_reference (reduced by an older "
@@ -144,7 +144,7 @@ class EnsemblePredictor:
         try:
             calls = decisions(probs, self.class_names, self.spec.data.malignant, self.thresholds, gate)
         except ValueError as e:
-            raise ValueError(f"{self.paths.ensemble / 'thresholds.json'}: {e}") from None
+            raise ValueError(f"{self.paths.thresholds}: {e}") from None
         out = pd.DataFrame({"prob_malignant": calls["malignant_score"]})
         if self.spec.data.task == "binary":
             out["prob_benign"] = probs[:, 0]

@@ -27,9 +27,8 @@ from typing import Any
 from skinhpc.io.atomic import write_json_atomic
 from skinhpc.io.layout import JobPaths
 
-__all__ = ["RECORD", "note_read", "recording", "sources_problem", "write_record"]
+__all__ = ["note_read", "recording", "sources_problem", "write_record"]
 
-RECORD = "prepare.sources.json"
 _READS: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("skinhpc_source_reads", default=None)
 
 
@@ -66,7 +65,7 @@ def _identity(path: Path) -> dict[str, Any]:
 
 
 def record_path(paths: JobPaths) -> Path:
-    return paths.root / RECORD
+    return paths.sources_record
 
 
 def write_record(paths: JobPaths, files: Iterable[Path]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import submitit
 
 from skinhpc.config import JobSpec, Member
 from skinhpc.io.atomic import write_json_atomic
-from skinhpc.io.layout import JobPaths
+from skinhpc.io.layout import CachePaths, JobPaths
 from skinhpc.io.member_identity import identity_problem
 
 __all__ = ["identity_problem"]  # re-exported: its home is io.member_identity (no torch, no cycle)
@@ -150,7 +150,7 @@ def done_members(spec: JobSpec, paths: JobPaths, members: Iterable[Member]) -> s
     fingerprints: dict[str, str] = {}  # per sweep point and fold: the seeds of one point share it
     done = set()
     for m in members:
-        if m.name not in names or not os.path.exists(os.path.join(root, m.name, "done.json")):
+        if m.name not in names or not paths.member(m).done.exists():
             continue
         key = m.point
         if key not in fingerprints:
@@ -230,7 +230,8 @@ def prepare_problem(spec: JobSpec, paths: JobPaths) -> str | None:
         cached = set(os.listdir(spec.cache_dir))
     except OSError:
         return f"{spec.cache_dir}: cache folder missing"
-    missing = [i for i, _ in rows if i not in skipped and f"{i}.npy" not in cached]
+    cache = CachePaths(spec.cache_dir)
+    missing = [i for i, _ in rows if i not in skipped and cache.entry(i).name not in cached]
     if missing:
         return f"{spec.cache_dir}: {len(missing)} kept image(s) not cached, e.g. {missing[:3]}"
     return None
@@ -243,18 +244,18 @@ def prepare_complete(spec: JobSpec, paths: JobPaths) -> bool:
 
 # --------------------------------------------------------------------------- stage records
 def state_dir(paths: JobPaths) -> Path:
-    return paths.root / "state"
+    return paths.state_dir
 
 
 def state_file(paths: JobPaths, stage: str) -> Path:
-    return state_dir(paths) / f"{stage}.json"
+    return paths.stage_state(stage)
 
 
 def error_file(paths: JobPaths, stage: str) -> Path:
     """Where a stage's last traceback goes; members keep theirs beside their outputs."""
     if stage.startswith("member-"):
         return paths.member(int(stage.split("-", 1)[1])).error
-    return state_dir(paths) / f"{stage}.error.txt"
+    return paths.stage_error(stage)
 
 
 def read_state(paths: JobPaths, stage: str) -> dict[str, Any]:

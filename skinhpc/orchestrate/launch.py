@@ -21,7 +21,7 @@ from pathlib import Path
 from skinhpc.config import JobSpec, SpecError, changed_keys, dump_yaml, load_spec, plan_members
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
-from skinhpc.io.lock import LOCK_NAME, job_lock
+from skinhpc.io.lock import job_lock
 from skinhpc.io.provenance import sources_problem
 from skinhpc.orchestrate.backends import Backend, backend_for, busy
 from skinhpc.orchestrate.checks import check_environment
@@ -51,7 +51,7 @@ def check_folder(spec: JobSpec, paths: JobPaths, force_new: bool) -> None:
         if changed and all(k.startswith("reduce.") for k in changed):
             # members are the same experiment: reuse them, rerun the reduce with the new settings
             _busy_check(paths)
-            kept = paths.root / f"job.{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+            kept = paths.kept_spec(time.strftime('%Y%m%d-%H%M%S'))
             paths.job_yaml.rename(kept)
             print(f"reduce settings changed ({', '.join(changed)}): finished members are reused and "
                   f"the reduce runs again; the previous spec is kept as {kept.name}")
@@ -170,7 +170,7 @@ def launch(
             entries = backend.submit(spec, paths, plan)
     except BaseException:
         if created and not paths.job_yaml.exists():  # refused before anything: leave no folder
-            (paths.root / LOCK_NAME).unlink(missing_ok=True)
+            paths.lock.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 paths.root.rmdir()
         raise

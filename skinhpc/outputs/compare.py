@@ -71,7 +71,7 @@ class Job:
             raise FileNotFoundError(f"{paths.job_yaml}: no job.yaml (is this a skinhpc results folder?)")
         spec = load_spec(paths.job_yaml)
         th = load_thresholds(paths)
-        where = paths.ensemble / "thresholds.json"
+        where = paths.thresholds
         if spec.data.task == "binary":
             threshold = float(th["threshold"])
         elif isinstance(th.get("malignant"), dict) and "threshold" in th["malignant"]:
@@ -86,7 +86,7 @@ class Job:
 
     def test_scores(self) -> pd.DataFrame:
         """image_id, group, label (malignant 1), score of the reduce's test predictions."""
-        path = self.paths.ensemble / "predictions_test.csv"
+        path = self.paths.predictions("test")
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; run the reduce stage of this job first")
         df = pd.read_csv(path)

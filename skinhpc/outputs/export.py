@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from skinhpc.config import JobSpec, Member
-from skinhpc.data.cache import load_cached
+from skinhpc.data.cache import cache_path, load_cached
 from skinhpc.data.dataset import encode_metadata
 from skinhpc.data.images import read_rgb
 from skinhpc.data.prepare import load_table
@@ -92,7 +92,7 @@ def sample_inputs(spec: JobSpec, paths: JobPaths, n: int = 8, uses_meta: bool = 
     table = table.assign(_o=table["split"].map(order).fillna(3)).sort_values(["_o", "image_id"]).head(n)
     images = []
     for _, row in table.iterrows():
-        cached = spec.cache_dir / f"{row['image_id']}.npy"
+        cached = cache_path(spec.cache_dir, row["image_id"])
         if cached.is_file():
             images.append(load_cached(spec.cache_dir, row["image_id"]))
         else:
@@ -173,16 +173,16 @@ def export_job(spec: JobSpec, paths: JobPaths, n_images: int = 8, *,
     image = to_unit_tensor(imgs)
     meta = None if meta_np is None else torch.from_numpy(meta_np)
     example = (image[:2],) if meta is None else (image[:2], meta[:2])
-    out_dir = paths.ensemble / "onnx"
+    out_dir = paths.onnx_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     files: list[dict[str, Any]] = []
     for member, model in loaded:
         wrapped = SoftmaxModel(model).eval()
-        path = out_dir / f"member_{member.name}.onnx"
+        path = paths.onnx_member(member.name)
         export_model(wrapped, path, example)
         files.append({"member": member.name, **verify(wrapped, path, image, meta)})
     ensemble = MeanEnsemble(models).eval()
-    path = out_dir / "ensemble.onnx"
+    path = paths.onnx_ensemble
     export_model(ensemble, path, example)
     files.append({"member": "ensemble", **verify(ensemble, path, image, meta)})
     worst = max(f["max_abs_diff"] for f in files)
@@ -198,12 +198,12 @@ def export_job(spec: JobSpec, paths: JobPaths, n_images: int = 8, *,
         "files": files,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    write_json_atomic(out_dir / "verify.json", record)
+    write_json_atomic(paths.onnx_verify, record)
     bad = [f for f in files if f["max_abs_diff"] > TOLERANCE]
     if bad:
         raise ExportMismatch(
             "ONNX export differs from PyTorch beyond "
-            f"{TOLERANCE}: " + ", ".join(f"{out_dir / f['file']}: {f['max_abs_diff']:.2e}" for f in bad)
+            f"{TOLERANCE}: " + ", ".join(f"{paths.onnx_file(f['file'])}: {f['max_abs_diff']:.2e}" for f in bad)
         )
     log.info("ONNX: %d member(s) + ensemble in %s, max abs diff %.2e", len(loaded), out_dir, worst)
     return record

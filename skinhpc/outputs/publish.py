@@ -20,7 +20,6 @@ from skinhpc.config import JobSpec
 from skinhpc.ensemble.reduce import Reduced, compute, predictions_frame
 from skinhpc.ensemble.sets import device_for
 from skinhpc.io.atomic import (
-    COMPLETE_MARKER,
     atomic_dir,
     to_jsonable,
     write_csv_atomic,
@@ -55,7 +54,7 @@ def log_only(spec: JobSpec, paths: JobPaths) -> str | None:
     """Mirror a committed ``ensemble/`` to MLflow again (``skinhpc reduce --log-only``): nothing is
     recomputed and nothing in ``ensemble/`` is written; returns the run id, None when it failed
     (recorded, as in the reduce)."""
-    if not (paths.ensemble / COMPLETE_MARKER).is_file():
+    if not paths.ensemble_complete.is_file():
         raise FileNotFoundError(f"{paths.ensemble}: no complete reduce to log; run `skinhpc reduce {paths.root}`")
     return mirror(spec, paths)
 
@@ -67,20 +66,20 @@ def write_outputs(spec: JobSpec, paths: JobPaths, r: Reduced) -> None:
     out = paths.ensemble
     out.mkdir(parents=True, exist_ok=True)
     for split in (val, test):
-        write_csv_atomic(out / f"predictions_{split.name}.csv", predictions_frame(spec, split, summary))
-    write_json_atomic(out / "thresholds.json", r.thresholds_file())
+        write_csv_atomic(paths.predictions(split.name), predictions_frame(spec, split, summary))
+    write_json_atomic(paths.thresholds, r.thresholds_file())
 
-    plots = report.make_plots(spec, summary, val, test, r.members, out / "plots")
+    plots = report.make_plots(spec, summary, val, test, r.members, paths.plots_dir)
     summary["plots"] = {k: str(Path(v).relative_to(out)) for k, v in plots.items()}
     # gallery/export records come from other modules: cleaned here so the in-memory summary the
     # report and MLflow read equals the file
-    gallery = gradcam.gallery(spec, r.models, test.frame, test.ensemble, out / "gradcam",
+    gallery = gradcam.gallery(spec, r.models, test.frame, test.ensemble, paths.gradcam_dir,
                               threshold=summary["thresholds"]["threshold"], device=device_for())
     summary["gradcam"] = to_jsonable(gallery)
-    write_json_atomic(out / "metrics.json", summary)
+    write_json_atomic(paths.metrics, summary)
     report.write_report(spec, paths, summary)
 
     if spec.reduce.onnx:
         table = pd.concat([test.frame, val.frame], ignore_index=True)
         summary["onnx"] = to_jsonable(export_job(spec, paths, members=r.members, models=r.models, table=table))
-    write_json_atomic(out / "metrics.json", summary)
+    write_json_atomic(paths.metrics, summary)

@@ -183,7 +183,7 @@ class LocalBackend:
         paths.submitit.mkdir(parents=True, exist_ok=True)
         with atomic_path(paths.driver_plan) as tmp:
             tmp.write_bytes(pickle.dumps(plan))
-        logfile = paths.submitit / "driver.log"
+        logfile = paths.driver_log
         with open(logfile, "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "skinhpc.orchestrate.worker", "drive", str(paths.root)],

@@ -188,7 +188,7 @@ def _executor(paths: JobPaths, plan: SubmissionPlan, step: Step, dep: str | None
     return ex
 
 
-def submit_array(ex: Any, task: Any, n: int, folder: Path) -> str:
+def submit_array(ex: Any, task: Any, n: int, paths: JobPaths) -> str:
     """sbatch one array of ``n`` tasks that all run ``task()``; returns the array's job id.
 
     submitit's ``map_array`` writes one pickle file per task before sbatch (100 file
@@ -200,8 +200,9 @@ def submit_array(ex: Any, task: Any, n: int, folder: Path) -> str:
     Uses ``SlurmExecutor._submit_command`` (submitit pinned to 1.5.x in setup.cfg).
     """
     slurm = ex._executor  # the SlurmExecutor behind the AutoExecutor, parameters converted
+    folder = paths.submitit
     folder.mkdir(parents=True, exist_ok=True)
-    template = folder / f"array_{uuid.uuid4().hex}.pkl"
+    template = paths.array_template(uuid.uuid4().hex)
     delayed = DelayedSubmission(task)
     delayed.set_timeout(slurm.parameters.get("time", 5), slurm.max_num_timeout)
     delayed.dump(template)
@@ -285,7 +286,7 @@ class SlurmBackend:
                 out.append((step.name, slurm._make_submission_file_text(slurm._submitit_command_str, "dry-run")))
                 continue
             slurm.parameters["map_count"] = len(step.array)
-            command = array_command(slurm, paths.submitit, paths.submitit / "array_<uuid>.pkl")
+            command = array_command(slurm, paths.submitit, paths.array_template("<uuid>"))
             out.append((step.name, slurm._make_submission_file_text(command, "dry-run")))
         return out
 
@@ -302,7 +303,7 @@ class SlurmBackend:
                     if step.array is None:
                         ids[i] = str(ex.submit(step.task).job_id)
                     else:
-                        ids[i] = submit_array(ex, step.task, len(step.array), paths.submitit)
+                        ids[i] = submit_array(ex, step.task, len(step.array), paths)
             except KeyboardInterrupt as e:  # Ctrl-C mid-launch: undone as well
                 with contextlib.suppress(SubmitError):
                     undo(paths, ids, step, e)

@@ -102,7 +102,6 @@ def _audit(paths: JobPaths) -> str:
 
 def render(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> str:
     """The report as one HTML string (images inlined)."""
-    ens = paths.ensemble
     binary = spec.data.task == "binary"
     parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>skinhpc report: "
              f"{html.escape(spec.name)}</title><style>{rh.CSS}</style></head><body>"]
@@ -173,7 +172,7 @@ def render(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> str:
 
     parts.append("<h2>Plots (test)</h2><div class=plots>")
     for name, rel in (summary.get("plots") or {}).items():
-        parts.append(rh.inline_png((ens / rel).read_bytes(), name))
+        parts.append(rh.inline_png((paths.in_ensemble(rel)).read_bytes(), name))
     parts.append("</div>")
 
     parts.append("<h2>Grad-CAM</h2>")
@@ -187,7 +186,7 @@ def render(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> str:
         for it in gc["items"]:
             cap = (f"{html.escape(it['image_id'])}: true {html.escape(it['true'])}, predicted "
                    f"{html.escape(it['pred'])} ({it['confidence']:.2f}), {html.escape(it['kind'])}")
-            parts.append(f"<figure>{rh.inline_png((ens / 'gradcam' / it['file']).read_bytes(), it['image_id'])}"
+            parts.append(f"<figure>{rh.inline_png((paths.gradcam_image(it['file'])).read_bytes(), it['image_id'])}"
                          f"<figcaption>{cap}</figcaption></figure>")
         parts.append("</div>")
 
@@ -204,7 +203,7 @@ def render(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> str:
 
 def write_report(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> Path:
     """``ensemble/report.html`` of the reduce, written atomically."""
-    out = paths.ensemble / "report.html"
+    out = paths.report
     write_text_atomic(out, render(spec, paths, summary))
     log.info("report written: %s", out)
     return out

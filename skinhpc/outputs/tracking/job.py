@@ -86,16 +86,16 @@ def _artifact_files(paths: JobPaths) -> list[tuple[Path, str | None]]:
     files: list[tuple[Path, str | None]] = [
         (paths.job_yaml, None),
         (paths.audit, None),
-        (ens / "metrics.json", None),
-        (ens / "thresholds.json", None),
-        (ens / "report.html", None),
+        (paths.metrics, None),
+        (paths.thresholds, None),
+        (paths.report, None),
     ]
     for pattern in ("*.png", "*.svg"):
         files += [(p, "plots") for p in sorted(ens.glob(pattern))]
-    for sub in ("plots", "gradcam"):
-        if (ens / sub).is_dir():
-            files += [(p, sub) for p in sorted((ens / sub).rglob("*")) if p.is_file()]
-    files.append((ens / "onnx" / "verify.json", "onnx"))
+    for sub, folder in (("plots", paths.plots_dir), ("gradcam", paths.gradcam_dir)):
+        if folder.is_dir():
+            files += [(p, sub) for p in sorted(folder.rglob("*")) if p.is_file()]
+    files.append((paths.onnx_verify, "onnx"))
     return [(f, sub) for f, sub in files if f.is_file()]
 
 
@@ -170,7 +170,7 @@ def log_job(spec: JobSpec, paths: JobPaths, summary: dict[str, Any], *, started:
         superseded = _supersede(client, exp_id, job_dir, pid)
         if superseded:
             log.info("marked %d earlier run(s) of %s as superseded by %s", superseded, job_dir, pid)
-        record = summary or read_json(paths.ensemble / "metrics.json")
+        record = summary or read_json(paths.metrics)
         members = _used_members(spec, record)
         params = spec_params(spec)
         params["members"] = str(len(members))
@@ -183,7 +183,7 @@ def log_job(spec: JobSpec, paths: JobPaths, summary: dict[str, Any], *, started:
         for m in members:
             log_member(client, exp_id, pid, spec, paths, m, record)
         _log_comparison(client, pid, spec, paths, members, record)
-        if (paths.ensemble / "thresholds.json").is_file() and members:
+        if paths.thresholds.is_file() and members:
             model_uri = log_ensemble_model(client, pid, spec, paths, members)
             client.set_tag(pid, "skinhpc.model_uri", model_uri)
         client.set_terminated(pid, "FINISHED", end_time=int(time.time() * 1000))

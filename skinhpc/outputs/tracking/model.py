@@ -34,7 +34,6 @@ import pandas as pd
 from skinhpc.config import JobSpec, Member
 from skinhpc.data.prepare import load_table
 from skinhpc.ensemble.predictor import EnsemblePredictor
-from skinhpc.io.atomic import COMPLETE_MARKER
 from skinhpc.io.layout import JobPaths
 from skinhpc.outputs.tracking.store import tracking_uri
 
@@ -49,19 +48,19 @@ _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 def stage_model_dir(paths: JobPaths, members: list[Member], dest: Path) -> Path:
     """A pruned results folder with only what prediction reads, in the same layout."""
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(paths.job_yaml, dest / "job.yaml")
-    (dest / "ensemble").mkdir(exist_ok=True)
-    shutil.copy2(paths.ensemble / "thresholds.json", dest / "ensemble" / "thresholds.json")
+    dest_paths = JobPaths(dest)
+    shutil.copy2(paths.job_yaml, dest_paths.job_yaml)
+    dest_paths.ensemble.mkdir(exist_ok=True)
+    shutil.copy2(paths.thresholds, dest_paths.thresholds)
     # the reduce logs the model before it commits ensemble/ (its marker comes last): the copy
     # holds what a complete reduce computed, so it is marked complete for the predictor
-    (dest / "ensemble" / COMPLETE_MARKER).write_text("")
-    dest_paths = JobPaths(dest)
+    dest_paths.ensemble_complete.write_text("")
     for m in members:
         src, dst = paths.member(m), dest_paths.member(m)
         dst.root.mkdir(parents=True, exist_ok=True)
-        for f in (src.best, src.spec_json, src.done):
+        for f, to in ((src.best, dst.best), (src.spec_json, dst.spec_json), (src.done, dst.done)):
             if f.is_file():
-                shutil.copy2(f, dst.root / f.name)
+                shutil.copy2(f, to)
     return dest
 
 
