@@ -156,3 +156,15 @@ def test_a_staged_reduce_writes_every_ensemble_file_to_its_staging_folder():
               staged.onnx_ensemble, staged.onnx_member("000"), staged.in_ensemble("plots/x.png")):
         assert f.is_relative_to("/tmp/stage"), f
     assert staged.job_yaml == Path("/r/job.yaml")
+
+
+def test_shard_reports_are_found_by_the_name_they_are_written_under(tmp_path: Path):
+    p = JobPaths(tmp_path)
+    p.prepare_reports.mkdir()
+    for shard, n in ((0, 2), (1, 2), (0, 1)):
+        p.shard_report("abc", shard, n).write_text("{}")
+    p.shard_report("other", 0, 1).write_text("{}")
+    (p.prepare_reports / "abc-x-of-2.json").write_text("{}")
+    assert sorted(p.shard_reports("abc")) == [(0, 1, p.shard_report("abc", 0, 1)),
+                                             (0, 2, p.shard_report("abc", 0, 2)),
+                                             (1, 2, p.shard_report("abc", 1, 2))]

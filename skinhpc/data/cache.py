@@ -321,10 +321,8 @@ def build_cache(spec: JobSpec, paths: JobPaths, shard: int = 0, num_shards: int 
 
 def _complete_reports(paths: JobPaths, mhash: str, prefer: int) -> list[dict[str, Any]]:
     found: dict[int, dict[int, Path]] = {}
-    for p in paths.prepare_reports.glob(f"{mhash}-*-of-*.json"):
-        m = re.fullmatch(rf"{mhash}-(\d+)-of-(\d+)\.json", p.name)
-        if m:
-            found.setdefault(int(m.group(2)), {})[int(m.group(1))] = p
+    for shard, n, p in paths.shard_reports(mhash):
+        found.setdefault(n, {})[shard] = p
     complete = [n for n, got in found.items() if set(got) == set(range(n))]
     if not complete:
         if not found:

@@ -6,6 +6,8 @@ here, so any stage can be rerun, resumed or inspected on its own.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from skinhpc.config import Member
@@ -103,6 +105,13 @@ class JobPaths:
     def shard_report(self, manifest_hash: str, shard: int, num_shards: int) -> Path:
         """What one cache shard of prepare built, for the manifest with that hash."""
         return self.prepare_reports / f"{manifest_hash}-{shard}-of-{num_shards}.json"
+
+    def shard_reports(self, manifest_hash: str) -> Iterator[tuple[int, int, Path]]:
+        """(shard, num_shards, path) of each shard report on disk for that manifest."""
+        for p in self.prepare_reports.glob(f"{manifest_hash}-*-of-*.json"):
+            m = re.fullmatch(rf"{re.escape(manifest_hash)}-(\d+)-of-(\d+)\.json", p.name)
+            if m:
+                yield int(m.group(1)), int(m.group(2)), p
 
     def kept_spec(self, stamp: str) -> Path:
         """A previous job.yaml kept when a launch changed only reduce settings."""
