@@ -105,7 +105,7 @@ def test_compare_refuses_other_test_images(pair, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert skinhpc(["compare", str(a.root), str(other.root), "--out", str(out), "--no-mlflow"]) == 3
     err = capsys.readouterr().err
-    assert "refused" in err and "test images differ" in err and str(splits.loc[moved, "image_id"]) in err
+    assert "error" in err and "test images differ" in err and str(splits.loc[moved, "image_id"]) in err
     assert "--data" in err and not out.exists()
 
 

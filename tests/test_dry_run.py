@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from skinhpc.config import load_raw
 from skinhpc.orchestrate.launch import launch
 
 
@@ -14,19 +13,16 @@ def tree(root: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
 
-def test_shipped_job_dry_run_writes_nothing(shipped_job: str, ham_root: Path, repo: Path, tmp_path: Path,
-                                            capsys) -> None:
+def test_shipped_job_dry_run_writes_nothing(shipped_job: str, repo: Path, tmp_path: Path, capsys,
+                                            download_root_overrides) -> None:
     job = repo / "jobs" / shipped_job
-    full = [p for p in load_raw(job).get("data", {}).get("sources", [])
-            if str(p.get("root", "")).endswith("data/ham10000")]
     image = tmp_path / "images" / "skinhpc.sif"
     image.parent.mkdir()
     image.write_bytes(b"not an image: a dry run never opens it")
     results = tmp_path / "results"
     results.mkdir()
     (results / "other-job.txt").write_text("someone else's results\n")
-    over = [f"results_dir={results}", f"cluster.container={image}"]
-    over += [f"data.sources.0.root={ham_root}"] if full else []
+    over = [f"results_dir={results}", f"cluster.container={image}", *download_root_overrides(job)]
     before = tree(tmp_path)
     spec, entries = launch(job, over, dry_run=True)
     out = capsys.readouterr().out

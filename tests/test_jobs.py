@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from skinhpc.config import load_raw, load_spec, plan_members
+from skinhpc.config import load_spec, plan_members
 from skinhpc.io.layout import JobPaths
 from skinhpc.io.state import done_members
 
@@ -19,13 +19,11 @@ def _git_status(repo: Path) -> str:
     return subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
 
 
-def test_shipped_job_dry_runs(shipped_job: str, ham_root: Path, repo: Path) -> None:
+def test_shipped_job_dry_runs(shipped_job: str, repo: Path, download_root_overrides) -> None:
     """One test per jobs/*.yaml (``shipped_job``, its file name: tests/plugins/locations.py parametrizes it)."""
     # the full-dataset jobs point at downloads (data/ham10000, data/isic2019, ...); a dry run only
     # checks that the folders exist: aim them at the shared copy
-    sources = load_raw(repo / "jobs" / shipped_job).get("data", {}).get("sources", [])
-    over = [f"data.sources.{i}.root={ham_root}" for i, p in enumerate(sources)
-            if re.search(r"(^|/)data/(ham10000|isic2019|isic2020)$", str(p.get("root", "")))]
+    over = download_root_overrides(repo / "jobs" / shipped_job)
     before = _git_status(repo)
     r = subprocess.run([sys.executable, "-m", "skinhpc.launch", f"jobs/{shipped_job}", "--dry-run", *over],
                        cwd=repo, capture_output=True, text=True, timeout=180)

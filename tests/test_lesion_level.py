@@ -79,8 +79,11 @@ def _split(name: str, n: int, n_classes: int, rng: np.random.Generator) -> Split
     y = np.repeat(y_group, sizes)
     logits = rng.normal(size=(2, y.size, n_classes)) + 1.5 * np.eye(n_classes)[y]
     p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    # dx as the manifest has it: benign nv / malignant mel, or HAM10000's seven in label order
+    codes = np.array(["nv", "mel"] if n_classes == 2 else ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"])
     frame = pd.DataFrame({"image_id": [f"{name}{i}" for i in range(y.size)], "label": y, "group": group,
-                          "age": rng.integers(20, 80, y.size), "sex": "male", "site": "back"})
+                          "age": rng.integers(20, 80, y.size), "sex": "male", "site": "back",
+                          "dx": codes[y]})
     return Split(name, frame, p, p.mean(0))
 
 

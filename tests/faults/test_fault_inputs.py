@@ -142,6 +142,6 @@ def test_overlong_job_name_is_refused_by_the_dry_run(job_writer, tmp_path: Path)
     r = cli("launch", str(job), f"name={'a' * 300}", "--dry-run")
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
-    assert "name: must have 1 to 100 characters, got 300" in lines[0]
+    assert "name: must have at most 100 characters, got 300" in lines[0]
     assert cli("launch", str(job), f"name={'a' * 100}", "--dry-run").returncode == 0
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())

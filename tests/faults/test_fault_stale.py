@@ -28,7 +28,7 @@ from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
 from skinhpc.io.state import prepare_problem
 from skinhpc.orchestrate import launch as launch_mod
-from skinhpc.orchestrate.pipeline import LaunchError
+from skinhpc.orchestrate.errors import LaunchError
 
 pytestmark = pytest.mark.faults
 PY = sys.executable

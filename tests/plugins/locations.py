@@ -80,3 +80,19 @@ def shell_env() -> Callable[[], dict[str, str]]:
         env.pop("SLURM_CPUS_PER_TASK", None)  # a test run inside a SLURM allocation: not the user's shell
         return env
     return env
+
+
+@pytest.fixture(scope="session")
+def download_root_overrides(ham_root: Path) -> Callable[[Path], list[str]]:
+    """``download_root_overrides(job) -> ['data.sources.K.root=<shared HAM10000>', ...]``: a shipped
+    job's sources that point at a download folder (data/ham10000, data/isic2019, data/isic2020),
+    aimed at the shared copy, so a dry run (which only checks that the folders exist) runs here."""
+    import re
+
+    from skinhpc.config import load_raw
+
+    def overrides(job: Path) -> list[str]:
+        sources = load_raw(job).get("data", {}).get("sources", [])
+        return [f"data.sources.{i}.root={ham_root}" for i, p in enumerate(sources)
+                if re.search(r"(^|/)data/(ham10000|isic2019|isic2020)$", str(p.get("root", "")))]
+    return overrides
