@@ -39,6 +39,7 @@ EXIT_CODES: tuple[tuple[str, str, int], ...] = (
     ("skinhpc.model.net", "ModelError", 2),
     ("skinhpc.io.checkpoint", "CheckpointError", 2),
     ("skinhpc.cli.parser", "UsageError", 2),
+    ("skinhpc.config.bounded", "UnreadableFileError", 2),  # a user's input file refused before reading
     ("builtins", "FileNotFoundError", 2),
     ("builtins", "NotADirectoryError", 2),
     ("builtins", "OSError", 1),  # the environment: a read-only folder, a full disk

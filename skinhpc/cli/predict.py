@@ -12,6 +12,7 @@ failed, 2 for a usage error (no model folder, no files); any other error as ever
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -22,6 +23,7 @@ import pandas as pd
 
 from skinhpc.cli.parser import CommandParser, UsageError
 from skinhpc.config import SpecError
+from skinhpc.config.bounded import read_bounded
 from skinhpc.data.splits import GROUP_IMAGES
 from skinhpc.ensemble.predictor import EnsemblePredictor
 from skinhpc.io.atomic import write_csv_atomic
@@ -48,9 +50,13 @@ def collect_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+MAX_METADATA_BYTES = 256 * 2**20  # --metadata: a CSV of ages, sexes, sites; far below this
+
+
 def metadata_table(csv_path: str, files: list[Path]) -> pd.DataFrame:
     """Metadata rows aligned to ``files`` by full path or file name; missing rows stay empty."""
-    meta = pd.read_csv(csv_path)
+    # read like every input file: a regular file under a cap (a metadata CSV of a million rows is ~50 MB)
+    meta = pd.read_csv(io.BytesIO(read_bounded(csv_path, MAX_METADATA_BYTES, "a metadata CSV")))
     if "path" not in meta.columns:
         raise SpecError(f"{csv_path}: needs a 'path' column (full path or file name)")
     by_key = {str(p): r for p, r in zip(meta["path"], meta.to_dict("records"), strict=True)}

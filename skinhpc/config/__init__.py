@@ -20,6 +20,7 @@ from skinhpc.config.loader import (
     load_raw,
     load_spec,
     parse_override,
+    read_yaml_file,
     set_dotted,
     with_overrides,
 )
@@ -61,7 +62,7 @@ __all__ = [
     "EarlyStoppingSpec", "EmaSpec", "HairSpec", "JobSpec", "LossSpec", "Member", "MetadataSpec",
     "MlflowSpec", "ModelSpec", "PhaseSpec", "PreprocessSpec", "ReduceSpec", "SchedulerSpec",
     "SourceSpec", "SpecError", "SplitSpec", "SweepSpec", "TrainSpec", "cache_view", "changed_keys",
-    "deep_merge", "describe", "dump_yaml", "from_dict", "identity_view", "leaf_identities", "load_raw",
+    "deep_merge", "describe", "dump_yaml", "from_dict", "identity_view", "leaf_identities", "load_raw", "read_yaml_file",
     "load_spec", "member_at", "member_count", "member_fingerprint", "parse_override", "plan_members", "project_dir",
     "schema_markdown", "schema_rows", "set_dotted", "with_overrides",
 ]

@@ -96,14 +96,21 @@ def safe_load(text: str, where: str) -> Any:
         raise SpecError(f"{where}: invalid YAML: {str(e)[:400]}") from None
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml_file(path: str | Path) -> Any:
+    """A user's YAML file as Python data, read the one way every YAML file is: a regular file under
+    :data:`MAX_YAML_BYTES`, duplicate keys refused naming both lines (a job, an include, the data
+    fragment of ``skinhpc evaluate --data``)."""
     try:
         text = read_bounded(path, MAX_YAML_BYTES, "a YAML file").decode()
     except UnreadableFileError as e:
         raise SpecError(str(e)) from None
     except UnicodeDecodeError as e:
         raise SpecError(f"{path}: cannot read: {e}") from None
-    data = safe_load(text, str(path))
+    return safe_load(text, str(path))
+
+
+def _read_yaml(path: Path) -> dict:
+    data = read_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from skinhpc import metrics
-from skinhpc.config import JobSpec, SpecError, with_overrides
+from skinhpc.config import JobSpec, SpecError, read_yaml_file, with_overrides
 from skinhpc.data.sources import build_manifest
 from skinhpc.data.splits import GROUP_IMAGES, group_image_counts
 from skinhpc.ensemble.predictor import EnsemblePredictor
@@ -27,9 +26,9 @@ def data_sources(data: str | Path) -> list[dict[str, Any]]:
     path = Path(data).resolve()
     if path.is_dir():
         return [{"kind": "folder", "root": str(path)}]
-    if not path.is_file():
+    if not path.exists():  # anything else that is not a regular file is refused by the reader, naming its kind
         raise FileNotFoundError(f"--data {data}: no such folder or YAML file")
-    raw = yaml.safe_load(path.read_text())
+    raw = read_yaml_file(path)  # bounded, regular file, duplicate keys refused: like every YAML file
     if isinstance(raw, dict) and "data" in raw:
         raw = raw["data"]
     if isinstance(raw, dict) and "sources" in raw:

@@ -145,3 +145,29 @@ def test_overlong_job_name_is_refused_by_the_dry_run(job_writer, tmp_path: Path)
     assert "name: must have at most 100 characters, got 300" in lines[0]
     assert cli("launch", str(job), f"name={'a' * 100}", "--dry-run").returncode == 0
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+# --------------------------------------------------------------------------- 7, 8: the other inputs
+def test_predict_metadata_and_evaluate_data_are_read_like_every_input(tmp_path: Path) -> None:
+    """`predict --metadata` (a CSV) and `evaluate --data` (a YAML fragment) went around the bounded
+    reader (`pd.read_csv`, `yaml.safe_load`): /dev/zero was read until memory ran out and a key
+    given twice was silently the last one. Both now read as every other input file does."""
+    from skinhpc.cli.errors import exit_code
+    from skinhpc.cli.predict import metadata_table
+    from skinhpc.config import SpecError
+    from skinhpc.config.bounded import UnreadableFileError
+    from skinhpc.outputs.evaluate import data_sources
+
+    t = time.monotonic()
+    with pytest.raises(UnreadableFileError, match="/dev/zero: is a character device") as e:
+        metadata_table("/dev/zero", [tmp_path / "a.jpg"])
+    assert time.monotonic() - t < 5 and exit_code(e.value) == 2
+    frag = tmp_path / "data.yaml"
+    frag.write_text("kind: folder\nroot: a\nroot: b\n")
+    with pytest.raises(SpecError, match=r"line 3: key 'root' is given twice.*first on line 2"):
+        data_sources(frag)
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(SpecError, match="FIFO"):
+        data_sources(fifo)  # refused at once: a FIFO with no writer never blocks the reader
+    assert frag.read_text() == "kind: folder\nroot: a\nroot: b\n"
