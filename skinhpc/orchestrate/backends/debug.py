@@ -12,26 +12,18 @@ import os
 
 from skinhpc.config import JobSpec
 from skinhpc.io.layout import JobPaths
+from skinhpc.orchestrate.backends.unscheduled import Unscheduled
 from skinhpc.orchestrate.launch_log import LaunchEntry, append_launch
 from skinhpc.orchestrate.pipeline import may_start
-from skinhpc.orchestrate.plan import DEFAULT_MAX_ARRAY_SIZE, SubmissionPlan
+from skinhpc.orchestrate.plan import SubmissionPlan
 from skinhpc.orchestrate.processes import Proc
 from skinhpc.orchestrate.stages import record
 
 log = logging.getLogger(__name__)
 
 
-class DebugBackend:
+class DebugBackend(Unscheduled):
     name = "debug"
-
-    def max_array_size(self, spec: JobSpec) -> int:
-        return spec.cluster.max_array_size or DEFAULT_MAX_ARRAY_SIZE
-
-    def check(self, spec: JobSpec) -> None:
-        return None
-
-    def scripts(self, spec: JobSpec, paths: JobPaths, plan: SubmissionPlan) -> list[tuple[str, str]]:
-        return []
 
     def submit(self, spec: JobSpec, paths: JobPaths, plan: SubmissionPlan) -> list[LaunchEntry]:
         me = Proc.me()

@@ -31,9 +31,10 @@ from skinhpc.config import JobSpec
 from skinhpc.io.atomic import atomic_path
 from skinhpc.io.layout import JobPaths
 from skinhpc.io.state import read_state, state_dir
+from skinhpc.orchestrate.backends.unscheduled import Unscheduled
 from skinhpc.orchestrate.launch_log import LaunchEntry, append_launch, read_launches
 from skinhpc.orchestrate.pipeline import Step, may_start
-from skinhpc.orchestrate.plan import DEFAULT_MAX_ARRAY_SIZE, SubmissionPlan
+from skinhpc.orchestrate.plan import SubmissionPlan
 from skinhpc.orchestrate.processes import Proc, pid_alive, process_group, start_time
 from skinhpc.orchestrate.stages import load_job
 
@@ -164,17 +165,8 @@ def _signal(pid: int, sig: int) -> bool:
         return False
 
 
-class LocalBackend:
+class LocalBackend(Unscheduled):
     name = "local"
-
-    def max_array_size(self, spec: JobSpec) -> int:
-        return spec.cluster.max_array_size or DEFAULT_MAX_ARRAY_SIZE
-
-    def check(self, spec: JobSpec) -> None:
-        return None
-
-    def scripts(self, spec: JobSpec, paths: JobPaths, plan: SubmissionPlan) -> list[tuple[str, str]]:
-        return []
 
     def submit(self, spec: JobSpec, paths: JobPaths, plan: SubmissionPlan) -> list[LaunchEntry]:
         """Pickle the plan and start the detached driver; its pid and start time go to
