@@ -59,16 +59,10 @@ _WHITE = (255, 255, 255)
 MAX_IMAGE_BYTES = 6 * int(Image.MAX_IMAGE_PIXELS or 89_478_485) + 2**20
 
 
-class BadImageError(ValueError):
-    """An image file that cannot be turned into RGB safely; names the file and why."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-    def __reduce__(self):  # keeps the two-argument signature across process pools
-        return (type(self), (self.path, self.reason))
+class BadImageError(UnreadableFileError):
+    """An image file that cannot be turned into RGB safely; names the file and why (``path``,
+    ``reason``, pickling across process pools: the bounded reader's refusal, of which a bad
+    image is one kind)."""
 
 
 class BadImagesError(DataError):
