@@ -72,18 +72,28 @@ Curve = tuple[str, np.ndarray, np.ndarray]
 Point = tuple[float, float, str]
 
 
+def _curves(ax: Any, points: Any, keys: tuple[str, str, str], y: np.ndarray, score: np.ndarray,
+            label: str, others: Sequence[Curve]) -> dict[str, Any]:
+    """Draw ``others`` thin, then ``score`` thick, each with its area in the legend (a curve that is
+    undefined, one class only, is left out); returns the thick curve's points (``points``:
+    :func:`skinhpc.metrics.roc_points` or ``pr_points``; ``keys``: its x, y and area keys)."""
+    x, yk, area = keys
+    for name, yo, so in others:
+        c = points(yo, so)
+        if c[area] is not None:
+            ax.plot(c[x], c[yk], lw=1, alpha=0.6, label=f"{name} ({fmt(c[area])})")
+    c = points(y, score)
+    if c[area] is not None:
+        ax.plot(c[x], c[yk], lw=2.5, color="black", label=f"{label} ({fmt(c[area])})")
+    return c
+
+
 def roc_figure(y: np.ndarray, score: np.ndarray, title: str, label: str = "ensemble",
                others: Sequence[Curve] = (), point: Point | None = None) -> Any:
     """ROC of ``score`` (thick) with ``others`` (thin) and the operating point; a curve that is
     undefined (one class only) is left out and the title says so."""
     fig, ax = _axes()
-    for name, yo, so in others:
-        c = metrics.roc_points(yo, so)
-        if c["auc"] is not None:
-            ax.plot(c["fpr"], c["tpr"], lw=1, alpha=0.6, label=f"{name} ({fmt(c['auc'])})")
-    c = metrics.roc_points(y, score)
-    if c["auc"] is not None:
-        ax.plot(c["fpr"], c["tpr"], lw=2.5, color="black", label=f"{label} ({fmt(c['auc'])})")
+    c = _curves(ax, metrics.roc_points, ("fpr", "tpr", "auc"), y, score, label, others)
     if point is not None:
         ax.plot([point[0]], [point[1]], "o", color="tab:red", label=point[2])
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="chance")
@@ -98,13 +108,7 @@ def pr_figure(y: np.ndarray, score: np.ndarray, title: str, label: str = "ensemb
     """Precision-recall of ``score`` (thick) with ``others`` (thin), the prevalence (a classifier
     that ignores the image) and the operating point."""
     fig, ax = _axes()
-    for name, yo, so in others:
-        c = metrics.pr_points(yo, so)
-        if c["ap"] is not None:
-            ax.plot(c["recall"], c["precision"], lw=1, alpha=0.6, label=f"{name} ({fmt(c['ap'])})")
-    c = metrics.pr_points(y, score)
-    if c["ap"] is not None:
-        ax.plot(c["recall"], c["precision"], lw=2.5, color="black", label=f"{label} ({fmt(c['ap'])})")
+    c = _curves(ax, metrics.pr_points, ("recall", "precision", "ap"), y, score, label, others)
     if c.get("prevalence") is not None:
         ax.axhline(c["prevalence"], ls=":", color="grey", label=f"prevalence {c['prevalence']:.2f}")
     if point is not None:
