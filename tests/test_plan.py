@@ -3,14 +3,18 @@ once; resources() per stage; atomic writes that never leave a complete-looking f
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from skinhpc.config import (
     JobSpec,
+    SourceSpec,
     SpecError,
+    dump_yaml,
     from_dict,
     member_at,
     member_count,
@@ -201,3 +205,24 @@ def test_member_count_is_the_plans_length(tmp_path: Path) -> None:
             spec = from_dict({"name": "x", "base_dir": str(tmp_path), "seeds": [1, 2],
                               "sweep": sweep, "data": {"split": split}})
             assert member_count(spec) == len(plan_members(spec)), (sweep, split)
+
+
+def test_schema_sections_copy_without_init_and_dump_as_asdict(tmp_path: Path) -> None:
+    """A member spec copies its sections without running ``__init__`` (``_replaced``), and
+    job.yaml is dumped from a plain walk instead of ``asdict``: both hold only while no schema
+    class needs its ``__init__`` (a ``__post_init__``, an init-only field) and the walk gives
+    asdict's mapping."""
+    seen, todo = set(), [JobSpec, SourceSpec]  # every class reachable from the job's defaults
+    while todo:
+        cls = todo.pop()
+        seen.add(cls)
+        assert not hasattr(cls, "__post_init__") and all(f.init for f in dataclasses.fields(cls)), cls
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for value in default if isinstance(default, list) else [default]:
+                if dataclasses.is_dataclass(value) and type(value) not in seen:
+                    todo.append(type(value))
+    assert len(seen) > 10
+    spec = with_overrides(from_dict({"name": "x", "base_dir": str(tmp_path), "data": {"sources": [
+        {"kind": "ham10000", "root": "d"}]}}), {"train.weight_decay": 0.5})
+    assert yaml.safe_load(dump_yaml(spec)) == spec.to_dict()

@@ -58,6 +58,12 @@ def hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+@functools.cache
+def field_table(cls: type) -> dict[str, dataclasses.Field]:
+    """A schema class's fields by name, listed once (``dataclasses.fields`` a member spec twice)."""
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against ``tp`` and build nested dataclasses; errors name ``where``."""
     origin = get_origin(tp)
@@ -121,7 +127,7 @@ def build(cls: type, value: Any, where: str = "") -> Any:
     if not isinstance(value, dict):
         raise _fail(where, f"expected a mapping, got {type(value).__name__} {show(value)}")
     types_ = hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = field_table(cls)
     kwargs = {}
     for key, v in value.items():
         path = f"{where}.{key}" if where else str(key)
@@ -149,32 +155,42 @@ class NotReplaceable(Exception):
     null section, an unknown key or index): the caller rebuilds the whole spec instead."""
 
 
+def _replaced(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` for schema classes, which have no ``__post_init__`` nor init-only
+    fields: a shallow copy with ``changes`` set, without re-running ``__init__`` over every field
+    (two of them a member spec, 100 members a sweep: half of planning its members)."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
 def _replace_at(obj: Any, keys: list[str], value: Any, where: str) -> Any:
     """``obj`` (a schema class instance) with the dotted ``keys`` below it set to ``value``:
     the replaced key validated by :func:`build_field`, every other section shared, not copied."""
     cls = type(obj)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = field_table(cls)
     key = keys[0]
     if key not in fields:
         raise NotReplaceable(key)
     path = f"{where}.{key}" if where else key
     tp = hints(cls)[key]
     if len(keys) == 1:
-        return dataclasses.replace(obj, **{key: build_field(fields[key], tp, value, path)})
+        return _replaced(obj, **{key: build_field(fields[key], tp, value, path)})
     current = getattr(obj, key)
     if dataclasses.is_dataclass(current):
-        return dataclasses.replace(obj, **{key: _replace_at(current, keys[1:], value, path)})
+        return _replaced(obj, **{key: _replace_at(current, keys[1:], value, path)})
     if not (isinstance(current, list) and keys[1].isdigit() and int(keys[1]) < len(current)):
         raise NotReplaceable(key)
     items, i = list(current), int(keys[1])
     if len(keys) == 2:  # a whole item: the list is checked again as one key (its bounds are the list's)
         items[i] = value
         plain = [dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x for x in items]
-        return dataclasses.replace(obj, **{key: build_field(fields[key], tp, plain, path)})
+        return _replaced(obj, **{key: build_field(fields[key], tp, plain, path)})
     if not dataclasses.is_dataclass(items[i]):
         raise NotReplaceable(key)
     items[i] = _replace_at(items[i], keys[2:], value, f"{path}[{i}]")
-    return dataclasses.replace(obj, **{key: items})
+    return _replaced(obj, **{key: items})
 
 
 def replace_dotted(spec: JobSpec, values: dict[str, Any]) -> JobSpec:
@@ -264,8 +280,11 @@ def member_count(spec: JobSpec) -> int:
     return grid_size(spec)
 
 
+@functools.lru_cache(maxsize=4096)
 def check_dotted(key: str) -> None:
-    """A dotted key (override, sweep) must name schema keys; list indices pass through."""
+    """A dotted key (override, sweep) must name schema keys; list indices pass through. Pure in
+    ``key``: a sweep's keys are checked once a process, not once a member spec (an error is not
+    cached: it is raised each time)."""
     cls: Any = JobSpec
     for part in key.split("."):
         if get_origin(cls) is list:

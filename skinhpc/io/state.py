@@ -207,14 +207,15 @@ def sources_stamp(spec: JobSpec, rows: list[tuple[str, str]]) -> str:
 
 def prepare_problem(spec: JobSpec, paths: JobPaths) -> str | None:
     """Why the prepare stage must (re)run, or None when its outputs are complete for this spec."""
+    cache_dir = spec.cache_dir  # its name is the preprocess hash: one walk of the schema, not three
     try:
         done = json.loads(paths.prepare_done.read_text())
         if not isinstance(done, dict):
             return f"{paths.prepare_done}: not a JSON object"
-        if done.get("preprocess_hash") != spec.preprocess_hash():
+        if done.get("preprocess_hash") != cache_dir.name:
             return f"{paths.prepare_done}: written for other preprocessing"
-        if Path(done.get("cache_dir", "")) != spec.cache_dir:
-            return f"{paths.prepare_done}: written for cache {done.get('cache_dir')}, not {spec.cache_dir}"
+        if Path(done.get("cache_dir", "")) != cache_dir:
+            return f"{paths.prepare_done}: written for cache {done.get('cache_dir')}, not {cache_dir}"
         rows = _manifest_rows(paths.manifest)
         if done.get("manifest_hash") != _rows_hash(rows):
             return f"{paths.prepare_done}: written for another {paths.manifest}"
@@ -227,13 +228,13 @@ def prepare_problem(spec: JobSpec, paths: JobPaths) -> str | None:
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"{paths.prepare_done}: unreadable ({e})"
     try:
-        cached = set(os.listdir(spec.cache_dir))
+        cached = set(os.listdir(cache_dir))
     except OSError:
-        return f"{spec.cache_dir}: cache folder missing"
-    cache = CachePaths(spec.cache_dir)
+        return f"{cache_dir}: cache folder missing"
+    cache = CachePaths(cache_dir)
     missing = [i for i, _ in rows if i not in skipped and cache.entry(i).name not in cached]
     if missing:
-        return f"{spec.cache_dir}: {len(missing)} kept image(s) not cached, e.g. {missing[:3]}"
+        return f"{cache_dir}: {len(missing)} kept image(s) not cached, e.g. {missing[:3]}"
     return None
 
 
