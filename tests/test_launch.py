@@ -4,6 +4,7 @@ tiny real job under the debug (in-process) and local (detached subprocess) execu
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 from skinhpc.cli import launch as launch_cli
 from skinhpc.config import load_spec
 from skinhpc.io.layout import JobPaths
+from skinhpc.model import names
 from skinhpc.orchestrate import launch as launch_mod
 from skinhpc.orchestrate.backends.local import local_driver_alive
 from skinhpc.orchestrate.launch_log import read_launches
@@ -132,3 +134,42 @@ def test_max_array_size_read_from_slurm_conf(tmp_path, monkeypatch):
     assert conf_max_array_size() == DEFAULT_MAX_ARRAY_SIZE
     conf.write_text("ClusterName=x\ninclude /etc/slurm/site.conf\n")
     assert conf_max_array_size() is None
+
+
+def test_dry_run_imports_no_torch_and_refuses_a_wrong_model_name(tmp_path, job_writer):
+    """The launch checks model.name against timm's names without importing timm (torch: 5-15 s):
+    from a cache keyed on the installed timm, built by a child process when absent. A cold cache
+    and a warm one both leave torch out of the launching process; a misspelt name is still
+    refused naming the key, with timm's similar names."""
+    job = job_writer()
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    probe = ("import sys; from skinhpc.launch import main; rc = main(sys.argv[1:]); "
+             "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(rc)")
+    for _ in ("cold", "warm"):
+        r = subprocess.run([PY, "-c", probe, str(job), "--dry-run"], capture_output=True, text=True,
+                           timeout=300, env=env)
+        assert r.returncode == 0 and "no torch" in r.stdout, r.stderr
+        assert (tmp_path / "xdg" / "skinhpc" / names.CACHE_NAME).is_file()
+    r = subprocess.run([PY, "-c", probe, str(job), "model.name=resnet10", "--dry-run"], capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 2 and "no torch" in r.stdout, r.stderr
+    assert "model.name: 'resnet10' is not a timm model; similar: resnet10t" in r.stderr
+
+
+def test_timm_names_cache_follows_the_installed_timm(tmp_path, monkeypatch):
+    """The names file is trusted only while its evidence (timm's version, RECORD size and mtime)
+    is the installed timm's; anything else is listed again by a child and rewritten."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    evidence = names.timm_evidence()
+    assert evidence is not None and evidence["version"]
+    cache = names.cache_file()
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({"evidence": evidence, "names": ["only_this_net"]}))
+    assert names.timm_names() == ["only_this_net"]  # matching evidence: the file is the answer
+    assert names.unknown_timm_name("resnet10t", names.timm_names()) is not None
+    cache.write_text(json.dumps({"evidence": {**evidence, "mtime_ns": evidence["mtime_ns"] - 1},
+                                 "names": ["only_this_net"]}))
+    listed = names.timm_names()  # another install's evidence: listed again by timm itself
+    assert "resnet10t" in listed and len(listed) > 500
+    assert json.loads(cache.read_text()) == {"evidence": evidence, "names": listed}
+    assert names.unknown_timm_name("resnet10t.a1_in1k", listed) is None  # a pretrained tag is not the name

@@ -8,6 +8,7 @@ Each failure is a SpecError naming the key and the way out.
 from __future__ import annotations
 
 from skinhpc.config import JobSpec, Member, SpecError, plan_members
+from skinhpc.model.names import timm_names, unknown_timm_name
 from skinhpc.orchestrate.backends import Backend, backend_for
 from skinhpc.outputs.tracking.probe import check_tracking
 
@@ -62,11 +63,8 @@ def _check(spec: JobSpec, planned: list[Member]) -> None:
 
 
 def _check_timm_names(names: list[str]) -> None:
-    import timm  # deferred: imports torch (seconds); only a launch needs the model registry
-
+    known = timm_names()  # from a cache keyed on the installed timm: no torch in the launch
     for name in names:
-        if not timm.is_model(name):
-            close = timm.list_models(f"*{name.split('.')[0][:12]}*")[:5]
-            hint = f"; similar: {', '.join(close)}" if close else ""
-            raise SpecError(f"model.name: {name!r} is not a timm model{hint}", key="model.name")
-
+        problem = unknown_timm_name(name, known)
+        if problem:
+            raise SpecError(f"model.name: {problem}", key="model.name")
