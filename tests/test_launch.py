@@ -173,3 +173,22 @@ def test_timm_names_cache_follows_the_installed_timm(tmp_path, monkeypatch):
     assert "resnet10t" in listed and len(listed) > 500
     assert json.loads(cache.read_text()) == {"evidence": evidence, "names": listed}
     assert names.unknown_timm_name("resnet10t.a1_in1k", listed) is None  # a pretrained tag is not the name
+
+
+def test_status_finds_each_tasks_log_from_one_listing(tmp_path):
+    """Each row's log is its task's first ``<job id>_<rank>_log.err``, as a glob per row found
+    it (1,000 members: 1,000 listings of a 2,000-file folder), from one listing: an array task
+    ``7_1`` is not ``7_10`` nor the master ``7``."""
+    from skinhpc.orchestrate.status import _task_logs
+
+    paths = JobPaths(tmp_path / "job")
+    paths.submitit.mkdir(parents=True)
+    for name in ("7_0_log.err", "7_0_log.out", "7_1_1_log.err", "7_1_0_log.err", "7_10_0_log.err",
+                 "8_2_0_log.out", "7_1_x_log.err", "array_ab.pkl"):
+        (paths.submitit / name).touch()
+    logs = _task_logs(paths)
+    for jid in ("7", "7_1", "7_10", "8_2", "9"):
+        hits = sorted(paths.submitit.glob(f"{jid}_*_log.err"))
+        assert logs.get(jid, "") == (str(hits[0]) if hits else ""), jid  # what the glob per row gave
+    assert logs == {"7": str(paths.submitit / "7_0_log.err"), "7_1": str(paths.submitit / "7_1_0_log.err"),
+                    "7_10": str(paths.submitit / "7_10_0_log.err")}
