@@ -78,6 +78,9 @@ def test_sweep_value_of_wrong_type_is_refused_at_plan_time(tmp_path: Path) -> No
 def test_member_folders(tmp_path: Path) -> None:
     paths = JobPaths(tmp_path / "job")
     assert paths.member(3).best == tmp_path / "job" / "members" / "003" / "best.pt"
+    # a stage's traceback: a member's beside its outputs, a job-level stage's in state/
+    assert paths.stage_error("member-3") == paths.member(3).error == tmp_path / "job" / "members" / "003" / "error.txt"
+    assert paths.stage_error("reduce") == tmp_path / "job" / "state" / "reduce.error.txt"
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:

@@ -99,7 +99,10 @@ class JobPaths:
         return self.state_dir / f"{stage}.json"
 
     def stage_error(self, stage: str) -> Path:
-        """A job-level stage's last traceback (members keep theirs in ``MemberPaths.error``)."""
+        """A stage's last traceback: a job-level stage's in state/, a member's (``member-<k>``)
+        beside its outputs (``MemberPaths.error``)."""
+        if stage.startswith("member-"):
+            return self.member(int(stage.split("-", 1)[1])).error
         return self.state_dir / f"{stage}.error.txt"
 
     def shard_report(self, manifest_hash: str, shard: int, num_shards: int) -> Path:

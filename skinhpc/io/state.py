@@ -14,7 +14,7 @@ file system and imports no torch: one listing per folder, small JSON files, one 
   mtimes: one stat an image), and every kept image is in the cache (one directory listing;
   cache files are renamed into place whole, so present means complete).
 * ``state/<stage>.json`` records each task's state (running, done, failed, requeued) whatever
-  executor ran it; ``error_file`` is where its last traceback goes.
+  executor ran it (``JobPaths.stage_state``; its last traceback: ``JobPaths.stage_error``).
 """
 
 from __future__ import annotations
@@ -244,24 +244,9 @@ def prepare_complete(spec: JobSpec, paths: JobPaths) -> bool:
 
 
 # --------------------------------------------------------------------------- stage records
-def state_dir(paths: JobPaths) -> Path:
-    return paths.state_dir
-
-
-def state_file(paths: JobPaths, stage: str) -> Path:
-    return paths.stage_state(stage)
-
-
-def error_file(paths: JobPaths, stage: str) -> Path:
-    """Where a stage's last traceback goes; members keep theirs beside their outputs."""
-    if stage.startswith("member-"):
-        return paths.member(int(stage.split("-", 1)[1])).error
-    return paths.stage_error(stage)
-
-
 def read_state(paths: JobPaths, stage: str) -> dict[str, Any]:
     try:
-        return json.loads(state_file(paths, stage).read_text())
+        return json.loads(paths.stage_state(stage).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
 
@@ -281,4 +266,4 @@ def record(paths: JobPaths, stage: str, state: str, **extra: Any) -> None:
     job_id = _job_id()
     if job_id:
         data["job_id"] = job_id
-    write_json_atomic(state_file(paths, stage), data)
+    write_json_atomic(paths.stage_state(stage), data)

@@ -32,7 +32,7 @@ from skinhpc.config import JobSpec, Member, load_spec, member_at
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
 from skinhpc.io.lock import REDUCE_LOCK, job_lock
-from skinhpc.io.state import error_file, member_done, prepare_complete, read_state, record
+from skinhpc.io.state import member_done, prepare_complete, read_state, record
 from skinhpc.orchestrate.processes import start_time
 from skinhpc.train.signals import checkpoint_now
 
@@ -65,7 +65,7 @@ def run_recorded(paths: JobPaths, stage: str, fn: Any, *args: Any) -> Any:
     ``requeued`` (shown as pending), not ``failed`` with ``SystemExit: -1``; an interrupt
     (``skinhpc cancel``, Ctrl-C) is ``cancelled``.
     """
-    err = error_file(paths, stage)
+    err = paths.stage_error(stage)
     before = read_state(paths, stage)
     attempts = int(before.get("attempts", 0)) + 1
     requeues = int(before.get("requeues", 0)) + (before.get("state") == "requeued")

@@ -28,7 +28,7 @@ from submitit.core.utils import JobPaths as SubmititPaths
 
 from skinhpc.config import plan_members
 from skinhpc.io.layout import JobPaths
-from skinhpc.io.state import done_members, error_file, prepare_complete, read_state
+from skinhpc.io.state import done_members, prepare_complete, read_state
 from skinhpc.orchestrate.backends.local import local_driver_alive
 from skinhpc.orchestrate.backends.slurm import slurm_view
 from skinhpc.orchestrate.launch_log import job_ids, read_launches
@@ -151,7 +151,7 @@ def collect(job_dir: str | Path) -> list[StatusRow]:
                 state, reason = "cancelled", "skinhpc cancel stopped the job before this ran"
             elif jid or last_driver:
                 state, reason = "unknown", "never ran: the local driver has ended"
-        err = error_file(paths, stage)
+        err = paths.stage_error(stage)
         if state == "failed" and not reason:
             reason = st.get("error") or ""
             if not reason and err.exists():

@@ -30,7 +30,7 @@ import submitit
 from skinhpc.config import JobSpec
 from skinhpc.io.atomic import atomic_path
 from skinhpc.io.layout import JobPaths
-from skinhpc.io.state import read_state, state_dir
+from skinhpc.io.state import read_state
 from skinhpc.orchestrate.backends.unscheduled import Unscheduled
 from skinhpc.orchestrate.launch_log import LaunchEntry, append_launch, read_launches
 from skinhpc.orchestrate.pipeline import Step, may_start
@@ -145,7 +145,7 @@ def session_members(leader: Proc) -> list[Proc]:
 def recorded_tasks(paths: JobPaths) -> dict[Proc, str]:
     """The tasks of this job running on this machine by their own state files (pid and start
     time, written when they started), alive now."""
-    folder = state_dir(paths)
+    folder = paths.state_dir
     host = socket.gethostname()
     out: dict[Proc, str] = {}
     for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:

@@ -10,7 +10,7 @@ read :func:`logging_problem`; ``skinhpc reduce --log-only`` retries from the com
 from __future__ import annotations
 
 from skinhpc.io.layout import JobPaths
-from skinhpc.io.state import read_state, record, state_file
+from skinhpc.io.state import read_state, record
 
 STAGE = "mlflow"
 
@@ -26,7 +26,7 @@ def record_failed(paths: JobPaths, uri: str, error: str) -> None:
 def forget(paths: JobPaths) -> None:
     """A reduce that does not log (``reduce.mlflow.enabled: false``) leaves no record of an
     earlier one's logging: it would describe results that are gone."""
-    state_file(paths, STAGE).unlink(missing_ok=True)
+    paths.stage_state(STAGE).unlink(missing_ok=True)
 
 
 def logged_run(paths: JobPaths) -> str | None:
