@@ -7,7 +7,8 @@ what they share (as fixtures requested by argument, never by import: tests/test_
   per session) and fast job files for launch's command line;
 - ``plugins.slurm_cluster``: the single-node SLURM dev cluster;
 - ``plugins.xdist_grouping``: the SLURM tests on one xdist worker, one at a time;
-- ``plugins.bad_files``: hostile input files made on the spot.
+- ``plugins.bad_files``: hostile input files made on the spot;
+- ``plugins.http_server``: a real HTTP server on loopback (the download tests).
 """
 
 pytest_plugins = [
@@ -16,4 +17,5 @@ pytest_plugins = [
     "plugins.slurm_cluster",
     "plugins.xdist_grouping",
     "plugins.bad_files",
+    "plugins.http_server",
 ]

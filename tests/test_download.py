@@ -6,9 +6,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pandas as pd
 import pytest
@@ -25,7 +24,7 @@ class Server:
     short.  ``files``: id -> (filename, originalFileName or None, bytes); an ingested file's
     plain download is Dataverse's .tab rendering, the original only with ``format=original``."""
 
-    def __init__(self, files: dict[int, tuple[str, str | None, bytes]], truncate_first: bool = False,
+    def __init__(self, serve, files: dict[int, tuple[str, str | None, bytes]], truncate_first: bool = False,
                  listed_md5: dict[int, str] | None = None, corrupt: frozenset[int] = frozenset()):
         self.files, self.truncate_first, self.corrupt = files, truncate_first, corrupt
         self.listed_md5 = listed_md5 or {}
@@ -33,9 +32,6 @@ class Server:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):  # keep pytest output clean
-                pass
-
             def _send(self, code: int, body: bytes) -> None:
                 self.send_response(code)
                 self.send_header("Content-Length", str(len(body)))
@@ -74,13 +70,8 @@ class Server:
                     return
                 self.wfile.write(data[start:])
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server = serve(Handler)  # tests/plugins/http_server.py: stopped at the test's end
+        self.url, self.close = self.server.url, self.server.close
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +96,10 @@ def payload(ham_root):
 
 
 @pytest.mark.parametrize("truncate", [False, True])
-def test_download_current_listing_unpack_and_adapter_finds_it(payload, tmp_path, monkeypatch, truncate):
+def test_download_current_listing_unpack_and_adapter_finds_it(payload, tmp_path, monkeypatch, truncate,
+                                                             http_server):
     files, meta = payload
-    srv = Server(files, truncate_first=truncate)
+    srv = Server(http_server, files, truncate_first=truncate)
     try:
         monkeypatch.setenv("SKINHPC_DOWNLOAD_URL", srv.url)
         out = download("ham10000", tmp_path / "ham")
@@ -128,9 +120,9 @@ def test_download_current_listing_unpack_and_adapter_finds_it(payload, tmp_path,
     assert df["image_id"].tolist() == meta["image_id"].tolist()
 
 
-def test_listed_checksum_mismatch_fails_naming_file_and_leaves_nothing_complete(payload, tmp_path):
+def test_listed_checksum_mismatch_fails_naming_file_and_leaves_nothing_complete(payload, tmp_path, http_server):
     files, _ = payload
-    srv = Server(files, listed_md5={4078519: "0" * 32})
+    srv = Server(http_server, files, listed_md5={4078519: "0" * 32})
     try:
         with pytest.raises(DataError, match="HAM10000_metadata.csv: md5 .* does not match expected 0{32}"):
             download("ham10000", tmp_path / "ham", base_url=srv.url, files=DATASETS["ham10000"].files[2:])
@@ -139,11 +131,11 @@ def test_listed_checksum_mismatch_fails_naming_file_and_leaves_nothing_complete(
     assert list((tmp_path / "ham").iterdir()) == []
 
 
-def test_corrupted_byte_in_transfer_fails_the_md5_and_leaves_nothing_complete(payload, tmp_path):
+def test_corrupted_byte_in_transfer_fails_the_md5_and_leaves_nothing_complete(payload, tmp_path, http_server):
     files, _ = payload
     (tmp_path / "ham").mkdir()
     (tmp_path / "ham" / "HAM10000_metadata.csv.part").write_bytes(files[4078519][2][:50])  # resumed
-    srv = Server(files, corrupt=frozenset({4078519}))
+    srv = Server(http_server, files, corrupt=frozenset({4078519}))
     try:
         with pytest.raises(DataError, match="HAM10000_metadata.csv: md5 [0-9a-f]{32} does not match expected "
                            + hashlib.md5(files[4078519][2]).hexdigest()):
@@ -153,13 +145,13 @@ def test_corrupted_byte_in_transfer_fails_the_md5_and_leaves_nothing_complete(pa
     assert list((tmp_path / "ham").iterdir()) == []  # neither the file nor a .part to resume from
 
 
-def test_resume_from_existing_part_file(payload, tmp_path):
+def test_resume_from_existing_part_file(payload, tmp_path, http_server):
     files, _ = payload
     dest = tmp_path / "ham"
     dest.mkdir()
     data = files[4078519][2]
     (dest / "HAM10000_metadata.csv.part").write_bytes(data[:100])
-    srv = Server(files)
+    srv = Server(http_server, files)
     try:
         download("ham10000", dest, base_url=srv.url, files=DATASETS["ham10000"].files[2:])
     finally:
@@ -168,18 +160,18 @@ def test_resume_from_existing_part_file(payload, tmp_path):
     assert (dest / "HAM10000_metadata.csv").read_bytes() == data
 
 
-def test_unknown_dataset_file_not_listed_and_no_listing(tmp_path, payload):
+def test_unknown_dataset_file_not_listed_and_no_listing(tmp_path, payload, http_server):
     files, _ = payload
     with pytest.raises(DataError, match="unknown dataset 'isic2077'"):
         download("isic2077", tmp_path)
-    srv = Server({k: v for k, v in files.items() if k != 4078517})
+    srv = Server(http_server, {k: v for k, v in files.items() if k != 4078517})
     try:
         with pytest.raises(DataError, match="HAM10000_images_part_1.zip: not in the current file list"):
             download("ham10000", tmp_path / "x", base_url=srv.url)
     finally:
         srv.close()
     assert not (tmp_path / "x" / "HAM10000_images_part_1.zip").exists()
-    srv = Server(files)
+    srv = Server(http_server, files)
     srv.close()  # nothing listening: the listing cannot be read
     with pytest.raises(DataError, match="cannot read the dataset's file list"):
         download("ham10000", tmp_path / "y", base_url=srv.url, retries=0)

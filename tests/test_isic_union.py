@@ -15,9 +15,8 @@ import io
 import os
 import subprocess
 import sys
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pandas as pd
@@ -142,16 +141,13 @@ class Bucket:
     (the connection closed) on their first request, then replaced by ``replace[path]`` when
     given (a new version published between the cut and the resume)."""
 
-    def __init__(self, files: dict[str, bytes], cut: set[str] = frozenset(),
+    def __init__(self, serve, files: dict[str, bytes], cut: set[str] = frozenset(),
                  replace: dict[str, bytes] | None = None):
         self.files, self.cut, self.replace = dict(files), set(cut), replace or {}
         self.requests: list[tuple[str, str | None]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
             def do_GET(self):
                 path, rng = self.path.lstrip("/"), self.headers.get("Range")
                 outer.requests.append((path, rng))
@@ -180,21 +176,16 @@ class Bucket:
                     return
                 self.wfile.write(data[start:])
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server = serve(Handler)  # tests/plugins/http_server.py: stopped at the test's end
+        self.url, self.close = self.server.url, self.server.close
 
 
 # ------------------------------------------------------------------ download
-def test_download_cut_connection_resumes_and_union_summary_counts(world, tmp_path, repo):
+def test_download_cut_connection_resumes_and_union_summary_counts(world, tmp_path, repo, http_server):
     """Both ISIC datasets downloaded (every zip cut mid-file once), then `data summary` of the
     shipped configs/data/isic_union.yaml over them: every count as the fixture was built."""
     zips = {p for p in world.files if p.endswith(".zip")}
-    srv = Bucket(world.files, cut=zips)
+    srv = Bucket(http_server, world.files, cut=zips)
     try:
         for name in ("isic2019", "isic2020"):
             out = download(name, tmp_path / name, base_url=srv.url, retries=2)
@@ -235,14 +226,14 @@ def test_download_cut_connection_resumes_and_union_summary_counts(world, tmp_pat
     assert "preparing would refuse" not in out and "no lesion/patient id" not in out
 
 
-def test_file_replaced_between_cut_and_resume_is_fetched_whole_not_spliced(world, tmp_path):
+def test_file_replaced_between_cut_and_resume_is_fetched_whole_not_spliced(world, tmp_path, http_server):
     """If-Range with the ETag the .part began with: a new version on the server restarts the
     file; without it the result would be the old first half + the new second half."""
     path = "2020/ISIC_2020_Training_GroundTruth_v2.csv"
     old = world.files[path]
     new = old.replace(b"torso", b"TORSO")
     assert len(new) == len(old) and new[len(old) // 2:] != old[len(old) // 2:]
-    srv = Bucket(world.files, cut={path}, replace={path: new})
+    srv = Bucket(http_server, world.files, cut={path}, replace={path: new})
     files = tuple(f for f in DATASETS["isic2020"].files if f.path == path)
     try:
         download("isic2020", tmp_path, base_url=srv.url, files=files)
@@ -253,11 +244,11 @@ def test_file_replaced_between_cut_and_resume_is_fetched_whole_not_spliced(world
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ISIC_2020_Training_GroundTruth_v2.csv", RECORD]
 
 
-def test_download_changed_file_is_found_named_and_kept(world, tmp_path):
+def test_download_changed_file_is_found_named_and_kept(world, tmp_path, http_server):
     """A byte of a downloaded file corrupted on disk: the next run refuses it, naming the file
     and both checksums, and leaves it byte-identical (no publisher checksum: the record is the
     size + sha256 of the first download)."""
-    srv = Bucket(world.files)
+    srv = Bucket(http_server, world.files)
     try:
         download("isic2020", tmp_path, base_url=srv.url)
         n = len(srv.requests)
@@ -277,8 +268,8 @@ def test_download_changed_file_is_found_named_and_kept(world, tmp_path):
     assert len(srv.requests) == n
 
 
-def test_download_command_line_prints_licence_and_citation(world, tmp_path, repo):
-    srv = Bucket(world.files)
+def test_download_command_line_prints_licence_and_citation(world, tmp_path, repo, http_server):
+    srv = Bucket(http_server, world.files)
     try:
         r = subprocess.run(
             [sys.executable, "-m", "skinhpc.cli", "data", "download", "isic2020", "--to", str(tmp_path / "i20"),
