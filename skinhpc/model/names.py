@@ -15,6 +15,7 @@ No torch, no timm, no skinhpc module that imports either is imported here.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.metadata
 import json
 import os
@@ -36,22 +37,35 @@ def cache_file() -> Path:
     return Path(base) / "skinhpc" / CACHE_NAME
 
 
-def timm_evidence() -> dict[str, Any] | None:
-    """What identifies the installed timm: its version and its RECORD's path, size and mtime;
-    None when timm is not installed as a distribution with a readable RECORD."""
+@functools.lru_cache(maxsize=1)
+def _dist_info() -> tuple[str, Path] | None:
+    """timm's version and dist-info folder, looked up once a process (a scan of sys.path: a
+    millisecond or more, at every launch of a sweep run in one process otherwise)."""
     try:
         dist = importlib.metadata.distribution("timm")
     except importlib.metadata.PackageNotFoundError:
         return None
     info = getattr(dist, "_path", None)  # the dist-info folder of a PathDistribution
-    if info is None:
-        return None
-    record = Path(info) / "RECORD"
-    try:
-        st = record.stat()
-    except OSError:
-        return None
-    return {"version": dist.version, "record": str(record), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return (dist.version, Path(info)) if info is not None else None
+
+
+def timm_evidence() -> dict[str, Any] | None:
+    """What identifies the installed timm: its version and its RECORD's path, size and mtime;
+    None when timm is not installed as a distribution with a readable RECORD."""
+    for attempt in range(2):
+        found = _dist_info()
+        if found is not None:
+            version, info = found
+            record = info / "RECORD"
+            try:
+                st = record.stat()
+            except OSError:
+                pass
+            else:
+                return {"version": version, "record": str(record), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        if attempt == 0:
+            _dist_info.cache_clear()  # reinstalled since it was looked up: look again, once
+    return None
 
 
 def _from_timm_here() -> list[str]:
@@ -72,16 +86,29 @@ def _from_child() -> list[str]:
     return names
 
 
+# the names last read in this process, with the evidence and the cache file's stamp they came with
+_read: dict[str, Any] = {}
+
+
 def timm_names() -> list[str]:
     """Every architecture name timm registers, sorted: from the cache while its evidence matches
-    the installed timm, else listed by a child process and cached."""
+    the installed timm, else listed by a child process and cached. Read once a process while
+    neither the evidence nor the cache file changes."""
     evidence = timm_evidence()
     if evidence is None:
         return _from_timm_here()
     path = cache_file()
     try:
+        st = path.stat()
+        stamp: tuple[int, int] | None = (st.st_size, st.st_mtime_ns)
+    except OSError:
+        stamp = None
+    if stamp is not None and _read.get("key") == (evidence, stamp):
+        return _read["names"]
+    try:
         cached = json.loads(path.read_text())
         if isinstance(cached, dict) and cached.get("evidence") == evidence and isinstance(cached.get("names"), list):
+            _read.update(key=(evidence, stamp), names=cached["names"])
             return cached["names"]
     except (OSError, ValueError):
         pass
