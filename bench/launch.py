@@ -123,6 +123,7 @@ def main() -> int:
     JobPaths(spec0.job_dir).job_yaml.write_text(dump_yaml(spec0))
     PrepareTask(spec0.job_dir, "all")()
 
+    load_before = os.getloadavg()
     plain_s, ours_s, builds = [], [], []
     last_paths = None
     for r in range(args.repeats):
@@ -153,6 +154,9 @@ def main() -> int:
         [f"plain `sbatch --array=0-{args.members - 1}` + dependent reduce `sbatch`", f"{p:.3f}"],
         [f"skinhpc launch of a {args.members}-member sweep (load, validate, plan, job.yaml, submit)", f"{o:.3f}"],
     ]))
+    load = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(load_before, os.getloadavg(), strict=True))
+    print(f"\nload average (1, 5, 15 min) before/after the timed launches: {load}; each side's runs: "
+          f"plain {', '.join(f'{t:.3f}' for t in plain_s)}; skinhpc {', '.join(f'{t:.3f}' for t in ours_s)}\n")
     verdict("skinhpc / plain", o / p, "<=", 1.5)
     verdict("member-spec validations a launch", max(builds), "<=", args.members, unit="", digits=0)
     if args.no_run:
