@@ -1,6 +1,9 @@
 """The orchestrate stages of bench/scale.py (issue 23): cost of ``skinhpc status``, a dry run and a
 real launch in the number of members.
 
+Each stage runs the command's ``main`` in the measuring child, its modules imported before the
+clock, as bench/scale.py leaves the interpreter's start out of every figure.
+
 * ``status_members``: ``skinhpc status`` of a job folder whose n members are all done. PREP makes
   the folder as a real SLURM launch leaves it (``launch`` of an n-point sweep on the dev cluster,
   held, then cancelled), then as finished training leaves it: each member's ``best.pt`` (a real
@@ -18,13 +21,19 @@ The SLURM stages need the dev cluster (``slurm/devcluster/up.sh``).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+
+import skinhpc.cli.launch  # noqa: F401 - imported before the clock, as a command's own module is
+import skinhpc.cli.status  # noqa: F401
+from skinhpc.cli.main import main as skinhpc_main
+from skinhpc.launch import main as launch_main
 
 MEMBERS = [100, 300, 1000]
 CLUSTER = {"executor": "slurm", "cpus_per_gpu": 1, "mem_gb": 1, "time_min": 5, "prepare_time_min": 5,
@@ -48,13 +57,17 @@ def sweep_job(n: int, data_dir: Path, work_dir: Path) -> Path:
     return path
 
 
-def _cli(*args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
-    """A skinhpc command as the user types it, in a fresh interpreter; an exit code not in ``ok``
-    is an error."""
-    r = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=1800)
-    if r.returncode not in ok:
-        raise RuntimeError(f"{' '.join(args[:2])} exited {r.returncode}: {r.stderr.strip()[-2000:]}")
-    return r
+def _cli(main: Callable[[list[str] | None], int], argv: list[str], ok: tuple[int, ...] = (0,)) -> str:
+    """A skinhpc command as the user types it (its ``main``, errors handled as on the command
+    line), in this process: the interpreter's start and the imports, paid once before the clock
+    (this module imports the commands), would flatten the slope in members. Returns its stdout;
+    an exit code not in ``ok`` is an error."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    if rc not in ok:
+        raise RuntimeError(f"{' '.join(argv[:2])} exited {rc}: {err.getvalue().strip()[-2000:]}")
+    return out.getvalue()
 
 
 def _cancel(job_dir: Path) -> None:
@@ -102,8 +115,8 @@ def prep_status(n: int, data_dir: Path, work_dir: Path) -> None:
 
 def stage_status(n: int, data_dir: Path, work_dir: Path) -> dict[str, float | int | str]:
     # exit 1: the prepare and reduce the PREP cancelled say so; every member row is done
-    r = _cli("skinhpc.cli", "status", str(work_dir / "results" / "sweep"), ok=(0, 1))
-    done = sum(1 for line in r.stdout.splitlines() if line.startswith("member ") and " done" in line)
+    out = _cli(skinhpc_main, ["status", str(work_dir / "results" / "sweep")], ok=(0, 1))
+    done = sum(1 for line in out.splitlines() if line.startswith("member ") and " done" in line)
     return {"members_done": done}
 
 
@@ -113,16 +126,16 @@ def prep_sweep(n: int, data_dir: Path, work_dir: Path) -> None:
 
 
 def stage_dry_run(n: int, data_dir: Path, work_dir: Path) -> dict[str, float | int | str]:
-    r = _cli("skinhpc.launch", str(work_dir / "sweep.yaml"), "--dry-run")
-    return {"plan_kb": round(len(r.stdout) / 1024, 1)}
+    out = _cli(launch_main, [str(work_dir / "sweep.yaml"), "--dry-run"])
+    return {"plan_kb": round(len(out) / 1024, 1)}
 
 
 def stage_launch(n: int, data_dir: Path, work_dir: Path) -> dict[str, float | int | str]:
     try:
-        r = _cli("skinhpc.launch", str(work_dir / "sweep.yaml"))
+        out = _cli(launch_main, [str(work_dir / "sweep.yaml")])
     finally:
         _cancel(work_dir / "results" / "sweep")
-    arrays = [line for line in r.stdout.splitlines() if line.startswith("train ")]
+    arrays = [line for line in out.splitlines() if line.startswith("train ")]
     return {"arrays": len(arrays)}
 
 
