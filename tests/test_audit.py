@@ -127,3 +127,25 @@ def test_decompression_bomb_is_refused_not_decoded(ham_root, tmp_path, png_bomb)
     report = run_audit(spec, m, make_splits(m, spec.data.split), tmp_path / "audit.json")
     (bad,) = [f for f in report["findings"] if f["kind"] == "unreadable"]
     assert bad["image_ids"] == [meta["image_id"][0]] and "too many pixels" in bad["reason"]
+
+
+def test_group_leaks_same_as_before(leaked):
+    """Group leaks are counted in one groupby since issue 23: the findings (order, splits, ids)
+    are what the per-group set gave, on several leaking groups over all three splits."""
+    tmp, root, m, s = leaked
+    s = s.copy()
+    multi = s["group"].value_counts()
+    multi = sorted(multi.index[multi >= 3])[:6]
+    for k, g in enumerate(multi):
+        rows = s.index[s["group"] == g]
+        s.loc[rows[0], "split"] = ["val", "test", "train"][k % 3]
+        s.loc[rows[1], "split"] = ["test", "train", "val"][k % 3]
+    spec = _spec(tmp, root, near_duplicates=False)
+    report = run_audit(spec, m, s, tmp / "audit3.json")
+    got = [f for f in report["findings"] if f["kind"] == "group_leak"]
+    t = m.drop(columns=["group"]).merge(s, on="image_id", how="inner", validate="1:1")
+    per_group = t.groupby("group")["split"].agg(lambda x: sorted(set(x)))  # the code before
+    ref = [{"kind": "group_leak", "group": g, "splits": sp,
+            "image_ids": t.loc[t["group"] == g, "image_id"].tolist(), "leak": True}
+           for g, sp in per_group[per_group.map(len) > 1].items()]
+    assert got == ref and len(got) >= 5
