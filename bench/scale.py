@@ -17,7 +17,8 @@ the user's work) in one child, the stage in another, so the figures hold only th
 seconds are the stage function's own, timed in the child (interpreter and imports excluded, which
 would flatten the slope at small N); the peak RSS is the child's process tree (``os.wait4``).
 Stage modules beside this file (``scale_reduce``, ``scale_orchestrate``) add their stages
-through the same ``STAGES`` / ``SIZES`` / ``UNITS`` / ``PREP`` interface.
+through the same ``STAGES`` / ``SIZES`` / ``UNITS`` / ``PREP`` interface, and optionally ``WARM``
+(modules the child imports before the clock starts).
 """
 
 from __future__ import annotations
@@ -320,7 +321,9 @@ def stage_audit(n: int, data_dir: Path, work_dir: Path) -> dict:
     splits = pd.read_csv(paths.splits, dtype=str, keep_default_na=False)
     report = run_audit(spec, read_manifest_csv(paths.manifest), splits, paths.audit)
     kinds = pd.Series([f["kind"] for f in report["findings"]], dtype=object).value_counts()
-    return {"exact": int(kinds.get("exact_duplicate", 0)), "near": int(kinds.get("near_duplicate", 0))}
+    planted = json.loads((data_dir / "params.json").read_text())["planted"]
+    return {"exact": int(kinds.get("exact_duplicate", 0)), "near": int(kinds.get("near_duplicate", 0)),
+            "planted_exact": planted.get("exact", 0), "planted_near": planted.get("near", 0)}
 
 
 def stage_cache_shard(n: int, data_dir: Path, work_dir: Path) -> dict:
@@ -405,17 +408,25 @@ PREP: dict[str, Callable[[int, Path, Path], None]] = {
     "loader": prep_loader,
 }
 SIZES: dict[str, list[int]] = {}
+# modules a stage's child imports before its clock starts (optional in every stage module): the
+# figures are the work, not the interpreter's imports, which would flatten the slope at small n
+WARM: dict[str, list[str]] = {
+    **{name: ["skinhpc.data.prepare", "imagehash"] for name in ("manifest", "split", "audit",
+                                                                 "cache_shard", "cache_all")},
+    "loader": ["skinhpc.data.prepare", "skinhpc.data.dataset"],
+}
 UNITS: dict[str, str] = {"loader": "images (N in the dataset; 2,048 read)"}
 STAGE_MODULES = ("scale", "scale_reduce", "scale_orchestrate")
 
 
 # --------------------------------------------------------------------------- the harness
-def registry() -> tuple[dict[str, Stage], dict, dict, dict]:
-    """Every stage module's STAGES/SIZES/UNITS/PREP merged (a module not there yet is skipped)."""
+def registry() -> tuple[dict[str, Stage], dict, dict, dict, dict]:
+    """Every stage module's STAGES/SIZES/UNITS/PREP/WARM merged (a module not there yet is skipped)."""
     stages: dict[str, Stage] = {}
     sizes: dict[str, list[int]] = {}
     units: dict[str, str] = {}
     prep: dict[str, Callable] = {}
+    warm: dict[str, list[str]] = {}
     for name in STAGE_MODULES:
         try:
             mod = importlib.import_module(name)
@@ -427,13 +438,16 @@ def registry() -> tuple[dict[str, Stage], dict, dict, dict]:
         sizes.update(getattr(mod, "SIZES", {}))
         units.update(getattr(mod, "UNITS", {}))
         prep.update(getattr(mod, "PREP", {}))
-    return stages, sizes, units, prep
+        warm.update(getattr(mod, "WARM", {}))
+    return stages, sizes, units, prep, warm
 
 
 def run_stage(name: str, n: int, data: Path, work: Path, prep: bool, out: Path) -> None:
     """In the child: run the stage (or its prep) and write its seconds and columns to ``out``."""
-    stages, _, _, preps = registry()
+    stages, _, _, preps, warm = registry()
     fn = preps[name] if prep else stages[name]
+    for module in warm.get(name, []):
+        importlib.import_module(module)
     t = time.perf_counter()
     extra = fn(n, data, work) or {}
     seconds = time.perf_counter() - t
@@ -462,7 +476,7 @@ def _child(name: str, n: int, data: Path, work: Path, prep: bool) -> dict:
 
 def measure(names: list[str], sizes: list[int], root: Path, seed: int, work_root: Path,
             gen_workers: int, keep: bool = False) -> dict[str, list[dict]]:
-    stages, own_sizes, units, preps = registry()
+    stages, own_sizes, units, preps, _ = registry()
     unknown = [s for s in names if s not in stages]
     if unknown:
         sys.exit(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(stages)}")
