@@ -71,7 +71,7 @@ def commonest(keys: np.ndarray, values: np.ndarray) -> pd.Series:
     tied = second.index[second.to_numpy() == top.loc[second.index, "n"].to_numpy()]
     out = top["v"].copy()
     if len(tied):
-        rows = np.isin(keys, tied)
+        rows = pd.Index(tied).get_indexer(keys) >= 0  # hashed: np.isin on strings is N x ties
         out.loc[tied] = (pd.Series(values[rows]).groupby(keys[rows], sort=True)
                          .agg(lambda s: s.value_counts().index[0]).loc[tied].to_numpy())
     return out
