@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -286,6 +287,15 @@ def prep_splits(n: int, data_dir: Path, work_dir: Path) -> None:
     prepare_tables(spec, _paths(spec), audit=False)
 
 
+def prep_audit(n: int, data_dir: Path, work_dir: Path) -> None:
+    """Tables, and the planted copies as pairs of names (to count how many the audit found)."""
+    prep_splits(n, data_dir, work_dir)
+    plan = plan_dataset(n, json.loads((data_dir / "params.json").read_text())["seed"])
+    pairs = [{"kind": r["_kind"], "pair": sorted([r["image_name"], plan[r["_of"]]["image_name"]])}
+             for r in plan if r["_kind"] != "base"]
+    (work_dir / "planted.json").write_text(json.dumps(pairs))
+
+
 def stage_manifest(n: int, data_dir: Path, work_dir: Path) -> dict:
     """The sources read, deduplicated, labelled, grouping-checked and written: the first half of
     ``prepare_tables`` (``skinhpc data summary`` does the same reading)."""
@@ -321,9 +331,16 @@ def stage_audit(n: int, data_dir: Path, work_dir: Path) -> dict:
     splits = pd.read_csv(paths.splits, dtype=str, keep_default_na=False)
     report = run_audit(spec, read_manifest_csv(paths.manifest), splits, paths.audit)
     kinds = pd.Series([f["kind"] for f in report["findings"]], dtype=object).value_counts()
-    planted = json.loads((data_dir / "params.json").read_text())["planted"]
-    return {"exact": int(kinds.get("exact_duplicate", 0)), "near": int(kinds.get("near_duplicate", 0)),
-            "planted_exact": planted.get("exact", 0), "planted_near": planted.get("near", 0)}
+    out = {"exact": int(kinds.get("exact_duplicate", 0)), "near": int(kinds.get("near_duplicate", 0))}
+    planted = work_dir / "planted.json"
+    if planted.is_file():  # how many planted copies were found: (found/planted) per kind
+        found = {kind: {frozenset(p) for f in report["findings"] if f["kind"] == kind
+                        for p in combinations(f["image_ids"], 2)}
+                 for kind in ("exact_duplicate", "near_duplicate")}
+        for kind, name in (("exact", "exact_duplicate"), ("near", "near_duplicate")):
+            pairs = [frozenset(p["pair"]) for p in json.loads(planted.read_text()) if p["kind"] == kind]
+            out[f"planted_{kind}_found"] = f"{sum(p in found[name] for p in pairs)}/{len(pairs)}"
+    return out
 
 
 def stage_cache_shard(n: int, data_dir: Path, work_dir: Path) -> dict:
@@ -402,7 +419,7 @@ STAGES: dict[str, Stage] = {
 }
 PREP: dict[str, Callable[[int, Path, Path], None]] = {
     "split": prep_manifest,
-    "audit": prep_splits,
+    "audit": prep_audit,
     "cache_shard": prep_splits,
     "cache_all": prep_splits,
     "loader": prep_loader,
