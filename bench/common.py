@@ -69,3 +69,11 @@ def verdict(label: str, value: float, target: str, limit: float, unit: str = "x"
     print(f"- {label} = **{value:.{digits}f}{unit}** (target {target} {limit:g}{unit}): "
           f"{'PASS' if ok else 'FAIL'}")
     return ok
+
+
+def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of log(y) on log(x): the exponent k of y ~ x**k over the points given
+    (1: linear, 2: quadratic, ~0: flat)."""
+    import numpy as np
+
+    return float(np.polyfit(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)), 1)[0])

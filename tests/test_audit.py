@@ -127,3 +127,51 @@ def test_decompression_bomb_is_refused_not_decoded(ham_root, tmp_path, png_bomb)
     report = run_audit(spec, m, make_splits(m, spec.data.split), tmp_path / "audit.json")
     (bad,) = [f for f in report["findings"] if f["kind"] == "unreadable"]
     assert bad["image_ids"] == [meta["image_id"][0]] and "too many pixels" in bad["reason"]
+
+
+def test_group_leaks_same_as_before(leaked):
+    """Group leaks are counted in one groupby since issue 23: the findings (order, splits, ids)
+    are what the per-group set gave, on several leaking groups over all three splits."""
+    tmp, root, m, s = leaked
+    s = s.copy()
+    multi = s["group"].value_counts()
+    multi = sorted(multi.index[multi >= 3])[:6]
+    for k, g in enumerate(multi):
+        rows = s.index[s["group"] == g]
+        s.loc[rows[0], "split"] = ["val", "test", "train"][k % 3]
+        s.loc[rows[1], "split"] = ["test", "train", "val"][k % 3]
+    spec = _spec(tmp, root, near_duplicates=False)
+    report = run_audit(spec, m, s, tmp / "audit3.json")
+    got = [f for f in report["findings"] if f["kind"] == "group_leak"]
+    t = m.drop(columns=["group"]).merge(s, on="image_id", how="inner", validate="1:1")
+    per_group = t.groupby("group")["split"].agg(lambda x: sorted(set(x)))  # the code before
+    ref = [{"kind": "group_leak", "group": g, "splits": sp,
+            "image_ids": t.loc[t["group"] == g, "image_id"].tolist(), "leak": True}
+           for g, sp in per_group[per_group.map(len) > 1].items()]
+    assert got == ref and len(got) >= 5
+
+
+def test_exact_duplicates_same_as_before(leaked):
+    """Exact duplicates are grouped over the repeated digests only since issue 23: the findings
+    equal the every-row grouping's, on a pair, a triple and a pair across groups and splits."""
+    from skinhpc.data.audit import audit, sha1_file
+
+    tmp, root, m, s = leaked
+    m = m.iloc[:40].copy().reset_index(drop=True)
+    s = s[s["image_id"].isin(m["image_id"])].copy()
+    for a, copies in ((0, [5, 9]), (1, [30]), (2, [17])):  # rows 5, 9, 30, 17 read another's file
+        m.loc[copies, "path"] = m["path"][a]
+    spec = _spec(tmp, root, near_duplicates=False)
+    got = [f for f in audit(spec, m, s)["findings"] if f["kind"] == "exact_duplicate"]
+    t = m.drop(columns=["group"]).merge(s, on="image_id", how="inner", validate="1:1")
+    t["sha1"] = [sha1_file(p) for p in t["path"]]
+    ref = []
+    for digest, idx in t.groupby("sha1").groups.items():  # the code before
+        if len(idx) < 2:
+            continue
+        rows = t.loc[idx]
+        groups, sp = sorted(set(rows["group"])), sorted(set(rows["split"]))
+        ref.append({"kind": "exact_duplicate", "sha1": digest, "image_ids": rows["image_id"].tolist(),
+                    "groups": groups, "splits": sp, "distance": 0, "same_group": len(groups) == 1,
+                    "leak": len(sp) > 1})
+    assert got == ref and len(got) == 3 and sorted(len(f["image_ids"]) for f in got) == [2, 2, 3]

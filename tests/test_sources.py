@@ -18,9 +18,11 @@ from skinhpc.config import from_dict
 from skinhpc.data.prepare import prepare_tables
 from skinhpc.data.sources import (
     COLUMNS,
+    IMAGE_EXTS,
     DataError,
     build_manifest,
     gather,
+    index_images,
     prepare_manifest,
     subsample,
 )
@@ -509,3 +511,35 @@ def test_folder_source_needs_group_by_image_to_prepare(ham_root, rows, tmp_path)
         prepare_manifest(job(tmp_path, src))
     assert len(prepare_manifest(job(tmp_path, src, split={"group_by": "image"})).table) == 4
     assert len(build_manifest(job(tmp_path, src))) == 4  # evaluation needs no split: no refusal
+
+
+def test_index_images_real_paths_as_resolving_each_file(ham_root, tmp_path):
+    """The folder is resolved once, a file joined to it (issue 23's 128k-image manifest): the
+    answer must be each file's own real path, as ``Path.resolve()`` per file gave it: a folder
+    reached through a symlink, a file that is a symlink elsewhere, and first folder wins."""
+    real = tmp_path / "store" / "images"
+    real.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    jpgs = sorted((ham_root / "images").glob("*.jpg"))[:3]
+    for f in jpgs[:2]:
+        shutil.copyfile(f, real / f.name)
+    shutil.copyfile(jpgs[2], elsewhere / "target.jpg")
+    (real / "ISIC_LINKED.jpg").symlink_to(elsewhere / "target.jpg")
+    (real / "notes.txt").write_text("not an image")
+    (tmp_path / "via").symlink_to(tmp_path / "store")
+    second = tmp_path / "second"
+    second.mkdir()
+    shutil.copyfile(jpgs[0], second / jpgs[0].name)  # the same stem: the first folder's file wins
+    shutil.copyfile(jpgs[2], second / "ISIC_ONLY_SECOND.JPG")
+    folders = [tmp_path / "via" / "images", second]
+    got = index_images(folders)
+    expected: dict[str, Path] = {}
+    for folder in folders:  # what index_images gave before: Path.resolve() of every file
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in IMAGE_EXTS and p.stem not in expected and p.is_file():
+                expected[p.stem] = p.resolve()
+    assert got == expected
+    assert got["ISIC_LINKED"] == (elsewhere / "target.jpg").resolve()
+    assert got[jpgs[0].stem] == (real / jpgs[0].name).resolve()
+    assert "via" not in str(got[jpgs[1].stem])

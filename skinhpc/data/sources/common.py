@@ -136,16 +136,20 @@ def refuse_repeated_ids(df: pd.DataFrame, column: str, path: Path) -> None:
 
 
 def index_images(folders: list[Path]) -> dict[str, Path]:
-    """image stem -> file, first folder wins: one directory scan instead of a stat per row."""
+    """image stem -> file (its real path), first folder wins: one directory scan instead of a
+    stat per row.  The folder is resolved once and a plain file's real path is that folder's plus
+    its name; only a symlink is resolved on its own (a ``resolve()`` per file was 76 % of a
+    128k-image manifest build)."""
     found: dict[str, Path] = {}
     for folder in folders:
         if not folder.is_dir():
             continue
+        real = folder.resolve()
         with os.scandir(folder) as it:
             for entry in it:
                 stem, ext = os.path.splitext(entry.name)
                 if ext.lower() in IMAGE_EXTS and stem not in found and entry.is_file():
-                    found[stem] = Path(entry.path).resolve()
+                    found[stem] = Path(entry.path).resolve() if entry.is_symlink() else real / entry.name
     return found
 
 
