@@ -8,7 +8,7 @@ JOB    ?= jobs/demo.yaml
 # run on one worker, one at a time (tests/plugins/xdist_grouping.py); the rest spread over the others.
 TEST_WORKERS ?= 2
 
-.PHONY: install demo test lint bench mlflow-ui clean
+.PHONY: install demo test lint bench gpu-check mlflow-ui clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+# On a GPU machine: bench/gpu.py's figures, then whole bf16 members of jobs/ensemble.yaml's model (one GPU;
+# two processes under accelerate launch when two GPUs are present), one table, under 8 minutes.
+# Without a GPU it says so and exits 0. Needs the venv (`make install`), not a rebuild of it.
+gpu-check:
+	$(PY) bench/gpu.py --check
 
 mlflow-ui: $(STAMP)
 	@echo "open http://127.0.0.1:5000, choose Model training (top left) once, or open #/experiments/<id>?workflowType=machine_learning"

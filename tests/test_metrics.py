@@ -32,7 +32,12 @@ from sklearn.metrics import (
 )
 
 from skinhpc import metrics as M
-from skinhpc.metrics.bootstrap import _bootstrap_rows
+from skinhpc.metrics.bootstrap import (
+    BLOCK_CELLS,
+    _bootstrap_rows,
+    bootstrap_intervals,
+    weight_blocks,
+)
 
 HAM7 = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 
@@ -295,6 +300,122 @@ def test_vectorised_bootstrap_metrics_equal_sklearn_with_weights() -> None:
             warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
             ref_ba = balanced_accuracy_score(y7, p7.argmax(1), sample_weight=W7[r])
         assert rows7["balanced_accuracy"][r] == pytest.approx(ref_ba, abs=1e-12)
+
+
+# the intervals of the case below as the code before the cache-sized blocks gave them (250-resample
+# chunks, np.add.at draws, reduceat block sums): the rewrite must not move a single CI
+PINNED_INTERVALS = {
+    "binary": {
+        "balanced_accuracy": {
+            "lo": 0.8088681420133016,
+            "hi": 0.8554389079393998,
+            "n_valid": 300
+        },
+        "auc": {
+            "lo": 0.903943657344489,
+            "hi": 0.9478474791446455,
+            "n_valid": 300
+        },
+        "pr_auc": {
+            "lo": 0.6983180494797083,
+            "hi": 0.825931769774371,
+            "n_valid": 300
+        },
+        "sensitivity": {
+            "lo": 0.921875,
+            "hi": 0.9883489538644313,
+            "n_valid": 300
+        },
+        "specificity": {
+            "lo": 0.6759499566229853,
+            "hi": 0.7376983352085871,
+            "n_valid": 300
+        }
+    },
+    "multi": {
+        "balanced_accuracy": {
+            "lo": 0.2672653289683131,
+            "hi": 0.339268457747297,
+            "n_valid": 200
+        },
+        "auc_macro": {
+            "lo": 0.4439875341728558,
+            "hi": 0.505543625636106,
+            "n_valid": 200
+        },
+        "pr_auc_macro": {
+            "lo": 0.30364905399991665,
+            "hi": 0.3512860608795379,
+            "n_valid": 200
+        },
+        "accuracy": {
+            "lo": 0.26703989201490375,
+            "hi": 0.33877437703141927,
+            "n_valid": 200
+        }
+    },
+    "pair": [
+        {
+            "lo": 0.9042562433623851,
+            "hi": 0.9478360247405269,
+            "n_valid": 300
+        },
+        {
+            "bkl": {
+                "auc": 0.9233241505968779,
+                "n": 189,
+                "lo": 0.8956691776898605,
+                "hi": 0.9462351622349464,
+                "n_valid": 300
+            },
+            "df": {
+                "auc": 0.9290633608815427,
+                "n": 186,
+                "lo": 0.8998675510875204,
+                "hi": 0.9537219512512672,
+                "n_valid": 300
+            },
+            "nv": {
+                "auc": 0.9275846702317291,
+                "n": 204,
+                "lo": 0.8954443644879121,
+                "hi": 0.9504274320985194,
+                "n_valid": 300
+            }
+        }
+    ]
+}
+
+
+def test_bootstrap_blocks_give_the_pinned_intervals() -> None:
+    """Same seed, same CI: the blocked bootstrap (binary, multiclass, pairwise) reproduces the
+    intervals the chunked code gave, to the last digit (ties included)."""
+    rng = np.random.default_rng(3)
+    n = 700
+    g = rng.integers(0, 400, n).astype(str)
+    y = (rng.random(n) < 0.15).astype(int)
+    p = np.round(1 / (1 + np.exp(-(2.0 * y - 1.5 + rng.normal(size=n)))), 2)  # rounded: ties
+    dx = np.where(y == 1, "mel", rng.choice(["nv", "bkl", "df"], n))
+    binary = bootstrap_intervals(y, np.stack([1 - p, p], 1), 0.3, g, 300, 11)["intervals"]
+    y3, p3 = rng.integers(0, 3, n), rng.dirichlet(np.ones(3), n)
+    multi = bootstrap_intervals(y3, p3, None, g, 200, 5)["intervals"]
+    pair = M.benign_class_aucs(y, p, dx, groups=g, bootstrap=300, seed=11)
+    got = {"binary": binary, "multi": multi, "pair": [pair["balanced_interval"], pair["classes"]]}
+    flat = pd.json_normalize(json.loads(json.dumps(got, default=float))).iloc[0].to_dict()
+    want = pd.json_normalize(PINNED_INTERVALS).iloc[0].to_dict()
+    assert flat.keys() == want.keys() and all(flat[k] == pytest.approx(want[k], rel=1e-12) for k in want)
+
+
+def test_bootstrap_blocks_stay_small() -> None:
+    """A block of weights holds about BLOCK_CELLS cells whatever the images: memory stays flat
+    in n, and every resample is in exactly one block."""
+    codes = np.arange(50_000) % 30_000
+    counts = np.ones((1000, 30_000))
+    seen = 0
+    for rows, W in weight_blocks(codes, counts):
+        assert W.shape == (rows.stop - rows.start, 50_000) and W.size <= max(BLOCK_CELLS, 50_000)
+        seen += W.shape[0]
+    assert seen == 1000
 
 
 # --------------------------------------------------------------------------- calibration

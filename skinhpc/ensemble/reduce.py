@@ -297,8 +297,16 @@ def compute(spec: JobSpec, paths: JobPaths) -> Reduced:
     if test_frame.empty:
         raise ValueError(f"{paths.root}: the test split is empty; reduce needs val and test images")
     val, coverage = calibration_split(spec, paths, table, members, models, device)
-    splits = {"val": val, "test": Split("test", test_frame, split_probs(spec, models, test_frame, device))}
-    val, test = splits["val"], splits["test"]
+    test = Split("test", test_frame, split_probs(spec, models, test_frame, device))
+    return summarise(spec, table, members, missing, val, test, coverage, models)
+
+
+def summarise(spec: JobSpec, table: pd.DataFrame, members: list[Member], missing: list[MissingMember],
+              val: Split, test: Split, coverage: dict[str, Any],
+              models: Sequence[torch.nn.Module] = ()) -> Reduced:
+    """The reduce's model-free half: member scores -> calibrated ensemble -> operating point on
+    val -> metrics.  Split from :func:`compute` so that its cost can be measured at the user's
+    scale on member scores alone (bench/scale_reduce.py), without a network."""
     temperature = calibrate(spec, val, test)
 
     summary: dict[str, Any] = {"temperature": temperature}
@@ -319,6 +327,4 @@ def compute(spec: JobSpec, paths: JobPaths) -> Reduced:
     })
     reference = reference_for(spec, val)
     record = None if reference is None else {"members": [m.name for m in members], "val_scores": reference}
-    return Reduced(summary, val, test, models, members, record)
-
-
+    return Reduced(summary, val, test, list(models), members, record)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from skinhpc.metrics.bootstrap import resample_weights, weighted_auc_rows
+from skinhpc.metrics.bootstrap import group_draws, weight_blocks, weighted_auc_rows
 
 
 def _interval(values: np.ndarray) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def _interval(values: np.ndarray) -> dict[str, Any]:
 
 
 def benign_class_aucs(y: Any, score: Any, dx: Any, *, groups: Any = None, bootstrap: int = 0,
-                      seed: int = 0, chunk: int = 250) -> dict[str, Any]:
+                      seed: int = 0) -> dict[str, Any]:
     """AUC of the malignant images (``y == 1``) against each benign diagnosis's images, and
     their mean over the benign classes present (``balanced_auc``; None without a malignant image).
 
@@ -49,13 +49,12 @@ def benign_class_aucs(y: Any, score: Any, dx: Any, *, groups: Any = None, bootst
     out["classes"] = {name: {"auc": aucs[name], "n": int(((d == name) & ~malignant).sum())} for name in names}
     out["balanced_auc"] = float(np.mean(list(aucs.values())))
     if bootstrap > 0:
-        W = resample_weights(groups, yb.size, bootstrap, seed)
+        codes, counts = group_draws(groups, yb.size, bootstrap, seed)
         rows = np.full((bootstrap, len(names)), np.nan)
-        for start in range(0, bootstrap, chunk):
-            block = W[start:start + chunk]
-            for k, name in enumerate(names):
-                sub = subsets[name]
-                rows[start:start + chunk, k] = weighted_auc_rows(yb[sub], s[sub], block[:, sub])
+        for k, name in enumerate(names):  # each class's images only: blocks sized to its subset
+            sub = subsets[name]
+            for r, block in weight_blocks(codes[sub], counts):
+                rows[r, k] = weighted_auc_rows(yb[sub], s[sub], block)
         for k, name in enumerate(names):
             out["classes"][name].update(_interval(rows[:, k]))
         present = ~np.isnan(rows)

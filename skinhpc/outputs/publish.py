@@ -39,8 +39,7 @@ def reduce(spec: JobSpec, paths: JobPaths) -> dict[str, Any]:
     ``mlflow_run_id`` when the mirror was logged)."""
     started = time.time()
     r = compute(spec, paths)
-    with atomic_dir(paths.ensemble) as staging:  # a killed reduce never leaves a mixed ensemble/
-        write_outputs(spec, paths.staging_ensemble(staging), r)
+    commit(spec, paths, r)
     if spec.reduce.mlflow.enabled:
         run_id = mirror(spec, paths, r.summary, started=started)
         if run_id is not None:
@@ -48,6 +47,13 @@ def reduce(spec: JobSpec, paths: JobPaths) -> dict[str, Any]:
     else:
         forget(paths)
     return r.summary
+
+
+def commit(spec: JobSpec, paths: JobPaths, r: Reduced) -> None:
+    """Write every file of ``r`` into a staging folder and swap it in as ``ensemble/``: a killed
+    reduce never leaves a mixed ``ensemble/``."""
+    with atomic_dir(paths.ensemble) as staging:
+        write_outputs(spec, paths.staging_ensemble(staging), r)
 
 
 def log_only(spec: JobSpec, paths: JobPaths) -> str | None:
