@@ -17,6 +17,7 @@ from skinhpc.config import (
     JobSpec,
     ReduceSpec,
     SpecError,
+    dump_yaml,
     identity_view,
     load_spec,
     plan_members,
@@ -58,7 +59,7 @@ def test_shape_is_size_on_the_long_side(tiny_spec: JobSpec) -> None:
         assert spec.preprocess.shape == shape, (size, aspect)
 
 
-def test_turning_tta_views_are_refused_at_aspect_other_than_1(tiny_spec: JobSpec) -> None:
+def test_turning_tta_views_are_refused_at_aspect_other_than_1(tiny_spec: JobSpec, tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r": reduce\.tta: views rot90, transpose turn the 48 x 36 image") as e:
         with_overrides(tiny_spec, {"preprocess.aspect": FOUR_THIRDS,
                                    "reduce.tta": ["identity", "rot90", "hflip", "transpose"]})
@@ -68,6 +69,12 @@ def test_turning_tta_views_are_refused_at_aspect_other_than_1(tiny_spec: JobSpec
         with_overrides(tiny_spec, {"preprocess.aspect": FOUR_THIRDS, "reduce.tta": ReduceSpec().tta})
     ok = with_overrides(tiny_spec, {"preprocess.aspect": FOUR_THIRDS, "reduce.tta": FLAT_TTA})
     assert ok.reduce.tta == FLAT_TTA
+    # a job file with the default views and a 4:3 input: refused naming the file and the key
+    job = tmp_path / "rect.yaml"
+    every_view = with_overrides(tiny_spec, {"reduce.tta": ReduceSpec().tta})
+    job.write_text(dump_yaml(every_view).replace("aspect: 1.0", "aspect: 1.3333333333333333"))
+    with pytest.raises(SpecError, match=rf"{job}.*reduce\.tta: views rot90, rot270, transpose turn"):
+        load_spec(job)
     # a square keeps every view
     assert with_overrides(tiny_spec, {"reduce.tta": ["rot90", "transpose"]}).preprocess.aspect == 1
 
@@ -209,9 +216,11 @@ def test_a_4_3_checkpoint_refuses_a_square_job_naming_both(rect_job, tiny_job, h
     (member,) = plan_members(spec)
     best = paths.member(member).best
     square = member.spec(with_overrides(spec, {"preprocess.aspect": 1.0}))
+    before = best.read_bytes()
     with pytest.raises(ModelError, match=r"best\.pt: checkpoint was trained on 48 x 36 images .*"
                                          r"preprocess\.aspect=1\) makes 48 x 48"):
         load_checkpoint_model(best, square, check_fingerprint=False)
+    assert best.read_bytes() == before  # refused, not touched
     assert load_checkpoint_model(best, member.spec(spec)) is not None
     # a checkpoint written before the key (no input_shape) was square: a 4:3 job refuses it
     meta = {k: v for k, v in load_checkpoint(best)["meta"].items() if k != "input_shape"}
