@@ -33,11 +33,13 @@ CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 
 def base_spec() -> JobSpec:
     """Defaults almost everywhere; three seeds (reduce.min_members can grow), a class order
-    (data.task can become multiclass) and metadata fusion (its images_per_patient can be set)."""
+    (data.task can become multiclass), metadata fusion (its images_per_patient can be set) and
+    no turning TTA view (preprocess.aspect can leave 1)."""
     return from_dict({"name": "t", "base_dir": "/srv/jobs", "seeds": [1, 2, 3],
                       "data": {"sources": [{"kind": "ham10000", "root": "/srv/data/ham10000"}],
                                "classes": CLASSES},
-                      "model": {"metadata": {"enabled": True}}})
+                      "model": {"metadata": {"enabled": True}},
+                      "reduce": {"tta": ["identity", "hflip", "vflip", "hvflip", "crop95", "pad05"]}})
 
 
 def leaves(obj: Any, prefix: str = "", inherited: str = "job") -> list[tuple[str, Any, Any, dataclasses.Field, str]]:

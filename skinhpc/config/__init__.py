@@ -28,6 +28,7 @@ from skinhpc.config.members import Member, member_at, plan_members
 from skinhpc.config.schema import (
     CHECKPOINT_SIGNAL_MARGIN_S,
     NAME_PATTERN,
+    TTA_TURNING,
     TTA_VIEWS,
     AuditSpec,
     ClaheSpec,
@@ -57,7 +58,7 @@ from skinhpc.config.schema import (
 from skinhpc.config.validate import member_count
 
 __all__ = [
-    "CHECKPOINT_SIGNAL_MARGIN_S", "LEVELS", "NAME_PATTERN", "TTA_VIEWS",
+    "CHECKPOINT_SIGNAL_MARGIN_S", "LEVELS", "NAME_PATTERN", "TTA_TURNING", "TTA_VIEWS",
     "AuditSpec", "ClaheSpec", "ClusterSpec", "ColorConstancySpec", "CornersSpec", "DataSpec",
     "EarlyStoppingSpec", "EmaSpec", "HairSpec", "JobSpec", "LossSpec", "Member", "MetadataSpec",
     "MlflowSpec", "ModelSpec", "PhaseSpec", "PreprocessSpec", "ReduceSpec", "SchedulerSpec",

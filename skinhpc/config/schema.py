@@ -49,6 +49,8 @@ def doc(text: str, **kw: Any) -> Any:
 
 # Test-time views the reduce knows (skinhpc.ensemble.tta implements exactly these names).
 TTA_VIEWS = ("identity", "hflip", "vflip", "hvflip", "rot90", "rot270", "transpose", "crop95", "pad05")
+# ... of which these swap height and width: a rectangular input (preprocess.aspect != 1) refuses them.
+TTA_TURNING = ("rot90", "rot270", "transpose")
 # A job name is one folder name under results_dir: never '.', '..', empty or a path.
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 # ... nor a name the results folder itself uses beside the job folders: the shared cache root,
@@ -207,7 +209,21 @@ class ColorConstancySpec:
 
 @dataclass
 class PreprocessSpec:
-    size: int = doc("Side of the square image stored in the cache and fed to the model.", default=128, identity="cache", ge=16)
+    size: int = doc(
+        "Long side of the image stored in the cache and fed to the model (its only side when aspect is 1).",
+        default=128, identity="cache", ge=16)
+    aspect: float = doc(
+        "Width / height of the image stored in the cache and fed to the model: `size` is its long side, "
+        "the short side is round(size / aspect) (round(size * aspect) below 1), e.g. 128 x 96 at 4:3; no "
+        "multiple of 32 is needed (tf_efficientnet_lite0 and resnet10t take any size). 1: the square, "
+        "every image squashed to size x size as before this key existed (fingerprints unchanged). "
+        "HAM10000 is 4:3 (600 x 450, 200 x 150): 1.3333333333333333 keeps it undistorted. At another "
+        "aspect an image whose orientation is the other way is first turned by 90 degrees (dermoscopy "
+        "has no canonical orientation), then centre-cropped to the aspect and resized. A number, not "
+        "square|native: one value says both whether and how much, and a mixed-source job has no one "
+        "native aspect. Not 1: reduce.tta may not hold rot90, rot270 or transpose (they turn the "
+        "rectangle), and training augmentation turns by 180 degrees only.",
+        default=1.0, identity="cache", omit_default=True, ge=0.25, le=4.0)
     corners: CornersSpec = doc("Dark-corner inpainting.", default_factory=CornersSpec, identity="cache")
     hair: HairSpec = doc("Hair removal.", default_factory=HairSpec, identity="cache")
     clahe: ClaheSpec = doc("Contrast enhancement.", default_factory=ClaheSpec, identity="cache")
@@ -219,6 +235,13 @@ class PreprocessSpec:
         "Corrupt/empty/unsupported image: fail naming the file, or skip and report it.", default="fail", identity="member")
     workers: int = doc("Processes for building the cache on one node.", default=2, identity="none", ge=0)
     shards: int = doc("Array tasks for the prepare stage on SLURM (1: a single task).", default=1, identity="none", ge=1)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of every cached and fed image: the one derivation of `size` and `aspect`."""
+        if self.aspect >= 1:
+            return max(1, round(self.size / self.aspect)), self.size
+        return self.size, max(1, round(self.size * self.aspect))
 
 
 # --------------------------------------------------------------------------- model

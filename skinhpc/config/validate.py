@@ -19,7 +19,7 @@ import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
 from skinhpc.config.member_grid import grid_size
-from skinhpc.config.schema import CHECKPOINT_SIGNAL_MARGIN_S, JobSpec, SpecError
+from skinhpc.config.schema import CHECKPOINT_SIGNAL_MARGIN_S, TTA_TURNING, JobSpec, SpecError
 
 SHOWN_CHARS = 80  # values quoted in error messages are cut to this many characters
 
@@ -323,6 +323,7 @@ def validate(spec: JobSpec) -> None:
             raise _fail("data.malignant", "every class is malignant: no benign class left for malignant_auc")
     if spec.model.metadata.images_per_patient and not spec.model.metadata.enabled:
         raise _fail("model.metadata.images_per_patient", "is a metadata input: needs model.metadata.enabled=true")
+    _check_aspect(spec)
     if spec.model.pretrained == "file" and not spec.model.weights:
         raise _fail("model.weights", "pretrained=file needs a weights path")
     for key, minutes in (("cluster.time_min", spec.cluster.time_min),
@@ -339,6 +340,22 @@ def validate(spec: JobSpec) -> None:
     if spec.reduce.min_members > n:
         raise _fail("reduce.min_members", f"{spec.reduce.min_members} is more than the {n} member(s) "
                     f"planned (sweep points x folds x seeds)")
+
+
+def _check_aspect(spec: JobSpec) -> None:
+    """A rectangle keeps a usable short side, and no view may turn it (its shape would change)."""
+    p = spec.preprocess
+    if p.aspect == 1:
+        return
+    height, width = p.shape
+    if min(height, width) < 16:
+        raise _fail("preprocess.aspect", f"{p.aspect:g} at preprocess.size={p.size} gives a {width} x {height} "
+                    f"image; its short side must be >= 16 (raise preprocess.size)")
+    turning = [v for v in spec.reduce.tta if v in TTA_TURNING]
+    if turning:
+        raise _fail("reduce.tta", f"views {', '.join(turning)} turn the {width} x {height} image of "
+                    f"preprocess.aspect={p.aspect:g} into {height} x {width}; drop them (only a square, "
+                    f"aspect 1, can be turned)")
 
 
 def check_dotted_in(section: str, key: str) -> None:

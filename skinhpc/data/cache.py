@@ -1,6 +1,6 @@
 """The preprocessing cache: every manifest image decoded and preprocessed once, as ``.npy``.
 
-Training reads ``size x size x 3`` uint8 arrays with ``np.load`` (tens of
+Training reads ``height x width x 3`` uint8 arrays (``preprocess.shape``) with ``np.load`` (tens of
 microseconds) instead of decoding and preprocessing each image every epoch.
 The folder is ``spec.cache_dir`` = ``<cache root>/<preprocess hash>``, so jobs
 with the same preprocessing share it and a change of any pixel-affecting key
@@ -72,7 +72,7 @@ def source_record_path(cache_dir: str | Path, image_id: str) -> Path:
 
 
 def load_cached(cache_dir: str | Path, image_id: str) -> np.ndarray:
-    """One cached image, uint8 ``(size, size, 3)`` RGB."""
+    """One cached image, uint8 ``(*preprocess.shape, 3)`` RGB."""
     path = cache_path(cache_dir, image_id)
     try:
         return np.load(path, allow_pickle=False)
@@ -120,14 +120,14 @@ class _Task:
     dst: str
 
 
-def _expected_nbytes(size: int) -> int:
+def _expected_nbytes(shape: tuple[int, int]) -> int:
     buf = io.BytesIO()
-    np.save(buf, np.zeros((size, size, 3), np.uint8))
+    np.save(buf, np.zeros((*shape, 3), np.uint8))
     return buf.tell()
 
 
 def _is_complete(path: Path, nbytes: int) -> bool:
-    """A finished array has exactly the .npy size of (size, size, 3) uint8: a cheap stat that
+    """A finished array has exactly the .npy size of (height, width, 3) uint8: a cheap stat that
     also rejects a truncated file from a writer that was not atomic."""
     try:
         return path.stat().st_size == nbytes
@@ -188,7 +188,8 @@ def _write_config(spec: JobSpec, cache_dir: Path) -> None:
             raise RuntimeError(f"{path}: holds another preprocessing config than hash "
                                f"{spec.preprocess_hash()} (cache folder reused by hand?)")
         return
-    write_json_atomic(path, {"preprocess_hash": spec.preprocess_hash(), "preprocess": cfg})
+    write_json_atomic(path, {"preprocess_hash": spec.preprocess_hash(), "preprocess": cfg,
+                             "shape": [*spec.preprocess.shape, 3]})
 
 
 # --------------------------------------------------------------------------- workers
@@ -266,7 +267,7 @@ def build_cache(spec: JobSpec, paths: JobPaths, shard: int = 0, num_shards: int 
     n_stale = _clean_stale_tmp(cache_dir)
     mhash = manifest_hash(paths)
     rows = _read_manifest(paths.manifest).iloc[shard::num_shards]
-    nbytes = _expected_nbytes(cfg.size)
+    nbytes = _expected_nbytes(cfg.shape)
 
     tasks, present = [], 0
     for image_id, src in zip(rows["image_id"], rows["path"], strict=True):
@@ -346,7 +347,7 @@ def finalize(spec: JobSpec, paths: JobPaths) -> dict[str, Any]:
     bad = {s["image_id"] for s in skipped}
     rows = _read_manifest(paths.manifest)
     ids = rows["image_id"]
-    nbytes = _expected_nbytes(spec.preprocess.size)
+    nbytes = _expected_nbytes(spec.preprocess.shape)
     missing = [i for i, src in zip(ids, rows["path"], strict=True)
                if i not in bad and not _is_current(cache_path(cache_dir, i), nbytes, spec.resolve(src))]
     if missing:

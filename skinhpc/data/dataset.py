@@ -105,7 +105,9 @@ def encode_metadata(table: pd.DataFrame, images_per_patient: bool = False) -> np
 
 def build_augment(strength: float) -> v2.Transform | None:
     """One knob 0..1: flips and 90-degree turns (free for dermoscopy: no canonical
-    orientation), then affine rotation/scale and colour jitter scaled by strength."""
+    orientation), then affine rotation/scale and colour jitter scaled by strength.  Every step
+    keeps the image's shape: on a rectangle (preprocess.aspect != 1) the turn is by 0 or 180
+    degrees, and the affine's rotation stays inside the frame it came in."""
     if strength <= 0:
         return None
     a = float(min(strength, 1.0))
@@ -121,6 +123,8 @@ def build_augment(strength: float) -> v2.Transform | None:
 class _RandomRot90(torch.nn.Module):
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         k = int(torch.randint(0, 4, ()).item())
+        if img.shape[-2] != img.shape[-1]:
+            k &= 2  # a quarter turn would swap height and width: 0 or 180 degrees, same draw
         return torch.rot90(img, k, dims=(-2, -1)) if k else img
 
 

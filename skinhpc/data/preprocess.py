@@ -12,7 +12,13 @@ scale-free, and the cost then scales with the output size rather than with the
 camera's resolution (a 6000 px ISIC image would otherwise cost ~2000x more).
 Order: dark corners (so the vignette is neither taken for hair nor averaged
 into the illuminant), hair, colour constancy (a gain per channel), CLAHE (on
-lightness only, after the colours are neutral), and last the square resize.
+lightness only, after the colours are neutral), and last the resize to the output shape.
+
+The output shape is ``cfg.shape`` (height, width): the square ``size x size`` at
+``aspect`` 1, squashed as it always was, else ``size`` on the long side.  A
+rectangle is cut before anything else (:func:`to_aspect`: turned when its
+orientation is the other way, centre-cropped to the aspect), so the steps and
+the shrink run on exactly the field of view the model will see.
 """
 
 from __future__ import annotations
@@ -39,8 +45,10 @@ __all__ = [
     "remove_dark_corners",
     "remove_hair",
     "resize_square",
+    "resize_to",
     "shades_of_gray",
     "smooth_fill",
+    "to_aspect",
 ]
 
 # A border-connected dark region covering more than this is not a vignette but a dark or
@@ -217,11 +225,36 @@ def shades_of_gray(img: np.ndarray, cfg: ColorConstancySpec) -> np.ndarray:
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     """Squash to ``size x size`` (no crop: lesions reach the frame edge; the model learns the
     mild 4:3 squash consistently).  INTER_AREA down (no aliasing), cubic up."""
+    return resize_to(img, (size, size))
+
+
+def resize_to(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize to ``shape`` (height, width): INTER_AREA down (no aliasing), cubic up."""
     h, w = img.shape[:2]
-    if (h, w) == (size, size):
+    if (h, w) == tuple(shape):
         return img
-    interp = cv2.INTER_AREA if size <= min(h, w) else cv2.INTER_CUBIC
-    return cv2.resize(img, (size, size), interpolation=interp)
+    interp = cv2.INTER_AREA if shape[0] <= h and shape[1] <= w else cv2.INTER_CUBIC
+    return cv2.resize(img, (shape[1], shape[0]), interpolation=interp)
+
+
+def to_aspect(img: np.ndarray, aspect: float) -> np.ndarray:
+    """The image cut to width / height ``aspect``: turned by 90 degrees first when its
+    orientation is the other way (portrait for a landscape aspect: dermoscopy has no canonical
+    orientation, and turning loses nothing where a crop would lose half), then the centred
+    largest window of that aspect.  Within a pixel of the aspect already (600 x 450, 200 x 150
+    at 4:3): returned as is."""
+    h, w = img.shape[:2]
+    if (w - h) * (aspect - 1) < 0:
+        img = np.rot90(img)
+        h, w = w, h
+    if w > h * aspect:
+        cw, ch = max(1, round(h * aspect)), h
+    else:
+        cw, ch = w, max(1, round(w / aspect))
+    if abs(cw - w) <= 1 and abs(ch - h) <= 1:
+        return img
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return img[top : top + ch, left : left + cw]
 
 
 def _shrink_short_side(img: np.ndarray, short: int) -> np.ndarray:
@@ -234,12 +267,14 @@ def _shrink_short_side(img: np.ndarray, short: int) -> np.ndarray:
 
 
 def preprocess(img: np.ndarray, cfg: PreprocessSpec) -> np.ndarray:
-    """The cached model input: uint8 RGB ``(cfg.size, cfg.size, 3)``; order and working
-    resolution are explained in the module docstring."""
+    """The cached model input: uint8 RGB ``(*cfg.shape, 3)``; order and working resolution
+    are explained in the module docstring."""
     _check_rgb(img)
-    work = _shrink_short_side(img, cfg.size)
+    shape = cfg.shape
+    work = img if cfg.aspect == 1 else np.ascontiguousarray(to_aspect(img, cfg.aspect))
+    work = _shrink_short_side(work, min(shape))
     work = remove_dark_corners(work, cfg.corners)
     work = remove_hair(work, cfg.hair)
     work = shades_of_gray(work, cfg.color_constancy)
     work = clahe_l(work, cfg.clahe)
-    return np.ascontiguousarray(resize_square(work, cfg.size))
+    return np.ascontiguousarray(resize_to(work, shape))

@@ -118,8 +118,13 @@ class EnsemblePredictor:
 
     # -- scores
     def probabilities(self, images: np.ndarray, table: pd.DataFrame | None = None) -> np.ndarray:
-        """Calibrated ensemble class scores (N, C) of preprocessed uint8 images (N, S, S, 3)."""
+        """Calibrated ensemble class scores (N, C) of preprocessed uint8 images (N, H, W, 3): the
+        job's ``preprocess.shape``, which every member's checkpoint recorded as its input_shape."""
         bs = self.batch_size
+        shape = tuple(self.spec.preprocess.shape)
+        if images.ndim != 4 or tuple(images.shape[1:3]) != shape:
+            raise ValueError(f"{self.paths.job_yaml}: its members take {shape[1]} x {shape[0]} images "
+                             f"(preprocess.size, preprocess.aspect), got an array of shape {images.shape}")
 
         def batches() -> Iterator[torch.Tensor]:
             for s in range(0, len(images), bs):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from skinhpc.config import TTA_TURNING
 from skinhpc.model.layout import batch_to_layout
 
 
@@ -72,15 +73,18 @@ def view(batch: torch.Tensor, name: str) -> torch.Tensor:
 def apply_views(batch: torch.Tensor, views: Sequence[str]) -> torch.Tensor:
     """All views stacked view-major: ``(V*N, C, H, W)``; row ``v*N + i`` is view v of image i.
 
-    Non-square images cannot be rotated by 90 degrees into the same shape, so the
-    rotating views require H == W (the cache is square).
+    Non-square images cannot be turned by 90 degrees into the same shape, so the turning
+    views (``TTA_TURNING``) require H == W; the job's validation refuses them in ``reduce.tta``
+    at ``preprocess.aspect`` != 1 before anything runs, this is the check for other callers.
     """
     views = check_views(views)
     if batch.ndim != 4:
         raise ValueError(f"apply_views: expected an NCHW batch, got shape {tuple(batch.shape)}")
     h, w = batch.shape[-2:]
-    if h != w and any(v in ("rot90", "rot270", "transpose") for v in views):
-        raise ValueError(f"apply_views: views rot90/rot270/transpose need square images, got {h}x{w}")
+    turning = [v for v in views if v in TTA_TURNING]
+    if h != w and turning:
+        raise ValueError(f"reduce.tta: views {', '.join(turning)} need square images, got {w} x {h} "
+                         f"(width x height)")
     return torch.cat([batch_to_layout(VIEWS[v](batch)) for v in views], dim=0)  # cat keeps the layout
 
 

@@ -304,7 +304,7 @@ def data_config(spec: JobSpec) -> dict[str, Any]:
         except (RuntimeError, KeyError, ValueError):
             pass
     return {"mean": tuple(float(x) for x in mean), "std": tuple(float(x) for x in std),
-            "size": spec.preprocess.size}
+            "size": spec.preprocess.size, "shape": spec.preprocess.shape}
 
 
 def checkpoint_meta(spec: JobSpec) -> dict[str, Any]:
@@ -314,11 +314,13 @@ def checkpoint_meta(spec: JobSpec) -> dict[str, Any]:
         "model_name": spec.model.name,
         "class_names": list(spec.class_names),
         "metadata_fusion": bool(spec.model.metadata.enabled),
+        "input_shape": list(spec.preprocess.shape),  # (height, width): what predict and export feed it
     }
 
 
 def check_checkpoint_meta(meta: dict[str, Any], spec: JobSpec, where: str, fingerprint: bool = True) -> None:
     want = checkpoint_meta(spec)
+    _check_input_shape(meta, spec, where)
     keys = ["model_name", "class_names", "metadata_fusion"] + (["fingerprint"] if fingerprint else [])
     for key in keys:
         if meta.get(key) != want[key]:
@@ -326,6 +328,22 @@ def check_checkpoint_meta(meta: dict[str, Any], spec: JobSpec, where: str, finge
                 f"{where}: checkpoint is of another model/config: {key} is {meta.get(key)!r}, "
                 f"this job expects {want[key]!r}"
             )
+
+
+def _check_input_shape(meta: dict[str, Any], spec: JobSpec, where: str) -> None:
+    """The images this job feeds have the shape the checkpoint was trained on. A meta without
+    ``input_shape`` predates preprocess.aspect, so it was trained on squares (its side is in
+    the fingerprint)."""
+    p = spec.preprocess
+    h, w = p.shape
+    found = meta.get("input_shape")
+    if found == [h, w] or (found is None and h == w):
+        return
+    trained = "square images (written before preprocess.aspect)" if found is None else \
+        f"{found[1]} x {found[0]} images" if isinstance(found, list) and len(found) == 2 else repr(found)
+    raise ModelError(f"{where}: checkpoint was trained on {trained} (width x height), this job's "
+                     f"preprocessing (preprocess.size={p.size}, preprocess.aspect={p.aspect:g}) makes "
+                     f"{w} x {h}")
 
 
 def load_checkpoint_model(path: str | Path, spec: JobSpec, check_fingerprint: bool = True) -> nn.Module:

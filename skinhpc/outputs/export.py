@@ -2,7 +2,7 @@
 
 Files in ``results/<job>/ensemble/onnx/``:
 
-- ``member_<k>.onnx``: one member, input ``image`` float32 (N, 3, S, S) in [0, 1]
+- ``member_<k>.onnx``: one member, input ``image`` float32 (N, 3, H, W) in [0, 1]
   (normalisation is inside the graph, see :class:`skinhpc.ensemble.inference.Normalized`)
   and, for metadata models, ``meta`` float32 (N, D) from
   :func:`skinhpc.data.dataset.encode_metadata`; output ``probs`` (N, C) softmax.

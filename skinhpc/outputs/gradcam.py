@@ -28,8 +28,10 @@ from skinhpc.io.atomic import atomic_path
 log = logging.getLogger(__name__)
 
 
-def find_target_layer(model: nn.Module, size: int, uses_meta_dim: int | None = None) -> nn.Module | None:
-    """The last module (in completion order) whose output is a 4-D feature map.
+def find_target_layer(model: nn.Module, shape: int | tuple[int, int],
+                      uses_meta_dim: int | None = None) -> nn.Module | None:
+    """The last module (in completion order) whose output is a 4-D feature map, probed with an
+    input of ``shape`` (height, width; an int: a square), the job's ``preprocess.shape``.
 
     Containers finish after their children, so for a timm network this is the last
     stage/block before global pooling: the coarsest spatial map, what Grad-CAM wants.
@@ -45,7 +47,8 @@ def find_target_layer(model: nn.Module, size: int, uses_meta_dim: int | None = N
         if mod is not model:
             hooks.append(mod.register_forward_hook(hook))
     try:
-        x = torch.rand(1, 3, size, size, device=_device_of(model))
+        h, w = (shape, shape) if isinstance(shape, int) else shape
+        x = torch.rand(1, 3, h, w, device=_device_of(model))
         meta = None if uses_meta_dim is None else torch.zeros(1, uses_meta_dim, device=x.device)
         with torch.no_grad():
             model(x, meta)
@@ -108,7 +111,7 @@ def gallery(spec: JobSpec, models: Sequence[nn.Module], frame: pd.DataFrame, pro
             return result
         model = models[0]
         meta_dim = getattr(model, "meta_dim", META_DIM) if getattr(model, "uses_meta", False) else None
-        layer = find_target_layer(model, spec.preprocess.size, meta_dim)
+        layer = find_target_layer(model, spec.preprocess.shape, meta_dim)
         if layer is None:
             result["note"] = f"{spec.model.name} has no convolutional feature map: Grad-CAM skipped."
             log.info(result["note"])
@@ -129,7 +132,7 @@ def render(model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: Se
            meta: torch.Tensor | None = None) -> list[np.ndarray]:
     """``[input | Grad-CAM overlay]`` uint8 RGB pairs, one per image, for class ``targets[k]``.
 
-    ``images`` is float (N, 3, S, S) in [0, 1] as the model saw it (after preprocessing);
+    ``images`` is float (N, 3, H, W) in [0, 1] as the model saw it (after preprocessing);
     ``meta`` the metadata rows of a metadata model, else None.  The one drawing of a heat map
     (and the one :class:`_ImagesOnly`): the reduce's gallery and ``skinhpc predict --gradcam`` both
     call it.

@@ -20,7 +20,7 @@ def write_gradcams(predictor: EnsemblePredictor, files: Sequence[str], out_dir: 
     map of any one network, and the member is what the reduce's gallery shows too.
     """
     model = predictor.models[0]
-    layer = find_target_layer(model, predictor.spec.preprocess.size, None)
+    layer = find_target_layer(model, predictor.spec.preprocess.shape, None)
     if layer is None or predictor.uses_meta:
         log.warning("--gradcam: not available for %s (no feature map or metadata model)", predictor.spec.model.name)
         return []
