@@ -178,7 +178,7 @@ def test_multiclass_phases_metadata_focal_ema_early_stopping(tmp_path: Path, ham
     train = {
         "phases": [{"name": "head", "epochs": 2, "train": "head", "lr": 1e-2},
                    {"name": "ft", "epochs": 3, "train": "last_k", "k": 2, "lr": 3e-3, "layer_decay": 0.5}],
-        "batch_size": 16, "num_workers": 0, "augment": 0.3, "balanced_sampler": True,
+        "batch_size": 16, "num_workers": 0, "augment": 0.3, "sampler": "balanced",
         "loss": {"name": "focal", "gamma": 2.0}, "ema": {"enabled": True, "decay": 0.9},
         "early_stopping": {"patience": 1, "metric": "loss"},
         "scheduler": {"name": "cosine_restarts", "t0": 1, "t_mult": 2},

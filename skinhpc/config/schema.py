@@ -324,6 +324,39 @@ class EmaSpec:
 
 
 @dataclass
+class MixupSpec:
+    alpha: float = doc(
+        "Mixup (timm.data.Mixup, one lambda a batch): a batch is blended with itself reversed, "
+        "lambda ~ Beta(alpha, alpha), targets become the same blend of the two (soft) labels, and the "
+        "metadata vectors (model.metadata) are blended with the same lambda. 0: off. Trains on soft "
+        "targets, so it needs train.loss.name=ce; train.loss.label_smoothing then smooths the mixed "
+        "targets. Any batch size works (an odd batch's middle image is paired with itself).",
+        default=0.0, ge=0, omit_default=True)
+    cutmix_alpha: float = doc(
+        "CutMix: a box of the reversed batch is pasted into each image, its area share ~ Beta(a, a) "
+        "(clipped at the border, lambda corrected to the pasted area); targets and metadata are "
+        "blended with that corrected lambda, the share of the image each one shows. 0: off.",
+        default=0.0, ge=0, omit_default=True)
+    prob: float = doc("Share of batches mixed (the rest train on plain labels).", default=1.0, gt=0, le=1,
+                      omit_default=True)
+    switch_prob: float = doc("With both alpha and cutmix_alpha on: share of mixed batches that use CutMix.",
+                             default=0.5, ge=0, le=1, omit_default=True)
+
+
+@dataclass
+class SwaSpec:
+    epochs: int = doc(
+        "Stochastic weight averaging: the trained weights (not the EMA's) at the end of each of the "
+        "last `epochs` epochs of the final phase are averaged with equal weight "
+        "(torch.optim.swa_utils.AveragedModel), the batch-norm statistics re-estimated over one epoch "
+        "of train batches (update_bn), and the average is one more candidate: validated like an epoch "
+        "(a history.csv row with phase swa), it becomes best.pt only when it beats every epoch on "
+        "train.early_stopping.metric. 0: off; at most the final phase's epochs. With early stopping, "
+        "the epochs the phase ran are averaged.",
+        default=0, ge=0, omit_default=True)
+
+
+@dataclass
 class EarlyStoppingSpec:
     patience: int = doc("Epochs without improvement of the val metric before stopping (0: never).", default=0, ge=0)
     metric: Literal["auc", "malignant_auc", "loss"] = doc(
@@ -354,11 +387,23 @@ class TrainSpec:
     weight_decay: float = doc("AdamW weight decay.", default=0.01, ge=0)
     scheduler: SchedulerSpec = doc("Learning-rate schedule.", default_factory=SchedulerSpec)
     loss: LossSpec = doc("Loss.", default_factory=LossSpec)
-    balanced_sampler: bool = doc("Sample classes equally often (weighted sampler).", default=False)
+    balanced_sampler: bool = doc(
+        "The first spelling of train.sampler: balanced (true: every class equally often); kept so "
+        "the fingerprints of members trained before train.sampler existed stay the same. True "
+        "with train.sampler sqrt is refused.", default=False)
+    sampler: Literal["natural", "balanced", "sqrt"] = doc(
+        "Class prior of the training draws: natural (each image once an epoch, shuffled), balanced "
+        "(every class equally often) or sqrt (a class drawn in proportion to the square root of its "
+        "count: weights 1/sqrt(count)); balanced and sqrt draw an epoch's worth of images with "
+        "replacement (torch WeightedRandomSampler, seeded by seed and epoch; under Accelerate each "
+        "process takes its own batches of that one draw).",
+        default="natural", omit_default=True)
     augment: float = doc("Augmentation strength 0..1 (flips, rotations, colour, scale); 0: none.", default=0.5, ge=0, le=1)
     amp: Literal["auto", "no", "bf16", "fp16"] = doc("Mixed precision; auto: bf16 on a GPU that has it, else no.", default="auto")
     grad_clip: float = doc("Clip gradient norm (0: off).", default=1.0, ge=0)
     ema: EmaSpec = doc("Weight EMA.", default_factory=EmaSpec)
+    mixup: MixupSpec = doc("Mixup / CutMix (off by default).", default_factory=MixupSpec)
+    swa: SwaSpec = doc("Weight averaging over the last epochs (off by default).", default_factory=SwaSpec)
     early_stopping: EarlyStoppingSpec = doc("Early stopping.", default_factory=EarlyStoppingSpec)
     max_steps_per_epoch: int | None = doc("Cap on optimiser steps per epoch (tests, smoke runs).", default=None, ge=1)
     deterministic: bool = doc("torch.use_deterministic_algorithms (bitwise resume on CPU).", default=True)

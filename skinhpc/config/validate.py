@@ -324,6 +324,7 @@ def validate(spec: JobSpec) -> None:
     if spec.model.metadata.images_per_patient and not spec.model.metadata.enabled:
         raise _fail("model.metadata.images_per_patient", "is a metadata input: needs model.metadata.enabled=true")
     _check_aspect(spec)
+    check_train_levers(spec)
     if spec.model.pretrained == "file" and not spec.model.weights:
         raise _fail("model.weights", "pretrained=file needs a weights path")
     for key, minutes in (("cluster.time_min", spec.cluster.time_min),
@@ -356,6 +357,23 @@ def _check_aspect(spec: JobSpec) -> None:
         raise _fail("reduce.tta", f"views {', '.join(turning)} turn the {width} x {height} image of "
                     f"preprocess.aspect={p.aspect:g} into {height} x {width}; drop them (only a square, "
                     f"aspect 1, can be turned)")
+
+
+def check_train_levers(spec: JobSpec) -> None:
+    """The training levers' rules (train.sampler, train.mixup, train.swa): combinations that
+    cannot train as written are refused naming both keys."""
+    t = spec.train
+    if t.balanced_sampler and t.sampler == "sqrt":
+        raise _fail("train.balanced_sampler", "true is train.sampler: balanced, and train.sampler says sqrt: "
+                    "keep one (train.sampler: balanced | sqrt, without balanced_sampler)")
+    if (t.mixup.alpha > 0 or t.mixup.cutmix_alpha > 0) and t.loss.name != "ce":
+        raise _fail("train.mixup", f"mixup/cutmix trains on soft (mixed) targets, which "
+                    f"train.loss.name={t.loss.name} does not take: use train.loss.name=ce, or "
+                    f"train.mixup.alpha=0 and train.mixup.cutmix_alpha=0")
+    last = t.phases[-1].epochs
+    if t.swa.epochs > last:
+        raise _fail("train.swa.epochs", f"{t.swa.epochs} is more than the final phase's epochs "
+                    f"(train.phases[{len(t.phases) - 1}].epochs = {last})")
 
 
 def check_dotted_in(section: str, key: str) -> None:

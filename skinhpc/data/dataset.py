@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 from torchvision.transforms import v2
 
 from skinhpc.data.cache import load_cached
@@ -169,7 +169,7 @@ class SkinDataset(Dataset):
 
 
 class EpochSampler(Sampler[int]):
-    """Shuffled (or class-balanced, with replacement) order drawn from seed+epoch.
+    """Shuffled (or weighted, with replacement: ``prior_weights``) order drawn from seed+epoch.
 
     Accelerate shards its batches across processes, so every process holds the same
     sampler and the global batch sequence equals the single-process one.
@@ -193,14 +193,15 @@ class EpochSampler(Sampler[int]):
             return iter(range(self.n))
         g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
         if self.weights is not None:
-            return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())
+            return iter(WeightedRandomSampler(self.weights, self.n, replacement=True, generator=g))
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
-def balanced_weights(labels: np.ndarray) -> np.ndarray:
-    """Per-sample weights so each present class is drawn equally often."""
-    counts = np.bincount(labels)
-    w = 1.0 / np.maximum(counts[labels], 1)
+def prior_weights(labels: np.ndarray, power: float) -> np.ndarray:
+    """Per-sample weights count(class)**-power, summing to 1: a class is then drawn in proportion
+    to count**(1 - power) (1: every present class equally often; 0.5: square-root prior)."""
+    counts = np.bincount(labels).astype(np.float64)
+    w = np.maximum(counts[labels], 1) ** -power
     return w / w.sum()
 
 

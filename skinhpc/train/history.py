@@ -8,7 +8,10 @@ carry for an exact resume; the loop owns the tensors, this owns the numbers.
 from __future__ import annotations
 
 import csv
+import logging
 import math
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,13 +19,38 @@ from typing import Any
 import numpy as np
 
 from skinhpc.config import JobSpec
-from skinhpc.io.atomic import atomic_path
+from skinhpc.io.atomic import atomic_path, write_json_atomic
 from skinhpc.metrics.malignant import to_binary, to_binary_labels
 
 # ``seconds`` is the epoch's train-loop time; ``time`` the wall clock (unix seconds) at the epoch's
 # end, what ``skinhpc status`` estimates the remaining time from and MLflow stamps the epoch with
 HISTORY_COLUMNS = ["phase", "epoch", "train_loss", "val_loss", "val_auc", "val_auc_malignant", "lr",
                    "images_per_s", "seconds", "time"]
+
+
+log = logging.getLogger("skinhpc.train")
+
+# the step record (``step.json``: the epoch under way at step k of n, for ``skinhpc status``) is
+# rewritten at most this often, plus once as each epoch starts: a few small writes a minute
+STEP_RECORD_EVERY_S = 5.0
+
+
+def progress_bar(it: Any, total: int, desc: str, enabled: bool) -> Any:
+    if not enabled or not sys.stderr.isatty():
+        return it
+    from tqdm import tqdm  # deferred: only on a terminal
+
+    return tqdm(it, total=total, desc=desc, leave=False)
+
+
+def write_step(path: Path, phase: str, epoch: int, step: int, steps: int, epoch_started: float) -> None:
+    """``step.json``: how far the epoch under way is (a failed write is logged, never allowed to
+    stop training)."""
+    try:
+        write_json_atomic(path, {"phase": phase, "epoch": epoch, "step": step, "steps": steps,
+                                 "epoch_started": round(epoch_started, 3), "time": round(time.time(), 3)})
+    except OSError as e:
+        log.warning("%s: step record not written (%s)", path, e)
 
 
 def auc_score(labels: np.ndarray, probs: np.ndarray) -> float:

@@ -7,21 +7,34 @@ a resumed member skip exactly the batches it already trained on.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from torch.utils.data import DataLoader
 
-from skinhpc.config import JobSpec, Member
-from skinhpc.data.dataset import EpochSampler, SkinDataset, balanced_weights, class_counts
+from skinhpc.config import JobSpec, Member, TrainSpec
+from skinhpc.data.dataset import EpochSampler, SkinDataset, class_counts, prior_weights
 from skinhpc.data.prepare import load_table
 from skinhpc.data.splits import member_view
 from skinhpc.io.layout import JobPaths
 from skinhpc.model.net import data_config
 
+log = logging.getLogger("skinhpc.train")
+
 SPLITS = ("train", "val", "test")
+# train.sampler -> the power of 1/count each image is weighted by (natural: no weights, a shuffle)
+SAMPLER_POWER = {"balanced": 1.0, "sqrt": 0.5}
+
+
+def sampler_weights(train: TrainSpec, labels: np.ndarray) -> np.ndarray | None:
+    """Per-image draw weights of train.sampler (train.balanced_sampler: its first spelling of
+    balanced), or None for the natural prior: a plain shuffle, each image once an epoch."""
+    power = SAMPLER_POWER.get("balanced" if train.balanced_sampler else train.sampler)
+    return prior_weights(labels, power) if power is not None else None
 
 
 def labelled_table(spec: JobSpec, paths: JobPaths) -> pd.DataFrame:
@@ -51,6 +64,13 @@ class Inputs:
 
 def build_inputs(spec: JobSpec, paths: JobPaths, member: Member, accelerator: Any) -> Inputs:
     t = spec.train
+    if accelerator.device.type == "cpu" and t.num_workers > 0:
+        # measured (bench/README.md, "Training overhead"): on a CPU-only run a loader worker
+        # competes with torch's threads for the same cores; lite0 trained 1.55x faster with 0
+        log.warning("member %s: train.num_workers=%d on a CPU-only run: each worker competes with "
+                    "torch's %d threads for the same CPUs; train.num_workers=0 loads in-process "
+                    "(same results, 1.5x faster measured on 2 cores)", member.name,
+                    t.num_workers, torch.get_num_threads())
     table = labelled_table(spec, paths)
     tables = {s: table[table["split"] == s].reset_index(drop=True) for s in SPLITS}
     for s in ("train", "val"):
@@ -65,7 +85,7 @@ def build_inputs(spec: JobSpec, paths: JobPaths, member: Member, accelerator: An
                        images_per_patient=spec.model.metadata.images_per_patient)
         for s in SPLITS
     }
-    weights = balanced_weights(datasets["train"].labels) if t.balanced_sampler else None
+    weights = sampler_weights(t, datasets["train"].labels)
     sampler = EpochSampler(len(datasets["train"]), member.seed, shuffle=True, weights=weights)
     world = accelerator.num_processes
     drop_last = len(datasets["train"]) >= t.batch_size * world

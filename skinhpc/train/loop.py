@@ -1,4 +1,4 @@
-"""The training loop of one member: phases, AdamW, schedule, EMA, early stopping, last.pt.
+"""The training loop of one member: phases, AdamW, schedule, mixup, EMA, SWA, early stopping, last.pt.
 
 :class:`Run` owns every tensor a step depends on (model, optimiser, scheduler, EMA, RNG),
 and :class:`~skinhpc.train.history.Progress` the numbers; :meth:`Run.state` is the
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +21,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from skinhpc.config import JobSpec, Member, PhaseSpec
-from skinhpc.io.atomic import write_json_atomic
 from skinhpc.io.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from skinhpc.io.layout import JobPaths, MemberPaths
 from skinhpc.io.state import clean_stale_writes, member_fingerprint
@@ -34,25 +32,23 @@ from skinhpc.model.net import (
     freeze_norms,
     param_groups,
 )
-from skinhpc.train.history import Progress, auc_score, malignant_auc, write_history
+from skinhpc.train.averaging import WeightAverage, judge_average
+from skinhpc.train.history import (
+    STEP_RECORD_EVERY_S,
+    Progress,
+    auc_score,
+    malignant_auc,
+    progress_bar,
+    write_history,
+    write_step,
+)
 from skinhpc.train.inputs import build_inputs
-from skinhpc.train.losses import build_loss
+from skinhpc.train.losses import build_loss, build_train_loss
+from skinhpc.train.mixing import build_mixup
 from skinhpc.train.schedule import lr_lambda
 from skinhpc.train.signals import step_guard
 
 log = logging.getLogger("skinhpc.train")
-
-# the step record (``step.json``: the epoch under way at step k of n, for ``skinhpc status``) is
-# rewritten at most this often, plus once as each epoch starts: a few small writes a minute
-STEP_RECORD_EVERY_S = 5.0
-
-
-def _progress_bar(it: Any, total: int, desc: str, enabled: bool) -> Any:
-    if not enabled or not sys.stderr.isatty():
-        return it
-    from tqdm import tqdm  # deferred: only on a terminal
-
-    return tqdm(it, total=total, desc=desc, leave=False)
 
 
 class Run:
@@ -69,13 +65,6 @@ class Run:
         self.acc = accelerator
         self.fingerprint = member_fingerprint(spec)
         self.inputs = build_inputs(spec, paths, member, accelerator)
-        if accelerator.device.type == "cpu" and spec.train.num_workers > 0:
-            # measured (bench/README.md, "Training overhead"): on a CPU-only run a loader worker
-            # competes with torch's threads for the same cores; lite0 trained 1.55x faster with 0
-            log.warning("member %s: train.num_workers=%d on a CPU-only run: each worker competes with "
-                        "torch's %d threads for the same CPUs; train.num_workers=0 loads in-process "
-                        "(same results, 1.5x faster measured on 2 cores)", member.name,
-                        spec.train.num_workers, torch.get_num_threads())
         self.tables, self.datasets = self.inputs.tables, self.inputs.datasets
         self.steps_per_epoch = self.inputs.steps_per_epoch
 
@@ -83,8 +72,12 @@ class Run:
         if isinstance(self.raw_model, PriorBaseline):
             self.raw_model.set_prior(torch.as_tensor(self.inputs.train_counts))
         model_to_layout(self.raw_model.to(accelerator.device), spec.train.channels_last)
+        # validation's loss is always the hard-label one; training's takes mixup's soft targets
         self.criterion = build_loss(spec.train.loss, self.inputs.train_counts).to(accelerator.device)
+        self.train_criterion = build_train_loss(spec.train, self.inputs.train_counts).to(accelerator.device)
+        self.mixup = build_mixup(spec.train, len(spec.class_names))
         self.ema: Any = None
+        self.swa: WeightAverage | None = None
         self.progress = Progress()
         self.optimizer: Any = None
         self.scheduler: Any = None
@@ -128,6 +121,7 @@ class Run:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "swa": self.swa.state() if self.swa is not None else None,
             "position": p.position(),
             "best": {"metric": best[0], "epoch": best[1], "bad_epochs": best[2]},
             "history": list(history),
@@ -215,7 +209,7 @@ class Run:
         t0 = time.perf_counter()
         images = 0
         use_meta = self.spec.model.metadata.enabled
-        batches = _progress_bar(self.inputs.train_loader, self.steps_per_epoch, f"epoch {p.global_epoch}",
+        batches = progress_bar(self.inputs.train_loader, self.steps_per_epoch, f"epoch {p.global_epoch}",
                                 acc.is_local_main_process)
         epoch_started = time.time()
         self._write_step(phase, skip, epoch_started)
@@ -233,8 +227,11 @@ class Run:
             if self._pending:
                 self._pending = False
                 self.save_last(self._step_rng)
+            target = y
+            if self.mixup is not None:  # after the step's RNG is recorded: a resume mixes alike
+                x, target, meta, _ = self.mixup.mix(x, y, meta)
             logits = self.model(batch_to_layout(x, t.channels_last), meta if use_meta else None)
-            loss = self.criterion(logits, y)
+            loss = self.train_criterion(logits.float() if self.mixup is not None else logits, target)
             self.optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
             if t.grad_clip > 0:
@@ -281,17 +278,9 @@ class Run:
         }
 
     def _write_step(self, phase: PhaseSpec, step: int, epoch_started: float) -> None:
-        """``step.json``: how far the epoch under way is (main process only; a failed write is
-        logged, never allowed to stop training)."""
-        if not self.acc.is_main_process:
-            return
-        try:
-            write_json_atomic(self.mp.step, {
-                "phase": phase.name, "epoch": self.progress.global_epoch, "step": step,
-                "steps": self.steps_per_epoch, "epoch_started": round(epoch_started, 3),
-                "time": round(time.time(), 3)})
-        except OSError as e:
-            log.warning("member %s: step record not written (%s)", self.member.name, e)
+        if self.acc.is_main_process:
+            write_step(self.mp.step, phase.name, self.progress.global_epoch, step, self.steps_per_epoch,
+                       epoch_started)
 
     @torch.no_grad()
     def sync_buffers(self) -> None:
@@ -342,7 +331,6 @@ class Run:
 
     def run(self) -> None:
         """Every phase and epoch still to do, from last.pt if there is one of this member."""
-        acc = self.acc
         ckpt = self.try_resume()
         if ckpt is not None:
             set_rng_state(ckpt["rng"])
@@ -353,41 +341,58 @@ class Run:
         p = self.progress
         if p.started is None:
             p.started = time.time()
+        if self.spec.train.swa.epochs > 0:
+            self.swa = WeightAverage(self.raw_model, self.spec.train.swa.epochs)
+            if ckpt is not None and ckpt.get("swa") is not None:
+                self.swa.load(ckpt["swa"])
         while p.phase < len(phases):
             phase = phases[p.phase]
             self.setup_phase(phase, ckpt)
             ckpt = None
             while p.epoch_in_phase < phase.epochs:
                 ep = self.train_epoch(phase)
-                probs, labels, val_loss = self.predict("val")
-                val_auc = auc_score(labels, probs)
-                val_auc_mal = malignant_auc(self.spec, labels, probs)
-                better, value = p.improves(stopping.metric, val_loss, val_auc, val_auc_mal)
-                if better:
-                    p.best_metric, p.best_epoch, p.bad_epochs = value, p.global_epoch, 0
-                    if acc.is_main_process:
-                        save_checkpoint(self.mp.best, {"model": self.eval_model().state_dict(), "meta": self.meta()})
-                else:
-                    p.bad_epochs += 1
-                row = {"phase": phase.name, "epoch": p.global_epoch, "train_loss": ep["train_loss"],
-                       "val_loss": val_loss, "val_auc": val_auc, "val_auc_malignant": val_auc_mal,
+                val, better = self.validate(self.eval_model())
+                p.bad_epochs = 0 if better else p.bad_epochs + 1
+                row = {"phase": phase.name, "epoch": p.global_epoch, "train_loss": ep["train_loss"], **val,
                        "lr": ep["lr"], "images_per_s": ep["images_per_s"], "seconds": ep["seconds"],
                        "time": round(time.time(), 3)}
                 p.history.append(row)
                 p.seconds += ep["seconds"]
                 log.info("member %s phase %s epoch %d: train_loss %.4f val_loss %.4f val_auc %.4f%s "
                          "lr %.2e %.1f img/s%s", self.member.name, phase.name, p.global_epoch,
-                         ep["train_loss"], val_loss, val_auc,
-                         f" (malignant {val_auc_mal:.4f})" if self.spec.data.task != "binary" else "",
+                         ep["train_loss"], val["val_loss"], val["val_auc"],
+                         f" (malignant {val['val_auc_malignant']:.4f})" if self.spec.data.task != "binary" else "",
                          ep["lr"], ep["images_per_s"], " (best)" if better else "")
+                if self.swa is not None and self.swa.wants(p.phase, len(phases), p.epoch_in_phase, phase.epochs):
+                    self.swa.update(self.raw_model)
                 if p.end_epoch(phase.epochs, stopping.patience):
                     log.info("member %s: early stop in phase %s after %d epochs without improvement",
                              self.member.name, phase.name, stopping.patience)
                 self._post = None
-                self.save_last()
-                if acc.is_main_process:
-                    write_history(self.mp.history, p.history)
-                    self._report_epoch(row)
-                acc.wait_for_everyone()
+                self.record(row)
                 if p.epoch_in_phase == 0:  # phase over (all epochs run, or stopped early)
                     break
+        if self.swa is not None:
+            judge_average(self, self.swa)
+
+    def validate(self, model: nn.Module) -> tuple[dict[str, float], bool]:
+        """``model``'s validation figures (history columns), and whether it beats the best so far
+        on the early-stopping metric: then it is the best (best.pt holds its weights)."""
+        p = self.progress
+        probs, labels, val_loss = self.predict("val", model)
+        val_auc = auc_score(labels, probs)
+        val_auc_mal = malignant_auc(self.spec, labels, probs)
+        better, value = p.improves(self.spec.train.early_stopping.metric, val_loss, val_auc, val_auc_mal)
+        if better:
+            p.best_metric, p.best_epoch = value, p.global_epoch
+            if self.acc.is_main_process:
+                save_checkpoint(self.mp.best, {"model": model.state_dict(), "meta": self.meta()})
+        return {"val_loss": val_loss, "val_auc": val_auc, "val_auc_malignant": val_auc_mal}, better
+
+    def record(self, row: dict[str, Any]) -> None:
+        """last.pt, then history.csv and the observer, once ``row`` is in the history."""
+        self.save_last()
+        if self.acc.is_main_process:
+            write_history(self.mp.history, self.progress.history)
+            self._report_epoch(row)
+        self.acc.wait_for_everyone()

@@ -1,4 +1,4 @@
-"""Losses for imbalanced dermoscopy labels: CE, class-weighted CE, focal.
+"""Losses for imbalanced dermoscopy labels: CE, class-weighted CE, focal; soft targets under mixup.
 
 Class weights come from the train split only (inverse frequency, normalised to
 mean 1 so the loss scale, and hence the learning rate, stays comparable to CE).
@@ -11,9 +11,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
-from skinhpc.config import LossSpec
+from skinhpc.config import LossSpec, TrainSpec
+from skinhpc.train.mixing import mixup_on
 
 
 def inverse_frequency(counts: Sequence[int] | np.ndarray) -> torch.Tensor:
@@ -56,3 +58,13 @@ def build_loss(spec: LossSpec, train_counts: Sequence[int] | np.ndarray) -> nn.M
             alpha = inverse_frequency(train_counts)
         return FocalLoss(spec.gamma, alpha)
     raise ValueError(f"train.loss.name: unknown loss {spec.name!r}")
+
+
+def build_train_loss(train: TrainSpec, train_counts: Sequence[int] | np.ndarray) -> nn.Module:
+    """The loss the optimiser steps on: :func:`build_loss`, or, with train.mixup on, cross-entropy
+    on the mixed soft targets (timm SoftTargetCrossEntropy; the label smoothing is already in
+    the targets, put there by Mixup's own label_smoothing). Validation keeps :func:`build_loss`
+    on the hard labels, so val_loss means the same with and without mixup."""
+    if mixup_on(train):
+        return SoftTargetCrossEntropy()
+    return build_loss(train.loss, train_counts)

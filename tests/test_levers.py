@@ -1,0 +1,300 @@
+"""The training levers of issue 25 as schema keys: train.sampler, train.mixup, train.swa.
+
+Each lever: off by default with every shipped member fingerprint unchanged, a changed member
+fingerprint when on, its bad combinations refused naming both keys, its mechanism checked
+against the formula, and a short member trained with it on real images.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from skinhpc.config import (
+    SpecError,
+    changed_keys,
+    from_dict,
+    identity_view,
+    load_spec,
+    plan_members,
+    with_overrides,
+)
+from skinhpc.data.dataset import EpochSampler, prior_weights
+from skinhpc.train.averaging import WeightAverage, update_norms
+from skinhpc.train.history import auc_score
+from skinhpc.train.losses import build_loss, build_train_loss
+from skinhpc.train.member import train_member
+from skinhpc.train.mixing import build_mixup
+
+LEVER_KEYS = {"sampler", "mixup", "swa"}
+# job fingerprint and member fingerprints of shipped jobs whose identity names no path of the
+# checkout (the others hold the data folder's absolute path), computed before the levers existed
+PINNED = {
+    "cpu_best.yaml": ("f09c5f26fb40d3ed", ["79aa60b41c9bd5a7", "862f0fa22226de0f", "dd46f7408abc3ffe"]),
+    "debug.yaml": ("06e1cc9f3853752b", ["64df5702a800a5fc"]),
+    "demo.yaml": ("fd9114f4a3847119", ["5ce02863a5266e1d"]),
+    "lite0_member.yaml": ("174697a5d85bb9ca", ["5b104f8a17a09a34"]),
+}
+
+
+# --------------------------------------------------------------------------- schema
+def test_shipped_jobs_keep_their_fingerprints(repo: Path, shipped_job: str) -> None:
+    """The levers are off by default and out of every identity view while off (omit_default),
+    so a shipped job's members keep the fingerprints their checkpoints carry."""
+    spec = load_spec(repo / "jobs" / shipped_job)
+    members = plan_members(spec)
+    for m in members:
+        assert not LEVER_KEYS & set(identity_view(m.spec(spec), "member")["train"])
+    if shipped_job in PINNED:
+        got = (spec.fingerprint(), sorted({m.spec(spec).member_fingerprint() for m in members}))
+        assert got == PINNED[shipped_job]
+
+
+@pytest.mark.parametrize("key, value", [("train.sampler", "sqrt"), ("train.sampler", "balanced"),
+                                        ("train.mixup.alpha", 0.4), ("train.mixup.cutmix_alpha", 1.0),
+                                        ("train.swa.epochs", 2)])
+def test_a_lever_on_is_another_member(tmp_path: Path, ham_root: Path, tiny_job, key: str, value: object) -> None:
+    spec = tiny_job(tmp_path, ham_root)
+    on = with_overrides(spec, {key: value})
+    assert on.member_fingerprint() != spec.member_fingerprint()
+    # named as changed: the key, or its section where the whole section was at its defaults
+    # (then absent from the view: identity.changed_keys names the first key that differs)
+    assert changed_keys(spec, on, "member") in ([key], [key.rsplit(".", 1)[0]])
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"balanced_sampler": True, "sampler": "sqrt"}, r"train\.balanced_sampler: .*train\.sampler says sqrt"),
+    ({"mixup": {"alpha": 0.2}, "loss": {"name": "focal"}}, r"train\.mixup: .*train\.loss\.name=focal"),
+    ({"mixup": {"cutmix_alpha": 1.0}, "loss": {"name": "weighted_ce"}}, r"train\.mixup: .*weighted_ce"),
+    ({"swa": {"epochs": 3}}, r"train\.swa\.epochs: 3 is more than .*train\.phases\[0\]\.epochs = 2"),
+    ({"sampler": "inverse"}, r"train\.sampler: expected one of 'natural' \| 'balanced' \| 'sqrt'"),
+    ({"mixup": {"prob": 0.0}}, r"train\.mixup\.prob: must be > 0"),
+])
+def test_bad_lever_settings_are_refused_naming_the_keys(tmp_path: Path, ham_root: Path, tiny_job,
+                                                        train: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=message) as err:
+        tiny_job(tmp_path, ham_root, train=train)
+    assert "\n" not in str(err.value)
+
+
+def test_balanced_sampler_is_sampler_balanced_and_a_clash_names_the_file(tmp_path: Path) -> None:
+    """The bool stays (fingerprints of members trained with it): true draws what sampler: balanced
+    draws; set beside sampler: sqrt, the job file is refused naming it and both keys."""
+    from skinhpc.train.inputs import sampler_weights
+
+    labels = np.repeat(np.arange(3), [40, 10, 5])
+    old = from_dict({"name": "a", "train": {"balanced_sampler": True}})
+    new = from_dict({"name": "b", "train": {"sampler": "balanced"}})
+    np.testing.assert_array_equal(sampler_weights(old.train, labels), sampler_weights(new.train, labels))
+    assert sampler_weights(from_dict({"name": "c"}).train, labels) is None
+    job = tmp_path / "old.yaml"
+    job.write_text("name: old\ntrain:\n  balanced_sampler: true\n  sampler: sqrt\n")
+    with pytest.raises(SpecError, match=rf"{job.name}.*train\.balanced_sampler: .*train\.sampler says sqrt"):
+        load_spec(job)
+
+
+# --------------------------------------------------------------------------- mixup
+def _mixer(**mixup: float):
+    spec = from_dict({"name": "m", "train": {"mixup": mixup, "loss": {"label_smoothing": 0.0}}})
+    return build_mixup(spec.train, 3)
+
+
+@pytest.mark.parametrize("n", [1, 5, 32])
+def test_mixup_blends_pixels_targets_and_metadata_with_one_permutation(n: int) -> None:
+    np.random.seed(0)
+    x0, meta0 = torch.randn(n, 3, 8, 8), torch.randn(n, 4)
+    y = torch.arange(n) % 3
+    x, target, meta, lam = _mixer(alpha=0.4).mix(x0.clone(), y, meta0.clone())
+    assert 0 < lam < 1
+    onehot = nn.functional.one_hot(y, 3).float()
+    torch.testing.assert_close(x, lam * x0 + (1 - lam) * x0.flip(0))
+    torch.testing.assert_close(target, lam * onehot + (1 - lam) * onehot.flip(0))
+    torch.testing.assert_close(meta, lam * meta0 + (1 - lam) * meta0.flip(0))
+    torch.testing.assert_close(target.sum(1), torch.ones(n))
+    if n % 2:  # an odd batch's middle image is paired with itself: its own label
+        torch.testing.assert_close(target[n // 2], onehot[n // 2])
+
+
+@pytest.mark.parametrize("n", [1, 7, 32])
+def test_cutmix_pastes_a_box_and_weights_labels_and_metadata_by_its_area(n: int) -> None:
+    np.random.seed(1)
+    x0 = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 16, 16).clone()
+    meta0, y = torch.randn(n, 4), torch.arange(n) % 3
+    x, target, meta, lam = _mixer(cutmix_alpha=1.0).mix(x0.clone(), y, meta0.clone())
+    onehot = nn.functional.one_hot(y, 3).float()
+    for i in range(n):
+        j = n - 1 - i
+        own = float((x[i] == i).float().mean())
+        assert own == pytest.approx(lam if i != j else 1.0)  # the corrected lambda is the area kept
+        assert set(x[i].unique().tolist()) <= {float(i), float(j)}
+    torch.testing.assert_close(target, lam * onehot + (1 - lam) * onehot.flip(0))
+    torch.testing.assert_close(meta, lam * meta0 + (1 - lam) * meta0.flip(0))
+
+
+def test_mixup_off_by_prob_and_smoothing_equal_plain_ce() -> None:
+    """A batch left unmixed (lambda 1) with Mixup's label smoothing gives the loss of
+    nn.CrossEntropyLoss(label_smoothing) on the hard labels: one meaning for the key."""
+    spec = from_dict({"name": "m", "train": {"mixup": {"alpha": 0.4, "prob": 1e-12},
+                                             "loss": {"label_smoothing": 0.1}}})
+    np.random.seed(0)
+    logits, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 1, 0])
+    _, target, _, lam = build_mixup(spec.train, 3).mix(torch.zeros(6, 3, 2, 2), y, torch.zeros(6, 0))
+    assert lam == 1.0
+    soft = build_train_loss(spec.train, [2, 2, 2])(logits, target)
+    hard = build_loss(spec.train.loss, [2, 2, 2])(logits, y)
+    assert float(soft) == pytest.approx(float(hard), rel=1e-6)
+
+
+# --------------------------------------------------------------------------- sampler
+def test_sampler_draws_classes_by_the_chosen_prior() -> None:
+    counts = np.array([900, 90, 10])
+    labels = np.repeat(np.arange(3), counts)
+    want = {"balanced": np.ones(3) / 3, "sqrt": np.sqrt(counts) / np.sqrt(counts).sum()}
+    for kind, power in (("balanced", 1.0), ("sqrt", 0.5)):
+        sampler = EpochSampler(len(labels), seed=3, weights=prior_weights(labels, power))
+        drawn = []
+        for epoch in range(20):
+            sampler.set_epoch(epoch)
+            drawn.extend(sampler)
+        freq = np.bincount(labels[drawn], minlength=3) / len(drawn)
+        sd = np.sqrt(want[kind] * (1 - want[kind]) / len(drawn))
+        assert np.all(np.abs(freq - want[kind]) < 5 * sd), (kind, freq, want[kind])
+
+
+def test_weighted_draw_is_torch_weighted_random_sampler_and_the_draw_it_replaced() -> None:
+    """The order a balanced member trained on before is the order it trains on now (resume)."""
+    labels = np.repeat(np.arange(3), [50, 20, 5])
+    w = prior_weights(labels, 1.0)
+    old = 1.0 / np.bincount(labels)[labels]
+    np.testing.assert_allclose(w, old / old.sum())
+    sampler = EpochSampler(len(labels), seed=7, weights=w)
+    sampler.set_epoch(2)
+    g = torch.Generator().manual_seed(7 * 7919 + 2)
+    assert list(sampler) == torch.multinomial(torch.as_tensor(w, dtype=torch.double), len(labels), True,
+                                              generator=g).tolist()
+
+
+def test_weighted_sampler_under_accelerate_gives_each_process_its_own_batches() -> None:
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader
+
+    labels = np.repeat(np.arange(3), [60, 30, 6])
+    ids = list(range(len(labels)))
+
+    def loader() -> DataLoader:
+        sampler = EpochSampler(len(ids), seed=5, weights=prior_weights(labels, 0.5))
+        return DataLoader(ids, batch_size=8, sampler=sampler, drop_last=True)
+
+    whole = [b.tolist() for b in loader()]
+    parts = [[b.tolist() for b in prepare_data_loader(loader(), num_processes=2, process_index=i,
+                                                      put_on_device=False)] for i in (0, 1)]
+    assert len(parts[0]) == len(parts[1]) == len(whole) // 2
+    assert parts[0] != parts[1]
+    # step k: process 0 takes global batch 2k, process 1 batch 2k+1 -- one draw, dealt out
+    assert [b for pair in zip(*parts, strict=True) for b in pair] == whole[: 2 * len(parts[0])]
+
+
+# --------------------------------------------------------------------------- SWA
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(3)
+        self.frozen = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3 + 2, 2)
+
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.frozen(self.norm(x)).mean((2, 3))
+        return self.fc(torch.cat([h, meta], 1))
+
+
+def test_swa_average_is_the_mean_of_the_snapshots_and_norms_are_reestimated() -> None:
+    torch.manual_seed(0)
+    net = _Net()
+    avg = WeightAverage(net, epochs=3)
+    snaps = []
+    for _ in range(3):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(torch.randn_like(p))
+        snaps.append({k: v.clone() for k, v in net.named_parameters()})
+        avg.update(net)
+    assert avg.count == 3
+    for name, p in avg.module.named_parameters():
+        torch.testing.assert_close(p, torch.stack([s[name] for s in snaps]).mean(0))
+
+    # norm statistics: the plain mean over the batches; a frozen norm keeps the trained model's
+    net.frozen.requires_grad_(False)
+    net.frozen.running_mean.fill_(7.0)
+    batches = [(torch.randn(4, 3, 5, 5) * 2 + torch.tensor([1.0, -2.0, 3.0]).view(1, 3, 1, 1), torch.randn(4, 2))
+               for _ in range(5)]
+    update_norms(avg.module, batches, keep_from=net)
+    x = torch.cat([b[0] for b in batches])
+    torch.testing.assert_close(avg.module.norm.running_mean, x.mean((0, 2, 3)), atol=1e-5, rtol=0)
+    want_var = torch.stack([b[0].var((0, 2, 3), unbiased=True) for b in batches]).mean(0)
+    torch.testing.assert_close(avg.module.norm.running_var, want_var, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(avg.module.frozen.running_mean, torch.full((3,), 7.0))
+    assert avg.module.norm.momentum == net.norm.momentum  # update_bn put the momentum back
+
+    # last.pt's copy: the average and whether it was judged
+    again = WeightAverage(_Net(), epochs=3)
+    again.load(avg.state())
+    assert again.count == 3 and not again.judged
+    torch.testing.assert_close(again.module.fc.weight, avg.module.fc.weight)
+
+
+# --------------------------------------------------------------------------- members
+def _member(prepared_tiny_job, tmp_path: Path, ham_root: Path, train: dict, **over):
+    base = {"phases": [{"name": "all", "epochs": 2, "train": "all", "lr": 3e-3}], "batch_size": 16,
+            "num_workers": 0, "augment": 0.3, "max_steps_per_epoch": 6}
+    spec, paths = prepared_tiny_job(tmp_path, ham_root, subset=240, train={**base, **train}, **over)
+    member = plan_members(spec)[0]
+    train_member(spec, paths, member)
+    mp = paths.member(member)
+    hist, val = pd.read_csv(mp.history), pd.read_csv(mp.val)
+    done = json.loads(mp.done.read_text())
+    assert done["best_metric"] == pytest.approx(hist["val_auc"].max())
+    auc = auc_score(val["label"].to_numpy(), val[["prob_benign", "prob_malignant"]].to_numpy())
+    assert auc == pytest.approx(done["best_metric"], abs=1e-6)  # val.csv is best.pt's
+    return spec, paths, mp, hist, done
+
+
+@pytest.mark.parametrize("train", [
+    {"mixup": {"alpha": 0.4, "cutmix_alpha": 1.0}, "loss": {"label_smoothing": 0.1}, "batch_size": 9},
+    {"mixup": {"cutmix_alpha": 1.0, "prob": 0.5}, "batch_size": 7},
+    {"sampler": "sqrt"},
+], ids=["mixup+cutmix", "cutmix", "sqrt"])
+def test_member_trains_with_the_lever(tmp_path: Path, ham_root: Path, prepared_tiny_job, train: dict) -> None:
+    """Odd batch sizes, metadata fusion on: the mixed metadata reaches the model."""
+    _, _, _, hist, done = _member(prepared_tiny_job, tmp_path, ham_root, train,
+                                  model={"name": "resnet10t", "pretrained": "none",
+                                         "metadata": {"enabled": True, "hidden": 8}})
+    assert len(hist) == 2 and np.isfinite(hist["train_loss"]).all() and done["epochs"] == 2
+
+
+def test_member_with_swa_judges_the_average_once_as_one_more_candidate(tmp_path: Path, ham_root: Path,
+                                                                       prepared_tiny_job) -> None:
+    train = {"phases": [{"name": "head", "epochs": 1, "train": "head", "lr": 3e-3},
+                        {"name": "all", "epochs": 3, "train": "all", "lr": 3e-3}],
+             "swa": {"epochs": 2}, "ema": {"enabled": True, "decay": 0.9}}
+    spec, paths, mp, hist, done = _member(prepared_tiny_job, tmp_path, ham_root, train)
+    assert list(hist["phase"]) == ["head", "all", "all", "all", "swa"]
+    assert list(hist["epoch"]) == [0, 1, 2, 3, 4] and done["epochs"] == 4
+    swa_row = hist.iloc[-1]
+    assert np.isnan(swa_row["train_loss"]) and swa_row["seconds"] > 0 and np.isfinite(swa_row["val_auc"])
+    last = torch.load(mp.last, weights_only=True)
+    assert last["swa"]["judged"] and int(last["swa"]["model"]["n_averaged"]) == 2
+    best = torch.load(mp.best, weights_only=True)
+    averaged = {k.removeprefix("module."): v for k, v in last["swa"]["model"].items() if k != "n_averaged"}
+    is_swa = all(torch.equal(best["model"][k], v) for k, v in averaged.items())
+    assert is_swa == (done["best_epoch"] == 4)
+
+    # the relaunch of an interrupted member (done.json lost) finds it judged: no second row
+    mp.done.unlink()
+    train_member(spec, paths, plan_members(spec)[0])
+    assert len(pd.read_csv(mp.history)) == 5
