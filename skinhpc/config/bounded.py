@@ -63,7 +63,11 @@ def read_bounded(path: str | Path, max_bytes: int, what: str = "file") -> bytes:
         raise
     with open(fd, "rb", closefd=True) as f:
         try:
-            data = f.read(max_bytes + 1)
+            # Ask for the size fstat gave (+1 to see growth), not the cap: CPython allocates what
+            # read(n) is asked for up front, 513 MiB per image with the cap.
+            data = f.read(st.st_size + 1)
+            if len(data) > st.st_size:  # it grew after fstat: read on, up to one byte past the cap
+                data += f.read(max_bytes + 1 - len(data))
         except OSError as e:
             raise UnreadableFileError(path, f"cannot read file: {e.strerror or e}") from None
     if len(data) > max_bytes:
