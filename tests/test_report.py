@@ -52,7 +52,7 @@ def test_report_is_self_contained_and_honest(reduced: tuple[JobSpec, JobPaths]) 
     html = (paths.ensemble / "report.html").read_text()
     # nothing fetched: no src/href/url() to anything but inline data
     refs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]+)""", html) + re.findall(r"url\(([^)]+)\)", html)
-    assert refs and all(r.startswith("data:image/png;base64,") for r in refs), refs[:3]
+    assert refs and all(r.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for r in refs), refs[:3]
     assert "<link" not in html and "<script" not in html
     assert "Research use only" in html
     assert "chosen on the validation split" in html
@@ -142,3 +142,63 @@ def test_gradcam_render_is_the_input_beside_its_heat_map(reduced: tuple[JobSpec,
         assert not np.array_equal(pair[:, s:], pair[:, :s])  # the overlay is drawn on top
     with pytest.raises(ValueError, match="Grad-CAM target"):
         render(model, layer, images, [0])
+
+
+def _report_at(root: Path, ham_root: Path, tiny_job, subset: int) -> tuple[str, int, set[str]]:
+    """report.html of a finished 3-member job on ``subset`` real images, the members' scores
+    synthetic (what the report shows does not depend on where they came from): the reduce after
+    inference (``summarise``) and its atomic write (``commit``), as the reduce runs them."""
+    import numpy as np
+
+    from skinhpc.config import dump_yaml
+    from skinhpc.data.prepare import load_table, prepare_tables
+    from skinhpc.ensemble.reduce import summarise
+    from skinhpc.ensemble.sets import Split
+    from skinhpc.io.atomic import write_text_atomic
+    from skinhpc.outputs.publish import commit
+
+    spec = tiny_job(root, ham_root, seeds=[1, 2, 3], data={"subset": subset},
+                    reduce={"bootstrap": 20, "gradcam": 0, "onnx": False, "mlflow": {"enabled": False}})
+    paths = JobPaths(spec.job_dir)
+    paths.root.mkdir(parents=True)
+    write_text_atomic(paths.job_yaml, dump_yaml(spec))
+    prepare_tables(spec, paths, audit=False)
+    table = load_table(spec, paths)
+    rng = np.random.default_rng(0)
+    splits = []
+    for name in ("val", "test"):
+        frame = table[table["split"] == name].reset_index(drop=True)
+        y = frame["label"].to_numpy(dtype=int)
+        p = 1 / (1 + np.exp(-(1.5 * y - 0.75 + rng.normal(0, 2.5, (3, len(frame))))))  # errors: > 12
+        splits.append(Split(name, frame, np.stack([1 - p, p], axis=-1)))
+    members = plan_members(spec)
+    commit(spec, paths, summarise(spec, table, members, [], *splits, {"set": "val", "images": len(splits[0].frame)}))
+    return paths.report.read_text(), len(splits[1].frame), set(splits[1].frame["image_id"].astype(str))
+
+
+def test_report_size_does_not_grow_with_the_test_set(tmp_path: Path, ham_root: Path, tiny_job) -> None:
+    """The report stays readable at 10,000 test images because nothing in it is one row per image:
+    at 4x the test images it has the same tables, rows and images, names at most WORST_ERRORS test
+    images (the most confident errors, each with a thumbnail), and its size barely moves (the bench
+    measures the real size: bench/scale_reduce.py report)."""
+    from skinhpc.metrics.subgroups import AGE_BANDS
+    from skinhpc.outputs.report import WORST_ERRORS
+
+    small, n_small, ids_small = _report_at(tmp_path / "small", ham_root, tiny_job, 400)
+    large, n_large, ids_large = _report_at(tmp_path / "large", ham_root, tiny_job, 1600)
+    assert n_large >= 3.5 * n_small
+    thumb = re.compile(r"<img class=thumb [^>]*>")
+    assert len(thumb.findall(small)) == len(thumb.findall(large)) == WORST_ERRORS
+    assert all(len(t) < 20_000 for t in thumb.findall(large))  # a thumbnail, not the 600 x 450 image
+    for tag in ("<table", "<img"):
+        assert large.count(tag) == small.count(tag), tag
+    tables = [re.findall(r"<table.*?</table>", r, re.S) for r in (small, large)]
+    for a, b in zip(*tables, strict=True):
+        if "<th>attribute</th>" in b:  # subgroups: one row per sex, age band and site, a fixed vocabulary
+            assert b.count("<tr>") <= 1 + 3 + len(AGE_BANDS) + 20
+        else:
+            assert a.count("<tr>") == b.count("<tr>"), b[:200]
+    named = {i for i in ids_large if i in large}
+    assert 0 < len(named) <= WORST_ERRORS
+    assert large.count("class=thumb") == len(named)  # every error shown is a real image, inline
+    assert len(large.encode()) < 1.1 * len(small.encode())

@@ -82,6 +82,8 @@ def write_outputs(spec: JobSpec, paths: JobPaths, r: Reduced) -> None:
     gallery = gradcam.gallery(spec, r.models, test.frame, test.ensemble, paths.gradcam_dir,
                               threshold=summary["thresholds"]["threshold"], device=device_for())
     summary["gradcam"] = to_jsonable(gallery)
+    summary["worst_errors"] = to_jsonable(gradcam.worst_errors(
+        test.frame, test.ensemble, spec.class_names, report.WORST_ERRORS, summary["thresholds"]["threshold"]))
     write_json_atomic(paths.metrics, summary)
     report.write_report(spec, paths, summary)
 

@@ -12,8 +12,8 @@ Reports present what the reduce or the evaluation computed; metrics come from
 
 from skinhpc.outputs.report.evaluation import render_evaluation, write_evaluation_report
 from skinhpc.outputs.report.figures import make_plots
-from skinhpc.outputs.report.job import render, write_report
+from skinhpc.outputs.report.job import WORST_ERRORS, render, write_report
 from skinhpc.outputs.report.pieces import DISCLAIMER
 
-__all__ = ["DISCLAIMER", "make_plots", "render", "render_evaluation", "write_evaluation_report",
+__all__ = ["DISCLAIMER", "WORST_ERRORS", "make_plots", "render", "render_evaluation", "write_evaluation_report",
            "write_report"]

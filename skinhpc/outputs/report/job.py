@@ -22,6 +22,10 @@ from skinhpc.io.layout import JobPaths
 
 log = logging.getLogger(__name__)
 
+# the most confident test errors the report shows, with thumbnails: the report holds no table with
+# one row per image, so its size does not grow with the test set (0.2 MB at 300 or 9,600 images)
+WORST_ERRORS = 12
+
 
 def chosen_on_text(summary: dict[str, Any]) -> str:
     """Where temperature, threshold and gate were chosen: the validation split, or (k-fold) the
@@ -100,6 +104,24 @@ def _audit(paths: JobPaths) -> str:
     return rh.table(["finding", "summary"], rows, "audit")
 
 
+def _worst_errors(summary: dict[str, Any]) -> str:
+    """The most confident test errors with thumbnails of the source images; every other image is
+    in predictions_test.csv beside the report."""
+    rows = summary.get("worst_errors")
+    head = f"<h2>Most confident errors (test, at most {WORST_ERRORS})</h2>"
+    if rows is None:
+        return head + "<p>Not recorded by this reduce.</p>"
+    if not rows:
+        return head + "<p>No test image is misclassified at the threshold.</p>"
+    note = (f"<p>The {len(rows)} test images the ensemble gets wrong with the highest confidence (at the "
+            f"validation threshold). Counts per class are in the confusion matrices below; every "
+            f"image's prediction is in predictions_test.csv beside this report.</p>")
+    body = [[rh.thumbnail(r["path"]) if r.get("path") else "", html.escape(str(r.get("image_id"))),
+             html.escape(str(r.get("group", ""))), html.escape(str(r.get("true"))), html.escape(str(r.get("pred"))),
+             rh.fmt(r.get("confidence"))] for r in rows]
+    return head + note + rh.table(["image", "image id", "group", "true", "predicted", "confidence"], body, "errors")
+
+
 def render(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> str:
     """The report as one HTML string (images inlined)."""
     binary = spec.data.task == "binary"
@@ -169,6 +191,8 @@ def render(spec: JobSpec, paths: JobPaths, summary: dict[str, Any]) -> str:
 
     parts.append("<h2>Subgroups (test)</h2>")
     parts.append(rh.subgroup_table(summary.get("subgroups") or [], binary))
+
+    parts.append(_worst_errors(summary))
 
     parts.append("<h2>Plots (test)</h2><div class=plots>")
     for name, rel in (summary.get("plots") or {}).items():

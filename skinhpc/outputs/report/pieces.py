@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,6 +57,24 @@ def inline_png(png: bytes, alt: str) -> str:
     """PNG bytes (a file's, or a figure's from :func:`.figures.png_bytes`) as an ``<img>`` with a data
     URI: the report stays one self-contained file."""
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+
+
+def thumbnail(path: str, px: int = 128) -> str:
+    """The image at ``path`` as an inline JPEG ``<img>`` at most ``px`` on its long side (a few KB),
+    or a line saying why it cannot be shown: a report never fails for one unreadable image."""
+    from PIL import Image
+
+    from skinhpc.data.images import read_rgb  # deferred: OpenCV (~3 s), only for thumbnails
+
+    try:
+        im = Image.fromarray(read_rgb(path))
+    except ValueError as e:
+        return f"<span class=warn>image not shown: {html.escape(str(e))}</span>"
+    im.thumbnail((px, px))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return (f"<img class=thumb alt='{html.escape(Path(path).name)}' "
+            f"src='data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}'>")
 
 
 def _binary_values(t: dict[str, Any]) -> list[str]:
@@ -205,6 +225,7 @@ th{background:#f3f3f3}.ci{color:#666;font-size:.9em}
 .gallery img{width:100%;border:1px solid #ddd}.gallery figcaption{font-size:.8em}
 pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8em}
 .warn{color:#a40000}
+.thumb{max-width:128px;max-height:128px}
 """
 
 
