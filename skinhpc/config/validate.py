@@ -334,9 +334,6 @@ def check_train_levers(spec: JobSpec) -> None:
         raise _fail("train.mixup", f"mixup/cutmix trains on soft (mixed) targets, which "
                     f"train.loss.name={t.loss.name} does not take: use train.loss.name=ce, or "
                     f"train.mixup.alpha=0 and train.mixup.cutmix_alpha=0")
-    if t.distill.teacher is not None and spec.data.split.method != "kfold":
-        raise _fail("train.distill.teacher", "soft labels are a k-fold teacher's out-of-fold predictions on "
-                    "the same splits.csv: needs data.split.method=kfold (the teacher's folds)")
     last = t.phases[-1].epochs
     if t.swa.epochs > last:
         raise _fail("train.swa.epochs", f"{t.swa.epochs} is more than the final phase's epochs "
