@@ -1,4 +1,4 @@
-"""The training levers of issue 25 as schema keys: train.sampler, train.mixup, train.swa.
+"""The training levers of issue 25 as schema keys: train.sampler, train.mixup, train.swa, train.distill.
 
 Each lever: off by default with every shipped member fingerprint unchanged, a changed member
 fingerprint when on, its bad combinations refused naming both keys, its mechanism checked
@@ -27,12 +27,13 @@ from skinhpc.config import (
 )
 from skinhpc.data.dataset import EpochSampler, prior_weights
 from skinhpc.train.averaging import WeightAverage, update_norms
+from skinhpc.train.distill import distill_loss
 from skinhpc.train.history import auc_score
-from skinhpc.train.losses import build_loss, build_train_loss
+from skinhpc.train.losses import Objective, build_loss, build_train_loss
 from skinhpc.train.member import train_member
 from skinhpc.train.mixing import build_mixup
 
-LEVER_KEYS = {"sampler", "mixup", "swa"}
+LEVER_KEYS = {"sampler", "mixup", "swa", "distill"}
 # job fingerprint and member fingerprints of shipped jobs whose identity names no path of the
 # checkout (the others hold the data folder's absolute path), computed before the levers existed
 PINNED = {
@@ -58,9 +59,9 @@ def test_shipped_jobs_keep_their_fingerprints(repo: Path, shipped_job: str) -> N
 
 @pytest.mark.parametrize("key, value", [("train.sampler", "sqrt"), ("train.sampler", "balanced"),
                                         ("train.mixup.alpha", 0.4), ("train.mixup.cutmix_alpha", 1.0),
-                                        ("train.swa.epochs", 2)])
+                                        ("train.swa.epochs", 2), ("train.distill.teacher", "results/t")])
 def test_a_lever_on_is_another_member(tmp_path: Path, ham_root: Path, tiny_job, key: str, value: object) -> None:
-    spec = tiny_job(tmp_path, ham_root)
+    spec = tiny_job(tmp_path, ham_root, data={"split": {"method": "kfold", "folds": 2}})
     on = with_overrides(spec, {key: value})
     assert on.member_fingerprint() != spec.member_fingerprint()
     # named as changed: the key, or its section where the whole section was at its defaults
@@ -75,6 +76,7 @@ def test_a_lever_on_is_another_member(tmp_path: Path, ham_root: Path, tiny_job, 
     ({"swa": {"epochs": 3}}, r"train\.swa\.epochs: 3 is more than .*train\.phases\[0\]\.epochs = 2"),
     ({"sampler": "inverse"}, r"train\.sampler: expected one of 'natural' \| 'balanced' \| 'sqrt'"),
     ({"mixup": {"prob": 0.0}}, r"train\.mixup\.prob: must be > 0"),
+    ({"distill": {"weight": 0.0}}, r"train\.distill\.weight: must be > 0"),
 ])
 def test_bad_lever_settings_are_refused_naming_the_keys(tmp_path: Path, ham_root: Path, tiny_job,
                                                         train: dict, message: str) -> None:
@@ -298,3 +300,74 @@ def test_member_with_swa_judges_the_average_once_as_one_more_candidate(tmp_path:
     mp.done.unlink()
     train_member(spec, paths, plan_members(spec)[0])
     assert len(pd.read_csv(mp.history)) == 5
+
+
+# --------------------------------------------------------------------------- distillation
+def test_distill_loss_is_tempered_kl_to_the_teacher() -> None:
+    torch.manual_seed(0)
+    logits, soft = torch.randn(5, 3), torch.softmax(torch.randn(5, 3), 1)
+    for t in (1.0, 2.0):
+        q = torch.softmax(soft.log() / t, 1)  # p**(1/T) renormalised
+        logp = torch.log_softmax(logits / t, 1)
+        want = float((q * (q.log() - logp)).sum(1).mean()) * t * t
+        assert float(distill_loss(logits, soft, t)) == pytest.approx(want, rel=1e-5)
+    assert float(distill_loss(soft.log(), soft, 1.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_teacher_probabilities_are_mixed_with_the_images() -> None:
+    spec = from_dict({"name": "m", "data": {"split": {"method": "kfold", "folds": 2}},
+                      "train": {"mixup": {"alpha": 0.4}, "distill": {"teacher": "t", "weight": 0.3}}})
+    objective = Objective(spec.train, [3, 3], 2)
+    np.random.seed(0)
+    y, soft = torch.tensor([0, 1, 1, 0, 1]), torch.softmax(torch.randn(5, 2), 1)
+    x, meta, (target, mixed) = objective.targets(torch.randn(5, 3, 4, 4), y, torch.zeros(5, 0), soft.clone())
+    lam = float(target[0, 0])  # y[0] = 0 is paired with y[4] = 1: its target is [lam, 1 - lam]
+    torch.testing.assert_close(mixed, lam * soft + (1 - lam) * soft.flip(0))
+    logits = torch.randn(5, 2)
+    want = build_train_loss(spec.train, [3, 3])(logits, target) + 0.3 * distill_loss(logits, mixed, 1.0)
+    assert float(objective(logits, (target, mixed))) == pytest.approx(float(want), rel=1e-6)
+
+
+KFOLD = {"split": {"method": "kfold", "folds": 2, "fractions": [0.7, 0.15, 0.15]}}
+QUICK = {"phases": [{"name": "all", "epochs": 1, "train": "all", "lr": 3e-3}], "batch_size": 16,
+         "num_workers": 0, "max_steps_per_epoch": 3}
+
+
+def test_student_trains_on_a_kfold_teachers_out_of_fold_probabilities(tmp_path: Path, ham_root: Path,
+                                                                      prepared_tiny_job) -> None:
+    from skinhpc.outputs.publish import reduce
+
+    teacher, tpaths = prepared_tiny_job(tmp_path / "t", ham_root, subset=200, data=KFOLD, train=QUICK,
+                                        reduce={"tta": ["identity"], "gate": 0.0, "onnx": False, "bootstrap": 0,
+                                                "gradcam": 0, "mlflow": {"enabled": False}})
+    for m in plan_members(teacher):
+        train_member(teacher, tpaths, m)
+    reduce(teacher, tpaths)
+    oof = pd.read_csv(tpaths.predictions("val"))
+    assert set(oof["fold"]) == {0, 1}
+
+    student, spaths = prepared_tiny_job(tmp_path / "s", ham_root, subset=200, data=KFOLD,
+                                        train={**QUICK, "distill": {"teacher": str(tpaths.root), "weight": 0.5,
+                                                                    "temperature": 2.0}})
+    member = plan_members(student)[1]
+    train_member(student, spaths, member)
+    done = json.loads(spaths.member(member).done.read_text())
+    assert done["distilled"]["teacher"] == str(tpaths.root) and done["distilled"]["val_optimistic"]
+    assert np.isfinite(pd.read_csv(spaths.member(member).history)["train_loss"]).all()
+
+    # a teacher on other folds is refused naming both files, and the student's files stay as they were
+    other, opaths = prepared_tiny_job(tmp_path / "o", ham_root, subset=200,
+                                      data={"split": {**KFOLD["split"], "folds": 3}},
+                                      train={**QUICK, "distill": {"teacher": str(tpaths.root)}})
+    before = {p.name: p.read_bytes() for p in (opaths.manifest, opaths.splits)}
+    with pytest.raises(ValueError, match=rf"{tpaths.splits} differs from {opaths.splits}"):
+        train_member(other, opaths, plan_members(other)[0])
+    assert {p.name: p.read_bytes() for p in (opaths.manifest, opaths.splits)} == before
+    assert not opaths.member(0).done.exists()
+
+    # a training image the teacher never scored is named
+    first = plan_members(student)[0]
+    lost = oof[oof["fold"] != first.spec(student).data.split.fold]["image_id"].iloc[0]
+    oof[oof["image_id"] != lost].to_csv(tpaths.predictions("val"), index=False)
+    with pytest.raises(ValueError, match=rf"predictions_val\.csv: no out-of-fold .* image {lost} "):
+        train_member(student, spaths, first)

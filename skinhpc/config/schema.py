@@ -357,6 +357,27 @@ class SwaSpec:
 
 
 @dataclass
+class DistillSpec:
+    teacher: str | None = doc(
+        "A finished k-fold job's results folder (relative: from the job file's folder) whose "
+        "reduce wrote ensemble/predictions_val.csv, the out-of-fold probabilities of every non-test "
+        "image: each training image's row there is its soft label, and the loss adds "
+        "weight x temperature^2 x KL(teacher || student) at that temperature. The teacher's "
+        "manifest.csv and splits.csv must be byte-identical to this job's (sha256; else refused "
+        "naming both files), so this job is a k-fold job on the same folds. LEAK: the teacher member "
+        "that scored a training image of fold f trained on every other fold, this member's "
+        "validation fold included, so its soft labels carry what the teacher learned from this "
+        "member's validation images: its validation (and a k-fold student's out-of-fold) figures are "
+        "optimistic (done.json records distilled: val_optimistic) and the student is judged on "
+        "test. null: off.", default=None, omit_default=True)
+    weight: float = doc("Weight of the distillation term beside the label loss.", default=0.5, gt=0,
+                        omit_default=True)
+    temperature: float = doc(
+        "Softening of teacher and student distributions in the KL term (teacher probabilities "
+        "p**(1/T), renormalised; student logits / T).", default=1.0, gt=0, omit_default=True)
+
+
+@dataclass
 class EarlyStoppingSpec:
     patience: int = doc("Epochs without improvement of the val metric before stopping (0: never).", default=0, ge=0)
     metric: Literal["auc", "malignant_auc", "loss"] = doc(
@@ -404,6 +425,8 @@ class TrainSpec:
     ema: EmaSpec = doc("Weight EMA.", default_factory=EmaSpec)
     mixup: MixupSpec = doc("Mixup / CutMix (off by default).", default_factory=MixupSpec)
     swa: SwaSpec = doc("Weight averaging over the last epochs (off by default).", default_factory=SwaSpec)
+    distill: DistillSpec = doc("Distillation from a k-fold job's out-of-fold predictions (off by default).",
+                               default_factory=DistillSpec)
     early_stopping: EarlyStoppingSpec = doc("Early stopping.", default_factory=EarlyStoppingSpec)
     max_steps_per_epoch: int | None = doc("Cap on optimiser steps per epoch (tests, smoke runs).", default=None, ge=1)
     deterministic: bool = doc("torch.use_deterministic_algorithms (bitwise resume on CPU).", default=True)

@@ -94,7 +94,7 @@ def _train_inputs(run: Any, epoch: int, counter: list[int]) -> Iterator[tuple[to
     run.inputs.train_loader.set_epoch(epoch)
     run.inputs.sampler.set_epoch(epoch)
     run.datasets["train"].set_epoch(epoch)
-    for x, meta, _ in islice(run.inputs.train_loader, run.steps_per_epoch):
+    for x, meta, *_ in islice(run.inputs.train_loader, run.steps_per_epoch):
         counter[0] += len(x)
         yield batch_to_layout(x, t.channels_last), meta if run.spec.model.metadata.enabled else None
 

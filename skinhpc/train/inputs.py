@@ -22,6 +22,7 @@ from skinhpc.data.prepare import load_table
 from skinhpc.data.splits import member_view
 from skinhpc.io.layout import JobPaths
 from skinhpc.model.net import data_config
+from skinhpc.train.distill import WithTeacher, teacher_targets
 
 log = logging.getLogger("skinhpc.train")
 
@@ -86,10 +87,12 @@ def build_inputs(spec: JobSpec, paths: JobPaths, member: Member, accelerator: An
         for s in SPLITS
     }
     weights = sampler_weights(t, datasets["train"].labels)
+    soft = teacher_targets(spec, paths, datasets["train"].image_ids)
+    train_set = WithTeacher(datasets["train"], soft) if soft is not None else datasets["train"]
     sampler = EpochSampler(len(datasets["train"]), member.seed, shuffle=True, weights=weights)
     world = accelerator.num_processes
     drop_last = len(datasets["train"]) >= t.batch_size * world
-    loader = DataLoader(datasets["train"], batch_size=t.batch_size, sampler=sampler,
+    loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler,
                         drop_last=drop_last, num_workers=t.num_workers,
                         pin_memory=accelerator.device.type == "cuda")
     train_loader = accelerator.prepare_data_loader(loader)

@@ -43,8 +43,7 @@ from skinhpc.train.history import (
     write_step,
 )
 from skinhpc.train.inputs import build_inputs
-from skinhpc.train.losses import build_loss, build_train_loss
-from skinhpc.train.mixing import build_mixup
+from skinhpc.train.losses import Objective, build_loss
 from skinhpc.train.schedule import lr_lambda
 from skinhpc.train.signals import step_guard
 
@@ -72,10 +71,9 @@ class Run:
         if isinstance(self.raw_model, PriorBaseline):
             self.raw_model.set_prior(torch.as_tensor(self.inputs.train_counts))
         model_to_layout(self.raw_model.to(accelerator.device), spec.train.channels_last)
-        # validation's loss is always the hard-label one; training's takes mixup's soft targets
+        # validation's loss is always the hard-label one; training's is the Objective's
         self.criterion = build_loss(spec.train.loss, self.inputs.train_counts).to(accelerator.device)
-        self.train_criterion = build_train_loss(spec.train, self.inputs.train_counts).to(accelerator.device)
-        self.mixup = build_mixup(spec.train, len(spec.class_names))
+        self.objective = Objective(spec.train, self.inputs.train_counts, len(spec.class_names)).to(accelerator.device)
         self.ema: Any = None
         self.swa: WeightAverage | None = None
         self.progress = Progress()
@@ -214,7 +212,7 @@ class Run:
         epoch_started = time.time()
         self._write_step(phase, skip, epoch_started)
         last_record = time.monotonic()
-        for i, (x, meta, y) in enumerate(batches):
+        for i, (x, meta, y, *soft) in enumerate(batches):
             if i >= self.steps_per_epoch:
                 break
             if i < skip:  # mid-epoch resume: same order, batches already trained on
@@ -227,11 +225,10 @@ class Run:
             if self._pending:
                 self._pending = False
                 self.save_last(self._step_rng)
-            target = y
-            if self.mixup is not None:  # after the step's RNG is recorded: a resume mixes alike
-                x, target, meta, _ = self.mixup.mix(x, y, meta)
+            # after the step's RNG is recorded: a resumed step mixes alike
+            x, meta, target = self.objective.targets(x, y, meta, soft[0] if soft else None)
             logits = self.model(batch_to_layout(x, t.channels_last), meta if use_meta else None)
-            loss = self.train_criterion(logits.float() if self.mixup is not None else logits, target)
+            loss = self.objective(logits, target)
             self.optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
             if t.grad_clip > 0:

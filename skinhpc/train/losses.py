@@ -15,7 +15,8 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from skinhpc.config import LossSpec, TrainSpec
-from skinhpc.train.mixing import mixup_on
+from skinhpc.train.distill import distill_loss
+from skinhpc.train.mixing import build_mixup, mixup_on
 
 
 def inverse_frequency(counts: Sequence[int] | np.ndarray) -> torch.Tensor:
@@ -68,3 +69,32 @@ def build_train_loss(train: TrainSpec, train_counts: Sequence[int] | np.ndarray)
     if mixup_on(train):
         return SoftTargetCrossEntropy()
     return build_loss(train.loss, train_counts)
+
+
+class Objective(nn.Module):
+    """What a training step minimises: the label loss (:func:`build_train_loss`: hard labels, or
+    mixup's soft targets) plus, with train.distill, weight x the distillation term against the
+    teacher's probabilities, mixed with the same lambda and permutation as the images."""
+
+    def __init__(self, train: TrainSpec, train_counts: Sequence[int] | np.ndarray, num_classes: int):
+        super().__init__()
+        self.labels = build_train_loss(train, train_counts)
+        self.mixup = build_mixup(train, num_classes)
+        self.distill = train.distill
+
+    def targets(self, x: torch.Tensor, y: torch.Tensor, meta: torch.Tensor, soft: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor | None]]:
+        """The batch as the step trains on it: (images, metadata, targets for :meth:`forward`)."""
+        target = y
+        if self.mixup is not None:
+            x, target, meta, lam = self.mixup.mix(x, y, meta)
+            if soft is not None and lam != 1.0:
+                soft = soft * lam + soft.flip(0) * (1.0 - lam)
+        return x, meta, (target, soft)
+
+    def forward(self, logits: torch.Tensor, targets: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+        target, soft = targets
+        loss = self.labels(logits.float() if self.mixup is not None else logits, target)
+        if soft is not None:
+            loss = loss + self.distill.weight * distill_loss(logits, soft, self.distill.temperature)
+        return loss

@@ -34,6 +34,7 @@ from skinhpc.io.state import (
 )
 from skinhpc.model.net import load_checkpoint_model
 from skinhpc.train import signals
+from skinhpc.train.distill import teacher_record
 from skinhpc.train.history import HISTORY_COLUMNS, auc_score
 from skinhpc.train.loop import Run
 from skinhpc.train.schedule import resolve_amp, set_determinism
@@ -75,7 +76,9 @@ def finish(run: Run, spec: JobSpec, paths: JobPaths) -> None:
                 df[f"prob_{c}"] = probs[:, j]
             write_csv_atomic(path, df)
     if acc.is_main_process:
-        write_member_done(spec, paths, run.member, best_epoch=p.best_epoch, best_metric=p.best_metric,
+        teacher = teacher_record(run.spec, paths)  # a distilled member's val figures are optimistic
+        extra = {"distilled": teacher} if teacher is not None else {}
+        write_member_done(spec, paths, run.member, **extra, best_epoch=p.best_epoch, best_metric=p.best_metric,
                           metric=run.spec.train.early_stopping.metric, epochs=p.global_epoch,
                           seconds=round(p.seconds, 3), processes=acc.num_processes,
                           started=round(p.started if p.started is not None else time.time(), 3),
