@@ -1,0 +1,77 @@
+"""What an input shape costs to train: images/s of one member's bare training step per
+(width x height), the shapes alternating inside each round, best of ``--rounds``.
+
+The step is the job's own on this machine: the member's network (``build_model``, so
+``pretrained: package`` loads lite0's ImageNet weights), channels-last model and batches
+(skinhpc/model/layout.py), AdamW, cross-entropy, backward, on batches already in memory: the
+cache's ``np.load`` is microseconds, so what a shape costs is the network's.  Square shapes
+are ``preprocess.size`` at aspect 1; rectangles are ``size`` at ``preprocess.aspect`` 4/3.
+
+    .venv/bin/python bench/input_shape.py --steps 20 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+from common import best_of, markdown_table
+
+from skinhpc.config import from_dict
+from skinhpc.model.layout import batch_to_layout, model_to_layout
+from skinhpc.model.net import build_model
+
+SHAPES = ((128, 1.0), (128, 4 / 3), (160, 4 / 3), (160, 1.0), (192, 4 / 3))
+
+
+def trainer(model_name: str, pretrained: str, size: int, aspect: float, batch: int, steps: int):
+    """A closure running ``steps`` training steps at the (size, aspect) a job would feed."""
+    spec = from_dict({"name": "bench", "preprocess": {"size": size, "aspect": aspect},
+                      "model": {"name": model_name, "pretrained": pretrained},
+                      "reduce": {"tta": ["identity"]}})
+    h, w = spec.preprocess.shape
+    torch.manual_seed(0)
+    model = model_to_layout(build_model(spec)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    crit = torch.nn.CrossEntropyLoss()
+    x = batch_to_layout(torch.rand(batch, 3, h, w))
+    y = torch.randint(0, 2, (batch,))
+
+    def run(n: int = steps) -> None:
+        for _ in range(n):
+            opt.zero_grad(set_to_none=True)
+            loss = crit(model(x, None), y)
+            loss.backward()
+            opt.step()
+
+    run(2)  # warm-up: oneDNN picks its kernels for this shape
+    return (w, h), run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="tf_efficientnet_lite0")
+    ap.add_argument("--pretrained", default="package")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    cases, pixels = {}, {}
+    for size, aspect in SHAPES:
+        (w, h), run = trainer(args.model, args.pretrained, size, aspect, args.batch_size, args.steps)
+        name = f"{w}x{h}"
+        cases[name], pixels[name] = run, w * h
+    best = best_of(cases, args.rounds)
+    ref = args.batch_size * args.steps / best["128x128"]
+    rows = []
+    for name, seconds in best.items():
+        rate = args.batch_size * args.steps / seconds
+        rows.append((name, f"{pixels[name] / 128**2:.2f}", f"{rate:.1f}", f"{rate / ref:.2f}"))
+    print(f"{args.model} (pretrained={args.pretrained}), batch {args.batch_size}, {args.steps} steps, "
+          f"best of {args.rounds}, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
+    print(markdown_table(["input (w x h)", "pixels vs 128x128", "train images/s", "vs 128x128"], rows))
+
+
+if __name__ == "__main__":
+    main()
