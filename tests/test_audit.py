@@ -175,3 +175,31 @@ def test_exact_duplicates_same_as_before(leaked):
                     "groups": groups, "splits": sp, "distance": 0, "same_group": len(groups) == 1,
                     "leak": len(sp) > 1})
     assert got == ref and len(got) == 3 and sorted(len(f["image_ids"]) for f in got) == [2, 2, 3]
+
+
+def test_audit_on_worker_processes_equals_the_serial_audit(leaked, ham_root, tmp_path):
+    """The per-file pass (digest + perceptual hash) runs on preprocess.workers processes: the
+    findings, unreadable files included, are the serial pass's, in the same order."""
+    tmp, root, m, s = leaked
+    bad_root = tmp_path / "ham"
+    meta = pd.read_csv(ham_root / "metadata.csv").head(200)
+    (bad_root / "images").mkdir(parents=True)
+    for i in meta["image_id"]:
+        (bad_root / "images" / f"{i}.jpg").symlink_to(ham_root / "images" / f"{i}.jpg")
+    (bad_root / "images" / f"{meta['image_id'][5]}.jpg").unlink()
+    (bad_root / "images" / f"{meta['image_id'][5]}.jpg").write_bytes(b"not a jpeg")
+    meta.to_csv(bad_root / "metadata.csv", index=False)
+    reports = {}
+    for case, (r, man, spl) in {"leaked": (root, m, s), "bad": (bad_root, None, None)}.items():
+        for workers in (0, 2):
+            spec = from_dict({"name": "a", "base_dir": str(tmp_path), "preprocess": {"workers": workers},
+                              "data": {"sources": [{"kind": "ham10000", "root": str(r)}]}})
+            if man is None:
+                man = build_manifest(spec)
+                spl = make_splits(man, spec.data.split)
+            reports[case, workers] = run_audit(spec, man, spl, tmp_path / f"{case}{workers}.json")
+    for case in ("leaked", "bad"):
+        assert reports[case, 0]["findings"] == reports[case, 2]["findings"]
+        assert reports[case, 0]["summary"] == reports[case, 2]["summary"]
+    assert reports["bad", 2]["unreadable"] == 1
+    assert any(f["kind"] == "near_duplicate" and f["leak"] for f in reports["leaked", 2]["findings"])
