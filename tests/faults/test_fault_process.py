@@ -218,6 +218,9 @@ def test_real_local_launch_driver_killed_while_member_trains(job_writer) -> None
     assert r.returncode == 0, r.stderr
     try:
         _until(lambda: _member_state(root).get("state") == "running", "member 000 never started")
+        # training, not still importing: its spec.json is written (the launch imports no torch
+        # now, so the refused relaunch below no longer gives the trainer ~10 s to get there)
+        _until(lambda: (root / "members" / "000" / "spec.json").exists(), "member 000 never trained")
         trainer = int(_member_state(root)["pid"])
         (driver,) = _drivers(root)
         os.kill(driver, signal.SIGKILL)
