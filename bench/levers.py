@@ -30,7 +30,7 @@ from sklearn.metrics import roc_auc_score
 
 from skinhpc.config import load_spec
 from skinhpc.metrics.bootstrap import resample_weights, weighted_auc_rows
-from skinhpc.metrics.malignant import binary_probs, to_binary_labels
+from skinhpc.metrics.malignant import to_binary, to_binary_labels
 from skinhpc.metrics.operating_point import sens_at_spec
 from skinhpc.metrics.pairwise import benign_class_aucs
 
@@ -62,7 +62,7 @@ def score(job: Path, tag: str, bootstrap: int = 1000) -> dict:
     val = val.merge(man, on="image_id", how="left", validate="one_to_one")
     names = spec.class_names
     probs = val[[f"prob_{c}" for c in names]].to_numpy()
-    p = binary_probs(probs, names, spec.data.malignant)
+    p = to_binary(probs, names, spec.data.malignant)
     y = to_binary_labels(val["label"].to_numpy(), names, spec.data.malignant)
     W = resample_weights(val["group"].to_numpy(), len(y), bootstrap, 0)
     rows = weighted_auc_rows(y, p, W)
