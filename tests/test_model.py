@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import timm
 import torch
 
 from skinhpc.config import PhaseSpec
@@ -25,6 +27,7 @@ from skinhpc.model.net import (
     freeze_norms,
     load_checkpoint_model,
     package_state_dict,
+    package_weights_path,
     param_groups,
 )
 
@@ -63,6 +66,28 @@ def test_build_lite0_from_package_and_from_file(tmp_path: Path, ham_root: Path, 
     with pytest.raises(ModelError, match="resnet.pth"):
         build_model(tiny_job(tmp_path, ham_root, model={"name": "tf_efficientnet_lite0", "pretrained": "file",
                                                          "weights": str(bad)}))
+
+
+def _layer_pairs(name: str) -> set[tuple[str, str]]:
+    """(package layer, timm layer) with block numbers dropped: the renaming's vocabulary."""
+    src = torch.load(package_weights_path(name), map_location="cpu", weights_only=True)
+    target = timm.create_model(name, pretrained=False, num_classes=1000).state_dict()
+    strip = lambda k: re.sub(r"\.\d+", "", k)  # noqa: E731
+    return {(strip(s), strip(t)) for s, t in zip(src, target, strict=True)}
+
+
+def test_lite1_lite2_package_weights_pair_up_as_lite0s_do() -> None:
+    """lite1/lite2 have no reference file here. lite0's position renaming is proven tensor for
+    tensor (above); the others must pair the same kinds of layer with the same kinds (the package's
+    _blocks.N._bn1.weight with timm's blocks.N.M.bn1.weight, never its bias or another layer), and
+    package_state_dict refuses a pair whose roles differ."""
+    vocabulary = _layer_pairs("tf_efficientnet_lite0")
+    for name in ("tf_efficientnet_lite1", "tf_efficientnet_lite2"):
+        assert _layer_pairs(name) <= vocabulary, name
+        state = package_state_dict(name)
+        assert state["conv_stem.weight"].shape[0] == 32 and "classifier.bias" in state
+    with pytest.raises(ModelError, match="tf_efficientnet_b0"):
+        package_weights_path("tf_efficientnet_b0")
 
 
 def test_timm_weights_offline_error_tells_to_prefetch(tmp_path: Path, repo: Path) -> None:

