@@ -3,6 +3,7 @@ on its own held-out fold (the out-of-fold figure that fold contributes; never te
 
     python bench/levers.py run TAG [key=value ...]     # train member --member of --job as job lever_TAG
     python bench/levers.py table [TAG ...]             # one row per lever trained so far
+    python bench/levers.py tta TAG VIEW [VIEW ...]     # TAG's member rescored with these TTA views
 
 Every lever trains the same member (same fold, seed, recipe) of ``--job`` (default
 jobs/cpu_best.yaml, member 0 = fold 0) with its overrides, so the rows differ by the lever only.
@@ -28,7 +29,7 @@ import pandas as pd
 from common import markdown_table
 from sklearn.metrics import roc_auc_score
 
-from skinhpc.config import load_spec
+from skinhpc.config import JobSpec, load_spec, with_overrides
 from skinhpc.metrics.bootstrap import resample_weights, weighted_auc_rows
 from skinhpc.metrics.malignant import to_binary, to_binary_labels
 from skinhpc.metrics.operating_point import sens_at_spec
@@ -53,11 +54,41 @@ def run(job: Path, member: int, tag: str, overrides: list[str]) -> None:
          "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
 
 
-def score(job: Path, tag: str, bootstrap: int = 1000) -> dict:
+def _lever(job: Path, tag: str) -> tuple[dict, JobSpec, Path]:
     info = json.loads((load_spec(job, [f"name={_job_name(tag)}"]).job_dir / "lever.json").read_text())
     spec = load_spec(job, [f"name={_job_name(tag)}", *info["overrides"]])
-    mdir = spec.job_dir / "members" / f"{info['member']:03d}"
-    val = pd.read_csv(mdir / "val.csv")
+    return info, spec, spec.job_dir / "members" / f"{info['member']:03d}"
+
+
+def rescore_tta(job: Path, tag: str, views: list[str]) -> Path:
+    """The lever's member on its own fold again, through the reduce's inference path with
+    ``views`` (TTA is a reduce lever: no retraining), written as val_tta_<views>.csv beside val.csv."""
+    import torch
+
+    from skinhpc.data.prepare import load_table
+    from skinhpc.ensemble.inference import gather_members
+    from skinhpc.ensemble.sets import split_probs
+    from skinhpc.io.layout import JobPaths
+
+    info, spec, mdir = _lever(job, tag)
+    spec = with_overrides(spec, {"reduce.tta": views})
+    paths = JobPaths(spec.job_dir)
+    loaded, _ = gather_members(spec, paths)
+    member, model = next((m, net) for m, net in loaded if m.index == info["member"])
+    table = load_table(spec, paths)
+    frame = table[(table["split"] != "test") & (table["fold"].astype(int) == int(member.fold))].reset_index(drop=True)
+    probs = split_probs(spec, [model], frame, torch.device("cpu"))[0]
+    out = frame[["image_id", "label"]].copy()
+    for k, c in enumerate(spec.class_names):
+        out[f"prob_{c}"] = probs[:, k]
+    dest = mdir / f"val_tta_{'-'.join(views)}.csv"
+    out.to_csv(dest, index=False)
+    return dest
+
+
+def score(job: Path, tag: str, bootstrap: int = 1000, predictions: str = "val.csv") -> dict:
+    info, spec, mdir = _lever(job, tag)
+    val = pd.read_csv(mdir / predictions)
     man = pd.read_csv(spec.job_dir / "manifest.csv", usecols=["image_id", "dx", "group"])
     val = val.merge(man, on="image_id", how="left", validate="one_to_one")
     names = spec.class_names
@@ -71,7 +102,8 @@ def score(job: Path, tag: str, bootstrap: int = 1000) -> dict:
     sens, _ = sens_at_spec(y, p, 0.95)
     done = json.loads((mdir / "done.json").read_text())
     return {
-        "lever": tag, "overrides": " ".join(info["overrides"]) or "(recipe)",
+        "lever": tag if predictions == "val.csv" else f"{tag} {predictions[len('val_tta_'):-4]}",
+        "overrides": " ".join(info["overrides"]) or "(recipe)",
         "n / malignant": f"{len(y)} / {int(y.sum())}",
         "AUC (95 % CI by lesion)": f"{auc:.3f} ({np.nanpercentile(rows, 2.5):.3f}-{np.nanpercentile(rows, 97.5):.3f})",
         "balanced AUC": f"{pair['balanced_auc']:.3f}",
@@ -99,7 +131,14 @@ def main() -> None:
     r.add_argument("overrides", nargs="*")
     t = sub.add_parser("table")
     t.add_argument("tags", nargs="*")
+    v = sub.add_parser("tta")
+    v.add_argument("tag")
+    v.add_argument("views", nargs="+")
     args = ap.parse_args()
+    if args.cmd == "tta":
+        dest = rescore_tta(args.job, args.tag, args.views)
+        _print([score(args.job, args.tag, predictions=dest.name)])
+        return
     if args.cmd == "run":
         run(args.job, args.member, args.tag, args.overrides)
         _print([score(args.job, args.tag)])

@@ -17,7 +17,7 @@ def grid(n: int = 1, c: int = 3, h: int = 4, w: int = 4) -> torch.Tensor:
 
 def test_flips_are_involutions() -> None:
     x = torch.rand(2, 3, 8, 8)
-    for name in ("hflip", "vflip", "hvflip", "transpose"):
+    for name in ("hflip", "vflip", "hvflip", "transpose", "transverse"):
         assert torch.equal(view(view(x, name), name), x), name
     assert not torch.equal(view(x, "hflip"), x)
 
@@ -30,6 +30,19 @@ def test_rot90_orientation_on_known_tensor() -> None:
     assert torch.equal(view(view(x, "rot90"), "rot270"), x)
     assert view(x, "hvflip")[0, 0].tolist() == [[4.0, 3.0], [2.0, 1.0]]
     assert view(x, "transpose")[0, 0].tolist() == [[1.0, 3.0], [2.0, 4.0]]
+    assert view(x, "transverse")[0, 0].tolist() == [[4.0, 2.0], [3.0, 1.0]]
+
+
+def test_the_eight_dihedral_views_are_the_eight_orientations() -> None:
+    """A 2x2 of distinct values has exactly 8 orientations: the first eight views are all of them."""
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
+    dihedral = ("identity", "hflip", "vflip", "hvflip", "rot90", "rot270", "transpose", "transverse")
+    seen = {tuple(view(x, v).flatten().tolist()) for v in dihedral}
+    assert len(seen) == 8
+    # closed under composition: any two views composed give one of the eight
+    for a in dihedral:
+        for b in dihedral:
+            assert tuple(view(view(x, a), b).flatten().tolist()) in seen
 
 
 def test_zoom_views_keep_size_and_zoom_the_right_way() -> None:

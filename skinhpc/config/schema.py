@@ -48,9 +48,12 @@ def doc(text: str, **kw: Any) -> Any:
 
 
 # Test-time views the reduce knows (skinhpc.ensemble.tta implements exactly these names).
-TTA_VIEWS = ("identity", "hflip", "vflip", "hvflip", "rot90", "rot270", "transpose", "crop95", "pad05")
+# The first eight are the dihedral group of the square (the 8 orientations a lesion can be
+# photographed in); crop95 and pad05 zoom.
+TTA_VIEWS = ("identity", "hflip", "vflip", "hvflip", "rot90", "rot270", "transpose", "transverse",
+             "crop95", "pad05")
 # ... of which these swap height and width: a rectangular input (preprocess.aspect != 1) refuses them.
-TTA_TURNING = ("rot90", "rot270", "transpose")
+TTA_TURNING = ("rot90", "rot270", "transpose", "transverse")
 # A job name is one folder name under results_dir: never '.', '..', empty or a path.
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 # ... nor a name the results folder itself uses beside the job folders: the shared cache root,

@@ -1,7 +1,7 @@
 """Test-time augmentation views as pure tensor functions on NCHW batches.
 
-Dermoscopy has no canonical orientation, so the dihedral views (flips, 90-degree
-rotations, transpose) are label-preserving; a slight zoom in (crop95) and out
+Dermoscopy has no canonical orientation, so the eight dihedral views (flips, 90-degree
+rotations, the two diagonal mirrors) are label-preserving; a slight zoom in (crop95) and out
 (pad05) cover framing differences. All views of a batch are stacked so the model
 sees them in ONE forward pass: on a GPU that is far cheaper than V small passes.
 """
@@ -48,6 +48,8 @@ VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "rot90": lambda x: torch.rot90(x, k=1, dims=(-2, -1)),
     "rot270": lambda x: torch.rot90(x, k=3, dims=(-2, -1)),
     "transpose": lambda x: x.transpose(-2, -1),
+    # the anti-diagonal mirror: the eighth element of the dihedral group
+    "transverse": lambda x: torch.flip(x, dims=(-2, -1)).transpose(-2, -1),
     "crop95": _crop95,
     "pad05": _pad05,
 }
