@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-import multiprocessing
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import pandas as pd
 
 from skinhpc.config import JobSpec
 from skinhpc.data.images import BadImageError, open_image
+from skinhpc.data.parallel import map_files
 from skinhpc.data.sources import DataError
 from skinhpc.io.atomic import write_json_atomic
 
@@ -73,14 +73,8 @@ def _file_fingerprint(task: tuple[str, int]) -> tuple[str, int | None, str | Non
 
 
 def _per_file(paths: list[str], hash_size: int, workers: int) -> list[tuple[str, int | None, str | None]]:
-    """:func:`_file_fingerprint` of every path, in order, on ``workers`` processes (forkserver, as
-    the cache build: no copy of a parent that may hold torch's threads)."""
-    tasks = [(p, hash_size) for p in paths]
-    if workers <= 1 or len(tasks) < 64:
-        return [_file_fingerprint(task) for task in tasks]
-    ctx = multiprocessing.get_context("forkserver")
-    with ctx.Pool(workers) as pool:
-        return pool.map(_file_fingerprint, tasks, chunksize=max(1, min(64, len(tasks) // (workers * 8))))
+    """:func:`_file_fingerprint` of every path, in order, on ``workers`` processes."""
+    return list(map_files(_file_fingerprint, [(p, hash_size) for p in paths], workers, min_tasks=64))
 
 
 def near_pairs(hashes: list[int | None], nbits: int, max_distance: int) -> list[tuple[int, int, int]]:

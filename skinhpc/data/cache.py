@@ -29,7 +29,6 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing
 import os
 import re
 import sys
@@ -43,6 +42,7 @@ import pandas as pd
 
 from skinhpc.config import JobSpec, PreprocessSpec, cache_view
 from skinhpc.data.images import BadImageError, BadImagesError, read_image_bytes, read_rgb
+from skinhpc.data.parallel import map_files
 from skinhpc.data.preprocess import preprocess
 from skinhpc.io import state
 from skinhpc.io.atomic import atomic_path, write_json_atomic
@@ -224,15 +224,8 @@ def _process(task: _Task) -> tuple[str, str, str | None]:
 
 
 def _run(tasks: list[_Task], cfg: PreprocessSpec, workers: int) -> Iterator[tuple[str, str, str | None]]:
-    if workers <= 1 or len(tasks) < 2:
-        _init_worker(cfg)
-        yield from map(_process, tasks)
-        return
-    # forkserver: no copy of a parent that may hold torch/OpenMP threads (fork can deadlock them)
-    ctx = multiprocessing.get_context("forkserver")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
-        chunk = max(1, min(32, len(tasks) // (workers * 8)))
-        yield from pool.imap_unordered(_process, tasks, chunksize=chunk)
+    return map_files(_process, tasks, workers, ordered=False, initializer=_init_worker, initargs=(cfg,),
+                     max_chunk=32)
 
 
 def _progress(it: Iterable, total: int, desc: str) -> Iterator:
