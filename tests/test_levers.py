@@ -35,8 +35,7 @@ from skinhpc.train.mixing import build_mixup
 
 LEVER_KEYS = {"sampler", "mixup", "swa", "distill"}
 # job fingerprint and member fingerprints of shipped jobs, computed at 04724fd (before the levers
-# existed) with every source root replaced by a fixed path: a source's root is part of the data
-# identity and is absolute once loaded, so an unnormalised pin holds the checkout's location
+# existed) with every source root at a fixed path (the shipped_spec fixture)
 PINNED = {
     "cpu_best.yaml": ("5ac0db2a67f790a1", ["6e96c19000a2b2f8", "84e49621c5fef4e8", "eb544bbed060fcda"]),
     "debug.yaml": ("075fafa3f0f2f43e", ["be3b7b4fb3539f51"]),
@@ -45,16 +44,8 @@ PINNED = {
 }
 
 
-def pinned_roots(spec):
-    """The spec with its sources' roots at fixed paths, so a pin does not depend on the checkout."""
-    raw = spec.to_dict()
-    for i, source in enumerate(raw["data"]["sources"]):
-        source["root"] = f"/pinned/source{i}"
-    return from_dict(raw, "pinned roots")
-
-
 # --------------------------------------------------------------------------- schema
-def test_shipped_jobs_keep_their_fingerprints(repo: Path, shipped_job: str) -> None:
+def test_shipped_jobs_keep_their_fingerprints(repo: Path, shipped_job: str, shipped_spec) -> None:
     """The levers are off by default and out of every identity view while off (omit_default),
     so a shipped job's members keep the fingerprints their checkpoints carry."""
     spec = load_spec(repo / "jobs" / shipped_job)
@@ -62,7 +53,7 @@ def test_shipped_jobs_keep_their_fingerprints(repo: Path, shipped_job: str) -> N
     for m in members:
         assert not LEVER_KEYS & set(identity_view(m.spec(spec), "member")["train"])
     if shipped_job in PINNED:
-        spec = pinned_roots(spec)
+        spec = shipped_spec(shipped_job)
         got = (spec.fingerprint(), sorted({m.spec(spec).member_fingerprint() for m in plan_members(spec)}))
         assert got == PINNED[shipped_job]
 

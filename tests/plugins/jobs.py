@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from skinhpc.config import JobSpec, deep_merge, dump_yaml, from_dict, plan_members
+from skinhpc.config import JobSpec, deep_merge, dump_yaml, from_dict, load_spec, plan_members
 from skinhpc.io.atomic import write_text_atomic
 from skinhpc.io.layout import JobPaths
 
@@ -70,6 +70,23 @@ def _prepared_tiny_job(tmp_path: Path, ham_root: Path, subset: int = 400,
     data = {"subset": subset, "audit": {"near_duplicates": False}, **over.pop("data", {})}
     spec = _tiny_job(tmp_path, ham_root, data=data, **over)
     return spec, _prepared_job(spec)
+
+
+def _shipped_spec(repo: Path, job: str) -> JobSpec:
+    """jobs/<job> with every source root at a fixed path: a root is part of the data identity and
+    absolute once loaded, so a fingerprint pinned without this holds where the checkout lives
+    (a pin taken in /work/main failed in CI's /check/work/main)."""
+    raw = load_spec(repo / "jobs" / job).to_dict()
+    for i, source in enumerate(raw["data"]["sources"]):
+        source["root"] = f"/pinned/source{i}"
+    return from_dict(raw, f"jobs/{job} with pinned roots")
+
+
+@pytest.fixture(scope="session")
+def shipped_spec(repo: Path) -> Callable[[str], JobSpec]:
+    """``shipped_spec("demo.yaml") -> JobSpec``: a shipped job, its fingerprints independent of
+    the checkout's location (for pinned fingerprints)."""
+    return lambda job: _shipped_spec(repo, job)
 
 
 @pytest.fixture(scope="session")
