@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from skinhpc.cli.predict import main as predict_main
@@ -112,6 +113,10 @@ def test_shipped_fingerprints_are_unchanged(shipped_spec, job: str, fingerprint:
 
 def test_aspect_1_is_outside_every_fingerprint_of_the_shipped_jobs(repo: Path, shipped_job: str) -> None:
     spec = load_spec(repo / "jobs" / shipped_job)
+    if spec.preprocess.aspect != 1:  # chosen in the job file (cpu_best: the lever screen), so in its identity
+        assert "aspect" in (yaml.safe_load((repo / "jobs" / shipped_job).read_text()).get("preprocess") or {})
+        assert identity_view(spec, "cache")["preprocess"]["aspect"] == spec.preprocess.aspect
+        spec = with_overrides(spec, {"preprocess.aspect": 1.0})
     assert spec.preprocess.aspect == 1 and spec.preprocess.shape == (spec.preprocess.size,) * 2
     for level in ("cache", "member", "job"):
         assert "aspect" not in identity_view(spec, level).get("preprocess", {}), level
