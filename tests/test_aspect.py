@@ -96,10 +96,10 @@ def test_the_runtime_tta_check_names_reduce_tta() -> None:
 
 
 # (job file, job fingerprint, member fingerprint, cache folder) computed before preprocess.aspect
-# existed (commit 04724fd): the jobs whose data is the shared folder, so the figures do not
-# depend on the checkout. `make demo` runs demo.yaml: the same key, the same cache, the same run.
+# existed (commit 04724fd), with the source roots at fixed paths (shipped_spec): a root is part
+# of the data identity, so unpinned figures depend on where the checkout lives. `make demo` runs
+# demo.yaml: the same key, the same cache, the same run.
 PINNED = [
-    # computed at 04724fd (before preprocess.aspect) with the source roots pinned (shipped_spec)
     ("demo.yaml", "5c71b6db1a5b919c", "b7558cabd53721b2", "7578eb01b36a"),
     ("debug.yaml", "075fafa3f0f2f43e", "be3b7b4fb3539f51", "3fd16eeb81b3"),
 ]
